@@ -1,0 +1,14 @@
+"""Recurrent cells: explicit tensor programs with analytic Jacobians where one exists."""
+
+from .base import RecurrentCell, Trajectory
+from .gated import MultiGateCell, ScalarGateCell
+from .gru import GRUCell
+from .leaky import LeakyCell
+from .lstm import LSTMCell
+from .plain import PlainCell
+from .registry import cell_class, list_cells, make_cell, register_cell
+
+__all__ = [
+    "GRUCell", "LSTMCell", "LeakyCell", "MultiGateCell", "PlainCell", "RecurrentCell",
+    "ScalarGateCell", "Trajectory", "cell_class", "list_cells", "make_cell", "register_cell",
+]

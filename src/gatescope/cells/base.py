@@ -1,0 +1,176 @@
+"""The recurrent-cell interface every gatescope analysis is written against.
+
+A cell maps a state ``h_{t-1}`` (shape ``(..., N)``) and an input ``u_t`` (shape ``(..., m)``)
+to the next state ``h_t``. Cells are explicit tensor programs (no fused kernels), so
+``torch.func`` transforms and double backward work through them.
+
+Conventions:
+    * ``N = state_size`` is the size of the full state (``2n`` for an LSTM, whose state is
+      ``[h; c]``); ``n = hidden_size`` is the part a readout sees, always ``state[..., :n]``.
+    * Time is 1-based in the maths and 0-based in tensors: ``states[:, t]`` is ``h_t`` with
+      ``states[:, 0] = h_0``, while per-step tensors (gates, caches, Jacobians) store step
+      ``t`` at index ``t - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Trajectory:
+    """Everything an unrolled cell produced, so no analysis recomputes the forward pass.
+
+    Attributes:
+        inputs: ``(B, T, m)`` the inputs ``u_1..u_T``.
+        states: ``(B, T+1, N)`` the states ``h_0..h_T`` (``h_0`` included).
+        gates: ``(B, T, n)`` or ``(B, T, 1)`` the update gate ``g_t`` (the weight of the new
+            candidate), or ``None`` for cells without a learned gate.
+        retention: ``(B, T, n)`` or ``(B, T, 1)`` the retention ``r_t`` (the weight kept of the
+            old state: ``1 - g_t``; ``1 - α`` for leaky; ``0`` for plain; the forget gate
+            for LSTM).
+        cache: per-step intermediates the analytic Jacobians need, each ``(B, T, ...)``.
+    """
+
+    inputs: Tensor
+    states: Tensor
+    gates: Tensor | None
+    retention: Tensor
+    cache: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def previous_states(self) -> Tensor:
+        """``(B, T, N)``: ``h_{t-1}`` stored at index ``t - 1``."""
+        return self.states[:, :-1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.inputs.shape[1]
+
+    def detach(self) -> Trajectory:
+        """A copy whose tensors are cut from the autograd graph."""
+        return Trajectory(
+            inputs=self.inputs.detach(),
+            states=self.states.detach(),
+            gates=None if self.gates is None else self.gates.detach(),
+            retention=self.retention.detach(),
+            cache={k: v.detach() for k, v in self.cache.items()},
+        )
+
+
+def scale_rows(v: Tensor, W: Tensor) -> Tensor:
+    """``diag(v) @ W`` batched: ``v`` is ``(..., n)``, ``W`` is ``(n, k)`` or ``(..., n, k)``."""
+    return v.unsqueeze(-1) * W
+
+
+def eye_like(v: Tensor) -> Tensor:
+    """``diag(v)`` batched: ``(..., n) -> (..., n, n)``."""
+    return torch.diag_embed(v)
+
+
+class RecurrentCell(nn.Module):
+    """Base class of gatescope cells.
+
+    A subclass implements :meth:`compute` (one step, returning the new state and the
+    intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`.
+    Without the latter gatescope falls back to ``torch.func`` (with a one-time warning).
+
+    Args:
+        input_size: ``m``, the size of ``u_t``.
+        hidden_size: ``n``, the size of ``h_t`` seen by a readout.
+    """
+
+    #: Registry name, set by :func:`gatescope.register_cell`.
+    name: str = "custom"
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(
+                f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}"
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+
+    @property
+    def state_size(self) -> int:
+        """``N``, the size of the full recurrent state."""
+        return self.hidden_size
+
+    def compute(self, h: Tensor, u: Tensor, held: tuple[Tensor, ...] | None = None) -> dict:
+        """One step ``h_{t-1}, u_t -> h_t``.
+
+        Args:
+            h: ``(..., N)`` previous state.
+            u: ``(..., m)`` input.
+            held: gate values to use instead of computing them from ``h`` (as returned in
+                ``"held"``); used to differentiate with every gate held fixed.
+
+        Returns:
+            A dict with ``"state"`` ``(..., N)``; ``"held"``, the tuple of gate tensors
+            held fixed by the time-scale Jacobian ``A`` (empty for ungated cells);
+            ``"gate"`` and ``"retention"`` (``(..., n)`` or ``(..., 1)``); and any
+            intermediates the analytic Jacobians read from the cache.
+        """
+        raise NotImplementedError
+
+    def forward(self, h: Tensor, u: Tensor) -> Tensor:
+        """The next state; ``(..., N), (..., m) -> (..., N)``."""
+        return self.compute(h, u)["state"]
+
+    step = forward
+
+    def initial_state(self, batch_size: int, like: Tensor) -> Tensor:
+        """``(B, N)`` zeros with the dtype and device of ``like``."""
+        return like.new_zeros(batch_size, self.state_size)
+
+    def unroll(self, u: Tensor, h0: Tensor | None = None) -> Trajectory:
+        """Run the cell over a batch of sequences.
+
+        Args:
+            u: ``(B, T, m)`` inputs, batch first.
+            h0: ``(B, N)`` initial state; zeros when ``None``.
+
+        Returns:
+            The :class:`Trajectory`, differentiable with respect to the parameters.
+        """
+        if u.dim() != 3 or u.shape[-1] != self.input_size or u.shape[1] < 1:
+            raise ValueError(
+                f"u must have shape (B, T >= 1, input_size={self.input_size}), "
+                f"got {tuple(u.shape)}"
+            )
+        h = self.initial_state(u.shape[0], u) if h0 is None else h0
+        states, steps = [h], []
+        for t in range(u.shape[1]):
+            out = self.compute(h, u[:, t])
+            h = out["state"]
+            states.append(h)
+            steps.append(out)
+        return self._assemble(u, states, steps)
+
+    def _assemble(self, u: Tensor, states: list[Tensor], steps: list[dict]) -> Trajectory:
+        skip = {"state", "held", "gate", "retention"}
+        stack = lambda key: torch.stack([s[key] for s in steps], dim=1)  # noqa: E731
+        first = steps[0]
+        return Trajectory(
+            inputs=u,
+            states=torch.stack(states, dim=1),
+            gates=stack("gate") if first.get("gate") is not None else None,
+            retention=stack("retention"),
+            cache={k: stack(k) for k in first if k not in skip},
+        )
+
+    def analytic_jacobian_split(self, traj: Trajectory) -> tuple[Tensor, Tensor] | None:
+        """``(A, B)``, each ``(B, T, N, N)``, or ``None`` when the cell has no closed form.
+
+        ``A[:, t-1]`` is ``∂h_t/∂h_{t-1}`` with every gate held at its value; ``B`` is the
+        remainder, the part that flows through the gates.
+        """
+        return None

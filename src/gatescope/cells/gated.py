@@ -1,0 +1,60 @@
+"""Gated tanh cells: ``h_t = (1-g_t) ⊙ h_{t-1} + g_t ⊙ φ(a_t)``.
+
+``g_t = σ(W_rg h_{t-1} + W_ig u_t + b_g)`` is one scalar shared by all neurons
+(``scalar_gate``) or one value per neuron (``multi_gate``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import eye_like, scale_rows
+from .plain import ElmanCore
+from .registry import register_cell
+
+
+class GatedCell(ElmanCore):
+    """Update-gated tanh cell with one shared gate or one gate per neuron.
+
+    Jacobian split (DESIGN §2), with ``h_{t-1}`` the state *before* the update:
+        ``A_t = diag(1-g_t) + diag(g_t ⊙ φ'(a_t)) W_r``,
+        ``B_t = diag((φ(a_t) - h_{t-1}) ⊙ g_t(1-g_t)) W_rg``.
+    """
+
+    #: ``True``: one gate per neuron (``multi_gate``); ``False``: one shared gate.
+    per_neuron_gate: bool
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = False) -> None:
+        super().__init__(input_size, hidden_size, bias=bias)
+        k = hidden_size if self.per_neuron_gate else 1
+        self.gate_recurrent = nn.Linear(hidden_size, k, bias=False)
+        self.gate_input = nn.Linear(input_size, k, bias=bias)
+
+    def compute(self, h, u, held=None):
+        _, phi = self.candidate(h, u)
+        (g,) = held if held is not None else (
+            torch.sigmoid(self.gate_recurrent(h) + self.gate_input(u)),)
+        state = (1 - g) * h + g * phi
+        return {"state": state, "held": (g,), "gate": g, "retention": 1 - g, "phi": phi}
+
+    def analytic_jacobian_split(self, traj):
+        g, phi = traj.gates, traj.cache["phi"]
+        A = eye_like((1 - g).expand_as(phi)) + self.candidate_jacobian(traj, g.expand_as(phi))
+        # scalar gate: (B, T, n, 1) * (1, n) broadcasts to the rank-one outer product
+        B = scale_rows((phi - traj.previous_states) * g * (1 - g), self.gate_recurrent.weight)
+        return A, B
+
+
+@register_cell("scalar_gate")
+class ScalarGateCell(GatedCell):
+    """One update gate ``g_t ∈ R`` for all neurons; ``B_t`` has rank one."""
+
+    per_neuron_gate = False
+
+
+@register_cell("multi_gate")
+class MultiGateCell(GatedCell):
+    """One update gate per neuron, ``g_t ∈ R^n``."""
+
+    per_neuron_gate = True

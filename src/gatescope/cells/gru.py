@@ -1,0 +1,80 @@
+"""The GRU cell, step for step the maths of ``torch.nn.GRUCell``.
+
+``r = σ(W_ir u + b_ir + W_hr h + b_hr)``, ``z = σ(W_iz u + b_iz + W_hz h + b_hz)``,
+``c = tanh(W_in u + b_in + r ⊙ (W_hn h + b_hn))``, ``h' = (1-z) ⊙ c + z ⊙ h``.
+torch's ``z`` keeps the old state, so the update gate is ``g = 1 - z`` and the retention
+is ``z``. Parameter names and layouts (gate order r, z, n) are torch's, so a ``GRUCell``'s
+``state_dict`` loads directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import RecurrentCell, eye_like, scale_rows
+from .registry import register_cell
+
+
+class TorchLayoutCell(RecurrentCell):
+    """Parameters ``weight_ih (k n, m)``, ``weight_hh (k n, n)``, ``bias_ih``, ``bias_hh``
+    (``k`` stacked blocks), initialised as torch's RNN cells: ``U(-1/√n, 1/√n)``."""
+
+    blocks: int
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+        super().__init__(input_size, hidden_size)
+        k = self.blocks * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(k, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(k, hidden_size))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(k))
+            self.bias_hh = nn.Parameter(torch.empty(k))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        bound = 1 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def pre_activations(self, h, u):
+        """``(W_ih u + b_ih, W_hh h + b_hh)``, each ``(..., k n)``."""
+        return F.linear(u, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
+
+    def recurrent_block(self, i: int):
+        """Rows of ``weight_hh`` for block ``i``: ``(n, n)``."""
+        n = self.hidden_size
+        return self.weight_hh[i * n:(i + 1) * n]
+
+
+@register_cell("gru")
+class GRUCell(TorchLayoutCell):
+    """Jacobian split with both gates (``r``, ``z``) held for ``A``:
+    ``A = diag(z) + diag((1-z)(1-c²) r) W_hn``,
+    ``B = diag((1-z)(1-c²) hn r(1-r)) W_hr + diag((h-c) z(1-z)) W_hz``,
+    where ``hn = W_hn h + b_hn``.
+    """
+
+    blocks = 3
+
+    def compute(self, h, u, held=None):
+        xi, hh = self.pre_activations(h, u)
+        x_r, x_z, x_n = xi.chunk(3, -1)
+        h_r, h_z, h_n = hh.chunk(3, -1)
+        r, z = held if held is not None else (torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z))
+        c = torch.tanh(x_n + r * h_n)
+        state = (1 - z) * c + z * h
+        return {"state": state, "held": (r, z), "gate": 1 - z, "retention": z,
+                "reset": r, "candidate": c, "hn": h_n}
+
+    def analytic_jacobian_split(self, traj):
+        z, r = traj.retention, traj.cache["reset"]
+        c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
+        through_c = (1 - z) * (1 - c**2)
+        A = eye_like(z) + scale_rows(through_c * r, self.recurrent_block(2))
+        B = (scale_rows(through_c * hn * r * (1 - r), self.recurrent_block(0))
+             + scale_rows((h - c) * z * (1 - z), self.recurrent_block(1)))
+        return A, B

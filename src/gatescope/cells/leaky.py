@@ -1,0 +1,40 @@
+"""The leaky-integrator cell: ``h_t = (1-α) h_{t-1} + α φ(a_t)`` with a constant ``α``."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import eye_like
+from .plain import ElmanCore
+from .registry import register_cell
+
+
+@register_cell("leaky")
+class LeakyCell(ElmanCore):
+    """Constant update weight ``α ∈ (0, 1]`` (default 0.8); ``J_t = (1-α) I + α D_t W_r``.
+
+    Its "gate" is a constant, so ``B = 0`` and ``traj.gates`` is ``None``; the retention is
+    ``1 - α`` at every step.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = False,
+                 alpha: float = 0.8) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+        super().__init__(input_size, hidden_size, bias=bias)
+        self.alpha = float(alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+    def compute(self, h, u, held=None):
+        _, phi = self.candidate(h, u)
+        state = (1 - self.alpha) * h + self.alpha * phi
+        return {"state": state, "held": (), "gate": None,
+                "retention": torch.full_like(phi[..., :1], 1 - self.alpha), "phi": phi}
+
+    def analytic_jacobian_split(self, traj):
+        phi = traj.cache["phi"]
+        A = eye_like(torch.full_like(phi, 1 - self.alpha)) + self.candidate_jacobian(
+            traj, torch.full_like(phi, self.alpha))
+        return A, torch.zeros_like(A)

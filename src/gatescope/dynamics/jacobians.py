@@ -1,0 +1,93 @@
+"""Per-step state Jacobians ``J_t = ∂h_t/∂h_{t-1}`` and their split ``J_t = A_t + B_t``.
+
+All functions return ``(B, T, N, N)`` tensors with step ``t`` at index ``t - 1``:
+``J[:, t-1] = ∂h_t/∂h_{t-1}``. The analytic path reads the cell's cached intermediates; the
+``torch.func`` twin differentiates the cell's step with ``jacrev`` vectorised over batch and
+time, and is what cells without a closed form fall back to (with a one-time warning).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, vmap
+
+from ..cells.base import RecurrentCell, Trajectory
+
+_warned: set[type] = set()
+
+
+def _flat_steps(traj: Trajectory) -> tuple[Tensor, Tensor]:
+    """``h_{t-1}`` and ``u_t`` flattened over ``(B, T)``: ``(B*T, N)``, ``(B*T, m)``."""
+    h = traj.previous_states.detach()
+    return h.reshape(-1, h.shape[-1]), traj.inputs.detach().reshape(-1, traj.inputs.shape[-1])
+
+
+def _unflatten(J: Tensor, traj: Trajectory) -> Tensor:
+    return J.reshape(traj.batch_size, traj.seq_len, *J.shape[-2:])
+
+
+def jacobians_autograd(cell: RecurrentCell, traj: Trajectory) -> Tensor:
+    """``J`` by ``torch.func.jacrev`` of ``cell.step``, vectorised over batch and time.
+
+    Returns:
+        ``(B, T, N, N)``.
+    """
+    h, u = _flat_steps(traj)
+    return _unflatten(vmap(jacrev(cell.step))(h, u), traj)
+
+
+def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor]:
+    """``(A, B)`` by ``torch.func``: ``A`` differentiates the step with every gate held at
+    the value it took (``compute(..., held=...)``), ``B = J - A``.
+    """
+    h, u = _flat_steps(traj)
+
+    def held_step(h_, u_, held):
+        return cell.compute(h_, u_, held=held)["state"]
+
+    def per_step(h_, u_):
+        held = tuple(x.detach() for x in cell.compute(h_, u_)["held"])
+        return jacrev(cell.step)(h_, u_), jacrev(held_step)(h_, u_, held)
+
+    J, A = vmap(per_step)(h, u)
+    return _unflatten(A, traj), _unflatten(J - A, traj)
+
+
+def _warn_fallback(cell: RecurrentCell) -> None:
+    if type(cell) not in _warned:
+        _warned.add(type(cell))
+        warnings.warn(
+            f"{type(cell).__name__} has no analytic Jacobian; using torch.func (slower)",
+            stacklevel=3,
+        )
+
+
+def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor]:
+    """The time-scale part ``A`` (gates held) and the gate-induced part ``B`` of ``J``.
+
+    Args:
+        cell: the cell that produced ``traj``.
+        traj: its trajectory (``cell.unroll(u)``).
+
+    Returns:
+        ``(A, B)``, each ``(B, T, N, N)``, with ``A + B == J``.
+    """
+    with torch.no_grad():
+        split = cell.analytic_jacobian_split(traj.detach())
+    if split is not None:
+        return split
+    _warn_fallback(cell)
+    return jacobian_split_autograd(cell, traj)
+
+
+def jacobians(cell: RecurrentCell, traj: Trajectory) -> Tensor:
+    """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it."""
+    with torch.no_grad():
+        split = cell.analytic_jacobian_split(traj.detach())
+    if split is not None:
+        return split[0] + split[1]
+    _warn_fallback(cell)
+    return jacobians_autograd(cell, traj)
