@@ -72,13 +72,13 @@ class TaskInfo:
 
 @dataclass(frozen=True)
 class Task:
-    """Base class of gatescope tasks: a frozen dataclass of ``seq_len``, ``input_size`` and
-    the task's options, which generates fresh batches on demand.
+    """Base class of gatescope tasks: a seeded generator of fresh batches.
 
-    A subclass declares its options as dataclass fields with defaults, sets the class
-    attributes below, and implements :meth:`_generate` (plus, where they apply,
-    :meth:`_check_options`, :meth:`_min_seq_len` and :meth:`_analytic_baseline`). Register it
-    with :func:`gatescope.tasks.register_task`.
+    A task is a frozen dataclass of ``seq_len``, ``input_size`` and its options. A subclass
+    declares its options as dataclass fields with defaults, sets the class attributes below,
+    and implements :meth:`_generate` (plus, where they apply, :meth:`_check_options`,
+    :meth:`_min_seq_len` and :meth:`_analytic_baseline`). Register it with
+    :func:`gatescope.tasks.register_task`.
 
     Args:
         seq_len: ``T``, the task's length parameter (the number of input steps except where a

@@ -123,14 +123,15 @@ class Narma10(_Narma):
 @register_task("narma20")
 @dataclass(frozen=True)
 class Narma20(_Narma):
-    """NARMA-20: ``y_{t+1} = tanh(0.1 y_t + 0.04 y_t Σ_{i<20} y_{t-i} + 1.5 u_{t-19} u_t
-    + 0.2)``.
+    """NARMA-20 with the paper's coefficients, saturated by default.
+
+    ``y_{t+1} = tanh(0.1 y_t + 0.04 y_t Σ_{i<20} y_{t-i} + 1.5 u_{t-19} u_t + 0.2)``.
 
     The coefficients are the paper's; the ``tanh`` is gatescope's default
-    (``saturate=True``) because without it the recurrence has no stable fixed point and
-    most sequences diverge before ``T = 80``. ``saturate=False`` gives the paper's form
-    exactly, usable up to ``T ≈ 60`` (escaping sequences are redrawn; ``RuntimeError``
-    when too many escape).
+    (``saturate=True``) because without it the recurrence has no stable fixed point: a third
+    of the sequences escape by ``T = 80``, most by ``T = 120``. ``saturate=False`` gives the
+    paper's form exactly, usable up to ``T ≈ 60`` (escaping sequences are redrawn;
+    ``RuntimeError`` when too many escape).
 
     Inputs: channel 0 i.i.d. U(0, 0.5), the other channels 0; ``y_0 = 0``; target ``y_T``.
 

@@ -1,0 +1,25 @@
+"""Shared fixtures: float64 cells and inputs for the reference tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gatescope as gs
+
+CELLS = ("plain", "leaky", "scalar_gate", "multi_gate", "gru", "lstm")
+
+
+def random_cell(name: str, m: int, n: int, bias: bool, seed: int, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return gs.make_cell(name, m, n, bias=bias, dtype=dtype)
+
+
+def random_inputs(B: int, T: int, m: int, seed: int, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(B, T, m, generator=gen, dtype=dtype)
+
+
+@pytest.fixture(params=CELLS)
+def cell_name(request):
+    return request.param

@@ -1,0 +1,63 @@
+"""Cell registry, options and the torch.func fallback for user cells."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import gatescope as gs
+from gatescope.dynamics import jacobians as jacobians_module
+
+
+def test_registry_lists_the_paper_cells():
+    assert {"plain", "leaky", "scalar_gate", "multi_gate", "gru", "lstm"} <= set(gs.list_cells())
+
+
+def test_unknown_cell_names_the_choices():
+    with pytest.raises(ValueError, match="multi_gate"):
+        gs.make_cell("nope", 2, 3)
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="alpha"):
+        gs.make_cell("leaky", 2, 3, alpha=1.5)
+    with pytest.raises(ValueError, match="input_size"):
+        gs.make_cell("plain", 0, 3)
+    with pytest.raises(ValueError, match="input_size=2"):
+        gs.make_cell("plain", 2, 3).unroll(torch.randn(1, 4, 5))
+
+
+def test_leaky_retention_and_state_size():
+    cell = gs.make_cell("leaky", 2, 3, alpha=0.3)
+    traj = cell.unroll(torch.randn(2, 4, 2))
+    assert traj.gates is None
+    torch.testing.assert_close(traj.retention, torch.full((2, 4, 1), 0.7))
+    assert gs.make_cell("lstm", 2, 3).state_size == 6
+
+
+def test_user_cell_falls_back_to_torch_func_with_one_warning():
+    @gs.register_cell("test_softsign")
+    class Softsign(gs.RecurrentCell):
+        def __init__(self, input_size, hidden_size, bias=False):
+            super().__init__(input_size, hidden_size)
+            self.W = torch.nn.Linear(hidden_size, hidden_size, bias=bias)
+            self.U = torch.nn.Linear(input_size, hidden_size, bias=False)
+
+        def compute(self, h, u, held=None):
+            a = self.W(h) + self.U(u)
+            return {"state": a / (1 + a.abs()), "held": (), "gate": None,
+                    "retention": torch.zeros_like(a[..., :1])}
+
+    cell = gs.make_cell("test_softsign", 2, 3, dtype=torch.float64)
+    traj = cell.unroll(torch.randn(2, 4, 2, dtype=torch.float64))
+    jacobians_module._warned.discard(Softsign)
+    with pytest.warns(UserWarning, match="no analytic Jacobian"):
+        J = gs.jacobians(cell, traj)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        A, Bg = gs.jacobian_split(cell, traj)
+    torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj))
+    torch.testing.assert_close(A, J)
+    assert torch.count_nonzero(Bg) == 0

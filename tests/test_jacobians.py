@@ -1,0 +1,82 @@
+"""Analytic Jacobians and their split against the torch.func twins (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CELLS, random_cell, random_inputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatescope as gs
+
+shapes = st.tuples(
+    st.sampled_from(CELLS), st.integers(1, 3), st.integers(1, 5), st.integers(1, 6),
+    st.integers(1, 4), st.booleans(), st.integers(0, 10_000),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes)
+def test_analytic_jacobians_match_autograd(case):
+    name, B, T, n, m, bias, seed = case
+    cell = random_cell(name, m, n, bias, seed)
+    traj = cell.unroll(random_inputs(B, T, m, seed))
+    J = gs.jacobians(cell, traj)
+    assert J.shape == (B, T, cell.state_size, cell.state_size)
+    torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj), rtol=0, atol=1e-10)
+
+    A, Bg = gs.jacobian_split(cell, traj)
+    A_ref, B_ref = gs.jacobian_split_autograd(cell, traj)
+    torch.testing.assert_close(A, A_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(Bg, B_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(A + Bg, J, rtol=0, atol=1e-12)
+    if name in ("plain", "leaky"):
+        assert torch.count_nonzero(Bg) == 0
+    if name == "scalar_gate":
+        assert (torch.linalg.matrix_rank(Bg) <= 1).all()
+
+
+def test_jacobian_of_step_t_is_at_index_t_minus_1():
+    cell = random_cell("multi_gate", 2, 3, True, 0)
+    u = random_inputs(1, 4, 2, 0)
+    traj = cell.unroll(u)
+    h2 = traj.states[0, 2].clone().requires_grad_()
+    h3 = cell.step(h2, u[0, 2])  # u_3 at index 2
+    ref = torch.stack([torch.autograd.grad(h3[i], h2, retain_graph=True)[0] for i in range(3)])
+    torch.testing.assert_close(gs.jacobians(cell, traj)[0, 2], ref)
+
+
+def test_gate_term_uses_state_before_update():
+    """B must use h_{t-1}; the paper code's h_t variant gives a different (wrong) matrix."""
+    cell = random_cell("multi_gate", 2, 4, False, 3)
+    traj = cell.unroll(random_inputs(2, 5, 2, 3))
+    _, Bg = gs.jacobian_split(cell, traj)
+    g, phi = traj.gates, traj.cache["phi"]
+    post = ((phi - traj.states[:, 1:]) * g * (1 - g)).unsqueeze(-1) * cell.gate_recurrent.weight
+    assert (Bg - post).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_cells_run_in_float32_and_without_bias(name):
+    cell = gs.make_cell(name, 3, 4, bias=False)
+    assert all(p.dtype == torch.float32 for p in cell.parameters())
+    assert not any("bias" in k for k, _ in cell.named_parameters())
+    traj = cell.unroll(torch.randn(2, 3, 3))
+    assert traj.states.shape == (2, 4, cell.state_size)
+    assert gs.jacobians(cell, traj).dtype == torch.float32
+
+
+def test_gru_and_lstm_match_torch_cells():
+    torch.manual_seed(0)
+    u = torch.randn(3, 6, 4, dtype=torch.float64)
+    for name, ref_cls in (("gru", torch.nn.GRUCell), ("lstm", torch.nn.LSTMCell)):
+        cell = gs.make_cell(name, 4, 5, dtype=torch.float64)
+        ref = ref_cls(4, 5).double()
+        ref.load_state_dict(cell.state_dict())
+        traj = cell.unroll(u)
+        state = None
+        for t in range(6):
+            state = ref(u[:, t], state)
+            h = state if name == "gru" else torch.cat(state, -1)
+            torch.testing.assert_close(traj.states[:, t + 1], h, rtol=0, atol=1e-12)

@@ -1,0 +1,95 @@
+"""Transport products and exact sensitivities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_cell, random_inputs
+
+import gatescope as gs
+from gatescope.dynamics.spectral import RANK, top_singular_values
+
+
+def _jacobians(name="multi_gate", B=3, T=9, n=5, seed=0, dtype=torch.float64):
+    cell = random_cell(name, 2, n, True, seed, dtype=dtype)
+    with torch.no_grad():
+        return gs.jacobians(cell, cell.unroll(random_inputs(B, T, 2, seed, dtype=dtype)))
+
+
+def test_transport_is_the_chain_rule_product():
+    J = _jacobians()
+    torch.testing.assert_close(gs.transport(J, 4, 1), J[:, 3] @ J[:, 2] @ J[:, 1])
+    torch.testing.assert_close(gs.transport(J, 2, 2), torch.eye(5, dtype=J.dtype).expand(3, 5, 5))
+    assert not torch.allclose(gs.transport(J, 4, 1), J[:, 1] @ J[:, 2] @ J[:, 3])
+
+
+def test_transport_is_the_derivative_of_a_later_state():
+    cell = random_cell("gru", 2, 4, True, 1)
+    u = random_inputs(1, 6, 2, 1)
+    h1 = cell.unroll(u).states[:, 1].detach()
+
+    def from_h1(h):
+        for t in range(1, 6):
+            h = cell.step(h, u[:, t])
+        return h
+
+    ref = torch.autograd.functional.jacobian(from_h1, h1)[0, :, 0]
+    torch.testing.assert_close(gs.transport(gs.jacobians(cell, cell.unroll(u)), 6, 1)[0], ref)
+
+
+def test_transport_rejects_bad_windows():
+    with pytest.raises(ValueError, match="k <= t"):
+        gs.transport(_jacobians(), 2, 3)
+
+
+@pytest.mark.parametrize("name", ["plain", "leaky", "scalar_gate", "multi_gate", "lstm"])
+def test_sensitivities_equal_matrix_norms_on_every_pair(name):
+    J = _jacobians(name, B=2, T=25, n=12, seed=4, dtype=torch.float32)
+    S = gs.sensitivities(J)
+    assert S.shape == (2, 26, 26)
+    for t in range(26):
+        for k in range(t + 1):
+            ref = torch.linalg.matrix_norm(gs.transport(J.double(), t, k), 2)
+            torch.testing.assert_close(S[:, t, k], ref, rtol=1e-5, atol=0)
+        assert torch.isnan(S[:, t, t + 1:]).all()
+
+
+def test_sensitivities_survive_long_sequences_without_underflow():
+    """A float32 product of 300 factors of norm < 0.3 underflows; S must not."""
+    J = 0.3 * _jacobians("plain", B=1, T=300, n=4, dtype=torch.float32)
+    M, log_scale = torch.eye(4, dtype=torch.float64), 0.0
+    for t in range(300):
+        M = J[0, t].double() @ M
+        log_scale += M.norm().log().item()
+        M = M / M.norm()
+    expected = torch.linalg.matrix_norm(M, 2).log().item() + log_scale
+    assert expected < -100  # far below float32's range
+    S = gs.sensitivities(J)
+    assert abs(S[0, 300, 0].log().item() - expected) < 1e-5
+
+
+def test_sensitivities_chunked_over_start_times(monkeypatch):
+    from gatescope.dynamics import transport
+
+    J = _jacobians(B=2, T=12, n=6)
+    whole = gs.sensitivities(J)
+    monkeypatch.setattr(transport, "_PRODUCT_ELEMENTS", 2 * 36 * 3)  # 3 start times a chunk
+    torch.testing.assert_close(gs.sensitivities(J), whole, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "decaying", "degenerate", "rank_one", "zero"])
+def test_top_singular_values_are_exact_for_hard_spectra(kind):
+    gen = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(50, 16, 16, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(50, 16, 16, generator=gen, dtype=torch.float64))[0]
+    s = {
+        "flat": 1 - 1e-4 * torch.rand(50, 16, generator=gen, dtype=torch.float64),
+        "decaying": 0.5 ** torch.arange(16, dtype=torch.float64).expand(50, 16),
+        "degenerate": torch.ones(50, 16, dtype=torch.float64),
+        "rank_one": torch.cat([torch.ones(50, 1), torch.zeros(50, 15)], 1).double(),
+        "zero": torch.zeros(50, 16, dtype=torch.float64),
+    }[kind]
+    M = U @ torch.diag_embed(s) @ V.mT
+    sigma, basis = top_singular_values(M.float())
+    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(M, 2), rtol=1e-5, atol=1e-6)
+    assert basis.shape == (50, 16, RANK)
