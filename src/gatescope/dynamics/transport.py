@@ -66,8 +66,7 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
             if lag > 1:
                 P = J[:, k0 + lag - 1 : k0 + lag - 1 + count] @ P[:, :count]
                 log_scale = log_scale[:, :count]
-                if basis is not None:
-                    basis = basis.reshape(Bsz, -1, *basis.shape[-2:])[:, :count].flatten(0, 1)
+                basis = basis.reshape(Bsz, -1, *basis.shape[-2:])[:, :count].flatten(0, 1)
             scale = torch.linalg.vector_norm(P, dim=(-2, -1), keepdim=True)
             P = P / torch.where(scale > 0, scale, torch.ones_like(scale))
             log_scale = log_scale + torch.log(scale.squeeze(-1).squeeze(-1).double())
