@@ -1,0 +1,73 @@
+"""What an experiment is, for the runner: a settings model, a grid of groups, and the work of
+one group.
+
+An experiment is a grid of ``(task, cell, optimizer)`` :class:`Group` s, each trained or
+probed over all seeds (the seeds of a group run together as one ensemble). The runner
+(``gatescope.experiments.runner``) validates the settings, runs the groups (in parallel
+processes, resuming finished ones), and writes ``config.json``, ``results.csv`` and
+``summary.json``; reporting draws figures from those files. Data flows one way:
+settings -> groups -> rows -> summary -> figures/report.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+#: The columns every results row has (DESIGN §8); experiments may add more (``eps``, ...).
+RESULT_COLUMNS = ("experiment", "task", "cell", "optimizer", "seed", "step", "metric", "lag",
+                  "value")
+
+
+class Settings(BaseModel):
+    """Base of every experiment's settings: typed, validated, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One cell of the experiment grid; all seeds of a group run as one ensemble."""
+
+    task: str
+    cell: str
+    optimizer: str
+
+    @property
+    def key(self) -> str:
+        """A file-system-safe identifier, e.g. ``adding__multi_gate__sgd``."""
+        return f"{self.task}__{self.cell}__{self.optimizer}"
+
+
+#: ``progress(done, total)``: called by a group as it works (the runner draws the bar).
+Progress = Callable[[int, int], None]
+
+
+class Experiment(ABC):
+    """Subclass, set ``name``/``description``/``settings_model``, and register it with
+    :func:`gatescope.experiments.register_experiment`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    settings_model: ClassVar[type[Settings]]
+
+    @abstractmethod
+    def groups(self, settings: Settings) -> list[Group]:
+        """The grid, in a deterministic order."""
+
+    @abstractmethod
+    def run_group(self, settings: Settings, group: Group, workdir: Path,
+                  progress: Progress) -> Iterable[dict[str, Any]]:
+        """Run every seed of ``group`` and return its tidy rows (keys ``RESULT_COLUMNS`` plus
+        experiment-specific ones). ``workdir`` is the group's private folder: checkpoints
+        kept there let an interrupted group resume. A diverging seed is reported as rows
+        with ``metric="diverged"`` (``value`` = the step), never as an exception."""
+
+    def summarize(self, settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Aggregates across seeds for ``summary.json`` (default: none)."""
+        return {}
