@@ -12,6 +12,7 @@ from .cells import (
     make_cell,
     register_cell,
 )
+from .convert import from_torch
 from .dynamics.expansion import Expansion, first_order_expansion
 from .dynamics.jacobians import (
     jacobian_split,
@@ -36,6 +37,7 @@ __all__ = [
     "cell_class",
     "describe_tasks",
     "first_order_expansion",
+    "from_torch",
     "jacobian_split",
     "jacobian_split_autograd",
     "jacobians",
