@@ -22,6 +22,22 @@ from .dynamics.jacobians import (
 )
 from .dynamics.lag_gradients import lag_gradients
 from .dynamics.transport import sensitivities, transport
+from .measures import (
+    effective_learning_rates,
+    envelope,
+    fit_power,
+    gate_product,
+    gates_vs_optimizer,
+    optimizer_step_sizes,
+    per_example_gradients,
+    profile_fit,
+    propagation_anisotropy,
+    sensitivity_profile,
+    spectrum_stats,
+    step_size_dispersion,
+    transport_alignment,
+    update_anisotropy,
+)
 from .model import SequenceModel
 from .tasks import Task, describe_tasks, list_tasks, make_task, register_task
 
@@ -36,8 +52,13 @@ __all__ = [
     "__version__",
     "cell_class",
     "describe_tasks",
+    "effective_learning_rates",
+    "envelope",
     "first_order_expansion",
+    "fit_power",
     "from_torch",
+    "gate_product",
+    "gates_vs_optimizer",
     "jacobian_split",
     "jacobian_split_autograd",
     "jacobians",
@@ -47,8 +68,17 @@ __all__ = [
     "list_tasks",
     "make_cell",
     "make_task",
+    "optimizer_step_sizes",
+    "per_example_gradients",
+    "profile_fit",
+    "propagation_anisotropy",
     "register_cell",
     "register_task",
     "sensitivities",
+    "sensitivity_profile",
+    "spectrum_stats",
+    "step_size_dispersion",
     "transport",
+    "transport_alignment",
+    "update_anisotropy",
 ]

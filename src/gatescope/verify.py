@@ -7,7 +7,7 @@ included) the suite builds a small random instance and compares
 * the analytic split ``(A_t, B_t)`` with :func:`~gatescope.jacobian_split_autograd`;
 * the sum over lags of :func:`~gatescope.lag_gradients` with autograd's gradient, for both
   readouts (``"last"`` and ``"all"``);
-* when :mod:`gatescope.measures` is importable: the effective learning rates (zeroth order and
+* the effective learning rates (zeroth order and
   with the first-order term) with a brute-force evaluation of their definition (DESIGN §4),
   and the per-example gradients with one autograd call per example (readout "last", and
   readout "all" with a step mask).
@@ -18,7 +18,6 @@ Each comparison reports its worst error relative to the reference's largest entr
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from .dynamics.jacobians import (
     jacobians_autograd,
 )
 from .dynamics.lag_gradients import lag_gradients
+from .measures import effective_learning_rates, per_example_gradients
 from .model import SequenceModel
 
 #: Largest accepted relative error per dtype.
@@ -164,15 +164,14 @@ def _check_cell(name: str, device: torch.device, dtype: torch.dtype) -> list[Che
     except Exception as exc:  # e.g. a user cell that needs options the suite cannot guess
         return [CheckResult(name, "build and unroll", math.nan, tol, False,
                             note=f"raised {type(exc).__name__}: {exc}")]
-    measures = _import_measures()
     checks: list[tuple[str, Callable[[], float]]] = [
         ("jacobians", lambda: _check_jacobians(cell, traj)),
         ("jacobian split A, B", lambda: _check_split(cell, traj)),
         ("lag gradients, readout last", lambda: _check_lag_gradients(cell, u, "last", gen)),
         ("lag gradients, readout all", lambda: _check_lag_gradients(cell, u, "all", gen)),
-        ("effective rates", lambda: _check_effective_rates(measures, cell, traj)),
+        ("effective rates", lambda: _check_effective_rates(cell, traj)),
         ("per-example gradients",
-         lambda: _check_per_example_gradients(measures, cell, u, gen)),
+         lambda: _check_per_example_gradients(cell, u, gen)),
     ]
     return [_run(name, check, fn, tol) for check, fn in checks]
 
@@ -248,24 +247,6 @@ def _check_lag_gradients(cell: RecurrentCell, u: Tensor, readout: str,
     return _worst_error([(parts[k].sum(0), g) for k, g in zip(names, grads, strict=True)])
 
 
-def _import_measures():
-    """The :mod:`gatescope.measures` module, or why it cannot be used (a string)."""
-    try:
-        return importlib.import_module(f"{__package__}.measures")
-    except ImportError as exc:
-        return f"gatescope.measures not importable ({exc})"
-
-
-def _measure(measures, attribute: str) -> Callable:
-    """``measures.<attribute>``; skips the check when the module or the function is missing."""
-    if isinstance(measures, str):
-        raise _Skip(measures)
-    fn = getattr(measures, attribute, None)
-    if fn is None:
-        raise _Skip(f"gatescope.measures has no {attribute}")
-    return fn
-
-
 def _product(factors: list[Tensor], one: Tensor) -> Tensor:
     out = one
     for f in factors:
@@ -302,21 +283,19 @@ def _brute_force_rates(cell: RecurrentCell, traj: Trajectory,
     return zeroth, zeroth + first
 
 
-def _check_effective_rates(measures, cell: RecurrentCell, traj: Trajectory) -> float:
-    rates = _measure(measures, "effective_learning_rates")
+def _check_effective_rates(cell: RecurrentCell, traj: Trajectory) -> float:
     lags = list(range(traj.seq_len + 1))
     zeroth, full = _brute_force_rates(cell, traj, lags)
     with torch.no_grad():
-        pairs = [(rates(cell, traj, lags=lags, order=0), zeroth),
-                 (rates(cell, traj, lags=lags, order=1), full)]
+        pairs = [(effective_learning_rates(cell, traj, lags=lags, order=0), zeroth),
+                 (effective_learning_rates(cell, traj, lags=lags, order=1), full)]
     return _worst_error(pairs)
 
 
-def _check_per_example_gradients(measures, cell: RecurrentCell, u: Tensor,
+def _check_per_example_gradients(cell: RecurrentCell, u: Tensor,
                                  gen: torch.Generator) -> float:
     """Rows of ``per_example_gradients`` against one autograd call per example, for readout
     "last" and for readout "all" with a step mask."""
-    per_example = _measure(measures, "per_example_gradients")
     mask = torch.rand(u.shape[:2], generator=gen).to(u.device) > 0.3
     pairs = []
     for readout, m in (("last", None), ("all", mask)):
@@ -329,5 +308,5 @@ def _check_per_example_gradients(measures, cell: RecurrentCell, u: Tensor,
                 params)])
             for i in range(u.shape[0])
         ])
-        pairs.append((per_example(model, u, y, m), ref))
+        pairs.append((per_example_gradients(model, u, y, m), ref))
     return _worst_error(pairs)

@@ -1,0 +1,64 @@
+"""Measures built on the dynamics: effective learning rates, sensitivity profiles,
+anisotropy of transport and updates, and optimizer step sizes (DESIGN §4–5).
+
+A functional core: plain functions of trajectories, Jacobians, sensitivities, models and
+optimizers, returning tensors or small dataclasses.
+"""
+
+from .anisotropy import (
+    Alignment,
+    PropagationAnisotropy,
+    SpectrumStats,
+    per_example_gradients,
+    propagation_anisotropy,
+    spectrum_stats,
+    transport_alignment,
+    update_anisotropy,
+)
+from .optimizer_steps import (
+    Dispersion,
+    GatesVsOptimizer,
+    dispersion,
+    gates_vs_optimizer,
+    optimizer_step_sizes,
+    step_size_dispersion,
+)
+from .profiles import (
+    PowerFit,
+    PredictorFit,
+    ProfileFit,
+    fit_power,
+    gate_product,
+    lag_medians,
+    profile_fit,
+    sensitivity_profile,
+)
+from .rates import effective_learning_rates, envelope, time_scales
+
+__all__ = [
+    "Alignment",
+    "Dispersion",
+    "GatesVsOptimizer",
+    "PowerFit",
+    "PredictorFit",
+    "ProfileFit",
+    "PropagationAnisotropy",
+    "SpectrumStats",
+    "dispersion",
+    "effective_learning_rates",
+    "envelope",
+    "fit_power",
+    "gate_product",
+    "gates_vs_optimizer",
+    "lag_medians",
+    "optimizer_step_sizes",
+    "per_example_gradients",
+    "profile_fit",
+    "propagation_anisotropy",
+    "sensitivity_profile",
+    "spectrum_stats",
+    "step_size_dispersion",
+    "time_scales",
+    "transport_alignment",
+    "update_anisotropy",
+]

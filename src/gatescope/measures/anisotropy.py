@@ -1,0 +1,289 @@
+"""Anisotropy of gradient transport and of parameter updates (DESIGN §5).
+
+For singular values ``σ_1 ≥ σ_2 ≥ … ≥ σ_K ≥ 0``:
+
+* anisotropy index ``AI_r = σ_1 / σ_r``;
+* captured energy ``CE_r = Σ_{i≤r} σ_i² / Σ_{i≤K'} σ_i²`` with ``K' = K`` (all values) or the
+  top ``K' = k`` only (the paper's code divides by the top 16);
+* participation ratio ``PR = (Σ σ_i²)² / Σ σ_i⁴`` (between 1 and ``K``);
+* effective rank ``exp(-Σ p_i log p_i)``, ``p_i = σ_i / Σ σ``.
+
+Propagation anisotropy measures these on transport products ``M_{t,k}``; update anisotropy on
+the matrix of per-example gradients; transport alignment asks how much of the loss gradient
+``δ_T`` lies in the top singular directions of ``M_{T,k}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from ..model import SequenceModel
+
+
+@dataclass
+class SpectrumStats:
+    """Anisotropy statistics of one or many spectra; every field has the batch shape ``(...)``
+    of the input except ``sigma``.
+
+    Attributes:
+        sigma: ``(..., K)`` float64, the singular values sorted descending.
+        ai: ``AI_r = σ_1/σ_r``.
+        ce: ``CE_r``.
+        participation_ratio: ``(Σσ²)²/Σσ⁴``.
+        effective_rank: ``exp(-Σ p log p)``, ``p = σ/Σσ``.
+    """
+
+    sigma: Tensor
+    ai: Tensor
+    ce: Tensor
+    participation_ratio: Tensor
+    effective_rank: Tensor
+
+
+def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:
+    """Anisotropy statistics of singular values.
+
+    Args:
+        sigma: ``(..., K)`` non-negative values, in any order (sorted here).
+        r: the rank of ``AI_r`` and ``CE_r``, ``1 ≤ r ≤ K``.
+        ce_denominator: ``"all"`` to divide ``CE_r`` by the energy of all ``K`` values, or an
+            int ``k`` (``r ≤ k ≤ K``) to divide by the top ``k`` (the paper's code: 16).
+
+    Returns:
+        A :class:`SpectrumStats`. All-zero spectra give NaN (the ratios are undefined).
+    """
+    K = sigma.shape[-1]
+    if not 1 <= r <= K:
+        raise ValueError(f"r must lie in [1, {K}], got {r}")
+    if ce_denominator == "all":
+        k = K
+    elif isinstance(ce_denominator, int) and r <= ce_denominator <= K:
+        k = ce_denominator
+    else:
+        raise ValueError(f"ce_denominator must be 'all' or an int in [r={r}, K={K}], "
+                         f"got {ce_denominator!r}")
+    s = sigma.double().sort(-1, descending=True).values
+    energy = s**2
+    total = energy.sum(-1)
+    p = s / s.sum(-1, keepdim=True)
+    entropy = -torch.xlogy(p, p).sum(-1)
+    return SpectrumStats(
+        sigma=s,
+        ai=s[..., 0] / s[..., r - 1],
+        ce=energy[..., :r].sum(-1) / energy[..., :k].sum(-1),
+        participation_ratio=total**2 / (energy**2).sum(-1),
+        effective_rank=entropy.exp(),
+    )
+
+
+@dataclass
+class PropagationAnisotropy:
+    """Spectra of sampled transport products, one row per lag.
+
+    Attributes:
+        lags: ``(L,)``.
+        samples: ``(L, S, 3)`` the sampled ``(b, t, k)`` with ``t - k = lag``.
+        stats: :class:`SpectrumStats` with fields ``(L, S)``; ``sigma`` ``(L, S, N)`` holds the
+            singular values of ``M_{t,k} / ‖M_{t,k}‖_F`` (the scale is not kept; for norms
+            use :func:`gatescope.sensitivities`).
+    """
+
+    lags: Tensor
+    samples: Tensor
+    stats: SpectrumStats
+
+
+def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int = 64,
+                           generator: torch.Generator | None = None, r: int = 10,
+                           ce_denominator: str | int = "all") -> PropagationAnisotropy:
+    """Anisotropy of ``M_{t,k} = J_t ⋯ J_{k+1}`` at sampled ``(b, t, k)`` per lag.
+
+    For each lag, ``samples_per_lag`` triples are drawn uniformly with replacement: ``b``
+    from the batch, ``k`` from ``0..T-lag``, ``t = k + lag``. The products are formed in
+    float64 for all samples at once (one batched matmul per window position; shorter windows
+    are padded with identities), each factor renormalised (the statistics are
+    scale-invariant), and their singular values come from an exact SVD. Singular values
+    below ``σ_1`` times float64's precision are not resolved.
+
+    Args:
+        J: ``(B, T, N, N)`` Jacobians (:func:`gatescope.jacobians`).
+        lags: lags in ``1..T``.
+        samples_per_lag: ``S``.
+        generator: CPU generator for the sampling; ``None`` uses a fresh one seeded with 0,
+            so the result is reproducible by default.
+        r: the rank of ``AI_r``/``CE_r``.
+        ce_denominator: as in :func:`spectrum_stats`.
+    """
+    B, T, N, _ = J.shape
+    lags_t = torch.as_tensor(list(lags), dtype=torch.long)
+    if lags_t.numel() == 0 or (lags_t < 1).any() or (lags_t > T).any():
+        raise ValueError(f"lags must be a non-empty set of values in [1, T={T}], got {lags}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    L, S = lags_t.numel(), samples_per_lag
+    b = torch.randint(B, (L, S), generator=generator)
+    k = (torch.rand(L, S, generator=generator, dtype=torch.float64)
+         * (T - lags_t + 1).unsqueeze(-1)).long()
+    lag = lags_t.unsqueeze(-1).expand(L, S)
+    samples = torch.stack([b, k + lag, k], -1)
+    b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
+    eye = torch.eye(N, dtype=torch.float64, device=J.device)
+    M = eye.expand(L * S, N, N)
+    for i in range(int(lags_t.max())):
+        active = (i < lag).view(-1, 1, 1)
+        factor = torch.where(active, J[b, (k + i).clamp_max(T - 1)].double(), eye)
+        M = factor @ M
+        M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
+    sigma = torch.linalg.svdvals(M).reshape(L, S, N)
+    return PropagationAnisotropy(lags_t, samples, spectrum_stats(sigma, r, ce_denominator))
+
+
+class _AdjointObjective(nn.Module):
+    """One example's ``θ ↦ Σ_t ⟨λ_t, step_θ(h_{t-1}, u_t)⟩ + L(predict_θ(h_{0..T}))`` with the
+    states ``h`` and adjoints ``λ_t = dL/dh_t`` held fixed.
+
+    Its gradient is the example's BPTT gradient ``Σ_t λ_t ∂⁺h_t/∂θ + ∂L/∂θ|_h`` (the last term
+    is the readout's), and the step is applied to all ``T`` steps as one batch, so each weight
+    gradient is one matmul over time rather than ``T`` accumulated outer products.
+    """
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, states: Tensor, u: Tensor, lam: Tensor, y: Tensor,
+                mask: Tensor | None) -> Tensor:
+        transported = (lam * self.model.cell(states[:-1], u)).sum()
+        return transported + self.model.loss_from_states(
+            states.unsqueeze(0), y.unsqueeze(0), None if mask is None else mask.unsqueeze(0))
+
+
+def _states_and_adjoints(model: SequenceModel, u: Tensor, y: Tensor,
+                         mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """States ``(M, T+1, N)`` and adjoints ``λ_t = dL_i/dh_t`` ``(M, T, N)`` of every example's
+    own loss ``L_i``, from one batched forward and backward pass (the examples do not
+    interact, so the gradient of ``Σ_i L_i`` with respect to ``h_t`` holds each ``λ_t``)."""
+    cell = model.cell
+    with torch.enable_grad():
+        h = cell.initial_state(u.shape[0], u).requires_grad_()
+        hs = [h]
+        for t in range(u.shape[1]):
+            hs.append(cell(hs[-1], u[:, t]))
+        states = torch.stack(hs, 1)
+
+        def example_loss(s, y_i, mask_i):
+            return model.loss_from_states(s.unsqueeze(0), y_i.unsqueeze(0),
+                                          None if mask_i is None else mask_i.unsqueeze(0))
+
+        losses = vmap(example_loss, in_dims=(0, 0, None if mask is None else 0))(states, y, mask)
+        lam = torch.autograd.grad(losses.sum(), hs[1:])
+    return states.detach(), torch.stack(lam, 1)
+
+
+def per_example_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | None = None,
+                          chunk_size: int | None = None) -> Tensor:
+    """The gradient of each example's own loss, all parameters flattened.
+
+    Row ``i`` is ``∇_θ model.loss(u[i:i+1], y[i:i+1], mask[i:i+1])`` (for readout "all" the
+    mean over that example's own unmasked steps); no loop over examples. BPTT in two passes:
+    the adjoints ``λ_t = dL_i/dh_t`` of all examples come from one batched backward pass, then
+    ``vmap(grad(functional_call(...)))`` differentiates, per example, the adjoint objective
+    ``Σ_t ⟨λ_t, step_θ(h_{t-1}, u_t)⟩ + L_i(readout_θ(h))`` (states and ``λ`` held fixed),
+    whose gradient is exactly the example's gradient.
+
+    Args:
+        model: a :class:`~gatescope.SequenceModel`.
+        u: ``(M, T, m)`` inputs.
+        y: targets as for :meth:`SequenceModel.loss`, batch first.
+        mask: optional ``(M, T)`` step weights.
+        chunk_size: examples per vectorised call of the second pass (bounds memory); ``None``
+            for all at once.
+
+    Returns:
+        ``(M, P)``: columns are the parameters in ``model.named_parameters()`` order, each
+        flattened row-major.
+    """
+    states, lam = _states_and_adjoints(model, u, y, mask)
+    objective = _AdjointObjective(model)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def example_objective(p, s, u_i, lam_i, y_i, mask_i):
+        return functional_call(objective, {f"model.{k}": v for k, v in p.items()},
+                               (s, u_i, lam_i, y_i, mask_i))
+
+    grads = vmap(grad(example_objective), in_dims=(None, 0, 0, 0, 0, None if mask is None else 0),
+                 chunk_size=chunk_size)(params, states, u, lam, y, mask)
+    return torch.cat([grads[name].reshape(u.shape[0], -1) for name in params], dim=1)
+
+
+def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:
+    """Anisotropy of the per-example gradient matrix ``G`` ``(M, P)``.
+
+    Rows are normalised to unit length (zero rows stay zero), columns are then centred, and
+    the statistics are taken of the singular values of the result (an exact float64 SVD;
+    centring leaves one zero singular value when ``M ≤ P``).
+    """
+    G = G.double()
+    G = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
+    G = G - G.mean(0, keepdim=True)
+    sigma = torch.linalg.svdvals(G)
+    return spectrum_stats(sigma, r, ce_denominator)
+
+
+@dataclass
+class Alignment:
+    """Transport–loss alignment.
+
+    Attributes:
+        ks: ``(K,)`` the start times ``k`` (lag ``T - k``).
+        alignment: ``(B, K)`` ``a_r(k)`` per example.
+        baseline: ``r / N``, the expected alignment of a uniformly random direction.
+    """
+
+    ks: Tensor
+    alignment: Tensor
+    baseline: float
+
+
+def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 10) -> Alignment:
+    """``a_r(k) = ‖U_rᵀ δ_T‖² / ‖δ_T‖²``, ``U_r`` the top-``r`` left singular vectors of
+    ``M_{T,k}``.
+
+    ``M_{T,k}`` for all requested ``k`` come from one backward sweep
+    ``M_{T,k} = M_{T,k+1} J_{k+1}`` in float64, renormalised at each step (singular vectors
+    are scale-invariant).
+
+    Args:
+        J: ``(B, T, N, N)`` Jacobians.
+        delta_T: ``(B, N)`` ``∂L/∂h_T`` per example.
+        ks: start times in ``0..T-1``.
+        r: subspace size, ``1 ≤ r ≤ N``.
+
+    Returns:
+        An :class:`Alignment`; NaN for an example with ``δ_T = 0``.
+    """
+    B, T, N, _ = J.shape
+    ks_t = torch.as_tensor(list(ks), dtype=torch.long)
+    if ks_t.numel() == 0 or (ks_t < 0).any() or (ks_t >= T).any():
+        raise ValueError(f"ks must be a non-empty set of values in [0, T-1={T - 1}], got {ks}")
+    if not 1 <= r <= N:
+        raise ValueError(f"r must lie in [1, N={N}], got {r}")
+    if delta_T.shape != (B, N):
+        raise ValueError(f"delta_T must have shape {(B, N)}, got {tuple(delta_T.shape)}")
+    Jd = J.double()
+    M = torch.eye(N, dtype=torch.float64, device=J.device).expand(B, N, N)
+    wanted, products = set(ks_t.tolist()), {}
+    for k in range(T - 1, int(ks_t.min()) - 1, -1):
+        M = M @ Jd[:, k]  # M_{T,k} = M_{T,k+1} J_{k+1}, J_{k+1} at index k
+        M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
+        if k in wanted:
+            products[k] = M
+    U = torch.linalg.svd(torch.stack([products[int(k)] for k in ks_t], 1))[0][..., :r]
+    delta = delta_T.double().unsqueeze(1).unsqueeze(-1)  # (B, 1, N, 1)
+    captured = (U.mT @ delta).squeeze(-1).pow(2).sum(-1)
+    return Alignment(ks_t, captured / delta.pow(2).sum((-2, -1)), r / N)

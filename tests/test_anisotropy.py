@@ -1,0 +1,152 @@
+"""Anisotropy measures: spectrum statistics, transport products, per-example gradients,
+update anisotropy and transport alignment (float64 references)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import CELLS, random_cell, random_inputs
+
+import gatescope as gs
+from gatescope.measures import (
+    per_example_gradients,
+    propagation_anisotropy,
+    spectrum_stats,
+    transport_alignment,
+    update_anisotropy,
+)
+
+
+def test_spectrum_stats_on_known_values():
+    sigma = torch.tensor([[1.0, 4.0, 1.0, 2.0], [3.0, 3.0, 3.0, 3.0]])  # any order
+    st = spectrum_stats(sigma, r=2)
+    assert torch.equal(st.sigma[0], torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(st.ai, torch.tensor([2.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(st.ce, torch.tensor([20 / 22, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(st.participation_ratio,
+                               torch.tensor([22**2 / 274, 4.0], dtype=torch.float64))
+    p = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64) / 8
+    torch.testing.assert_close(st.effective_rank,
+                               torch.stack([(-(p * p.log()).sum()).exp(),
+                                            torch.tensor(4.0, dtype=torch.float64)]))
+    top3 = spectrum_stats(sigma, r=2, ce_denominator=3)
+    torch.testing.assert_close(top3.ce, torch.tensor([20 / 21, 2 / 3], dtype=torch.float64))
+    torch.testing.assert_close(top3.ai, st.ai)
+    zero = spectrum_stats(torch.tensor([2.0, 0.0, 0.0]), r=3)
+    assert zero.ai == math.inf and zero.effective_rank == 1 and zero.participation_ratio == 1
+    for bad in ({"r": 0}, {"r": 5}, {"r": 2, "ce_denominator": 1},
+                {"r": 2, "ce_denominator": 5}, {"r": 2, "ce_denominator": "top"}):
+        with pytest.raises(ValueError):
+            spectrum_stats(sigma, **bad)
+
+
+def test_propagation_anisotropy_matches_explicit_products():
+    cell = random_cell("multi_gate", 3, 5, True, 0)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(3, 9, 3, 0))
+    J = gs.jacobians(cell, traj)
+    lags = [1, 4, 9]
+    res = propagation_anisotropy(J, lags, samples_per_lag=6, r=2)
+    assert res.stats.ai.shape == (3, 6) and res.stats.sigma.shape == (3, 6, 5)
+    assert torch.equal(res.lags, torch.tensor(lags))
+    b, t, k = res.samples.unbind(-1)
+    assert torch.equal(t - k, torch.tensor(lags).view(-1, 1).expand(3, 6))
+    assert (k >= 0).all() and (t <= 9).all() and (b < 3).all()
+    for i in range(3):
+        for s in range(6):
+            M = gs.transport(J, int(t[i, s]), int(k[i, s]))[b[i, s]]
+            sv = torch.linalg.svdvals(M)
+            torch.testing.assert_close(res.stats.sigma[i, s] / res.stats.sigma[i, s, 0],
+                                       sv / sv[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(res.stats.ai, res.stats.sigma[..., 0] / res.stats.sigma[..., 1])
+    again = propagation_anisotropy(J, lags, samples_per_lag=6, r=2)
+    assert torch.equal(again.samples, res.samples)
+    other = propagation_anisotropy(J, lags, samples_per_lag=6, r=2,
+                                   generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(other.samples, res.samples)
+    with pytest.raises(ValueError):
+        propagation_anisotropy(J, [0, 2])
+    with pytest.raises(ValueError):
+        propagation_anisotropy(J, [10])
+
+
+def _model(name, readout, loss="mse", out=2):
+    cell = random_cell(name, 3, 4, True, 1)
+    return gs.SequenceModel(cell, out, readout=readout, loss=loss).double()
+
+
+def _loop_gradients(model, u, y, mask=None):
+    rows = []
+    for i in range(u.shape[0]):
+        m = None if mask is None else mask[i:i + 1]
+        grads = torch.autograd.grad(model.loss(u[i:i + 1], y[i:i + 1], m),
+                                    list(model.parameters()))
+        rows.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("readout", ["last", "all"])
+@pytest.mark.parametrize("name", CELLS)
+def test_per_example_gradients_equal_single_example_autograd(name, readout):
+    model = _model(name, readout)
+    u = random_inputs(3, 5, 3, 2)
+    y = torch.randn(3, 2, dtype=torch.float64) if readout == "last" else \
+        torch.randn(3, 5, 2, dtype=torch.float64)
+    G = per_example_gradients(model, u, y)
+    assert G.shape == (3, sum(p.numel() for p in model.parameters()))
+    torch.testing.assert_close(G, _loop_gradients(model, u, y), rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_gradients_masked_cross_entropy_in_chunks():
+    model = _model("lstm", "all", loss="cross_entropy", out=5)
+    u = random_inputs(5, 6, 3, 3)
+    y = torch.randint(0, 5, (5, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) > 0.4
+    G = per_example_gradients(model, u, y, mask, chunk_size=2)
+    torch.testing.assert_close(G, _loop_gradients(model, u, y, mask), rtol=1e-10, atol=1e-12)
+
+
+def test_update_anisotropy_normalises_rows_then_centres_columns():
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(12, 30, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 3, 30)
+    st = update_anisotropy(G * torch.rand(12, 1, generator=gen) * 7, r=3)  # row scale is lost
+    X = G / G.norm(dim=1, keepdim=True)
+    sv = torch.linalg.svdvals(X - X.mean(0))
+    torch.testing.assert_close(st.sigma, sv, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(st.ai, sv[0] / sv[2], rtol=1e-9, atol=0)
+    assert st.sigma[-1] < 1e-6  # centring removes one dimension
+
+
+def _random_jacobians(B, T, N, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, N, N, generator=gen, dtype=torch.float64) / math.sqrt(N)
+
+
+def test_transport_alignment_matches_explicit_svd_and_is_one_at_full_rank():
+    J = _random_jacobians(4, 6, 5, 0)
+    delta = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ks = [5, 0, 3]
+    res = transport_alignment(J, delta, ks, r=2)
+    assert res.alignment.shape == (4, 3) and res.baseline == 2 / 5
+    for i, k in enumerate(ks):
+        U = torch.linalg.svd(gs.transport(J, 6, k))[0][..., :2]
+        ref = (U.mT @ delta.unsqueeze(-1)).squeeze(-1).pow(2).sum(-1) / delta.pow(2).sum(-1)
+        torch.testing.assert_close(res.alignment[:, i], ref, rtol=1e-10, atol=1e-12)
+    full = transport_alignment(J, delta, ks, r=5)
+    torch.testing.assert_close(full.alignment, torch.ones(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        transport_alignment(J, delta, [6])
+    with pytest.raises(ValueError):
+        transport_alignment(J, delta, [1], r=6)
+
+
+def test_transport_alignment_of_random_directions_is_r_over_n():
+    J = _random_jacobians(1, 3, 6, 2).expand(20000, -1, -1, -1)
+    delta = torch.randn(20000, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = transport_alignment(J, delta, [0, 2], r=2)
+    # a_r of an isotropic direction is Beta(r/2, (n-r)/2): mean r/n, std of the mean ~ 0.0015
+    torch.testing.assert_close(res.alignment.mean(0),
+                               torch.full((2,), res.baseline, dtype=torch.float64),
+                               rtol=0, atol=0.01)

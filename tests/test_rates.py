@@ -1,0 +1,206 @@
+"""Effective learning rates and the §VII-A profile measures (float64 references)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import CELLS, random_cell, random_inputs
+
+import gatescope as gs
+from gatescope.measures import (
+    effective_learning_rates,
+    envelope,
+    fit_power,
+    gate_product,
+    profile_fit,
+    sensitivity_profile,
+    time_scales,
+)
+from gatescope.measures._quantile import quantile
+
+B, T, M, N = 2, 6, 3, 4
+
+
+def _setup(name, seed=0, bias=True):
+    cell = random_cell(name, M, N, bias, seed)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(B, T, M, seed))
+    return cell, traj
+
+
+def test_leaky_zeroth_order_is_a_power_of_the_retention():
+    cell, traj = _setup("leaky")
+    mu = effective_learning_rates(cell, traj, order=0)
+    assert mu.shape == (B, T + 1, T + 1, N) and mu.dtype == torch.float64
+    for lag in range(T + 1):
+        ref = 1.0
+        for _ in range(lag):
+            ref *= 1 - cell.alpha
+        assert (mu[:, lag:, lag] == ref).all()  # the same multiplications: bit for bit
+        assert math.isclose(ref, (1 - cell.alpha) ** lag, rel_tol=1e-14)
+
+
+def test_multi_gate_zeroth_order_is_the_window_product_of_one_minus_g():
+    cell, traj = _setup("multi_gate")
+    mu = effective_learning_rates(cell, traj, order=0)
+    r = 1 - traj.gates
+    for t in range(T + 1):
+        for lag in range(t + 1):
+            ref = r[:, t - lag:t].prod(1)
+            torch.testing.assert_close(mu[:, t, lag], ref, rtol=1e-14, atol=0)
+
+
+def test_scalar_gate_zeroth_order_is_shared_by_all_neurons():
+    cell, traj = _setup("scalar_gate")
+    mu = effective_learning_rates(cell, traj, order=0)
+    finite = mu[~mu.isnan()].reshape(-1, N)
+    assert (finite == finite[:, :1]).all()
+    assert (finite[:, 0] < 1).any()
+
+
+def test_plain_zeroth_order_vanishes_beyond_lag_zero():
+    cell, traj = _setup("plain")
+    mu = effective_learning_rates(cell, traj, order=0)
+    assert (mu[:, :, 0] == 1).all()
+    for lag in range(1, T + 1):
+        assert (mu[:, lag:, lag] == 0).all()
+
+
+def _brute_first_order(r, d, t, lag):
+    """Σ_j (∏_{i≠j} r_i) d_j over j = t-ℓ+1..t, one neuron, plain Python."""
+    window = range(t - lag + 1, t + 1)
+    total = 0.0
+    for j in window:
+        prod = 1.0
+        for i in window:
+            if i != j:
+                prod *= r[i - 1]
+        total += prod * d[j - 1]
+    return total
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_first_order_matches_the_brute_force_sum(name):
+    cell, traj = _setup(name, seed=3)
+    mu0 = effective_learning_rates(cell, traj, order=0)
+    mu = effective_learning_rates(cell, traj, order=1)
+    J = gs.jacobians_autograd(cell, traj).detach()  # independent of the analytic path
+    n, S = cell.hidden_size, cell.state_size
+    diag = J.diagonal(dim1=-2, dim2=-1)[..., S - n:].numpy()
+    r = traj.retention.expand(B, T, n).numpy()
+    d = diag - r
+    ref = np.full(mu.shape, np.nan)
+    for b in range(B):
+        for q in range(n):
+            for t in range(T + 1):
+                for lag in range(t + 1):
+                    ref[b, t, lag, q] = _brute_first_order(r[b, :, q], d[b, :, q], t, lag)
+    torch.testing.assert_close(mu - mu0, torch.from_numpy(ref), rtol=1e-10, atol=1e-12,
+                               equal_nan=True)
+
+
+def test_lstm_first_order_vanishes_on_the_cell_state():
+    cell, traj = _setup("lstm")
+    mu = effective_learning_rates(cell, traj)
+    assert mu.shape[-1] == cell.hidden_size
+    torch.testing.assert_close(mu, effective_learning_rates(cell, traj, order=0),
+                               rtol=0, atol=1e-15, equal_nan=True)
+
+
+def test_nan_exactly_where_the_lag_exceeds_the_end_time_and_lags_keep_their_order():
+    cell, traj = _setup("gru")
+    lags = [3, 0, T + 2, 1, 3]
+    mu = effective_learning_rates(cell, traj, lags=lags)
+    full = effective_learning_rates(cell, traj)
+    t = torch.arange(T + 1).view(1, -1, 1, 1)
+    assert torch.equal(mu.isnan(), (torch.tensor(lags).view(1, 1, -1, 1) > t).expand_as(mu))
+    for i, lag in enumerate(lags):
+        if lag <= T:
+            torch.testing.assert_close(mu[:, :, i], full[:, :, lag], equal_nan=True)
+    with pytest.raises(ValueError):
+        effective_learning_rates(cell, traj, lags=[-1])
+    with pytest.raises(ValueError):
+        effective_learning_rates(cell, traj, order=2)
+
+
+def test_envelope_and_time_scales():
+    cell, traj = _setup("multi_gate")
+    mu = effective_learning_rates(cell, traj)
+    f = envelope(mu)
+    for lag in range(T + 1):
+        torch.testing.assert_close(f[lag], mu[:, lag:, lag].abs().mean())
+    tau = time_scales(cell, traj)
+    torch.testing.assert_close(tau, -1 / torch.log(1 - traj.gates.mean((0, 1))))
+    leaky, ltraj = _setup("leaky")
+    torch.testing.assert_close(time_scales(leaky, ltraj),
+                               torch.full((N,), -1 / math.log(1 - leaky.alpha),
+                                          dtype=torch.float64))
+
+
+def test_quantile_matches_numpy():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 9, generator=gen, dtype=torch.float64)
+    x[1, 3] = x[2, :4] = math.nan
+    x[4] = math.nan
+    levels = torch.tensor([0.0, 0.01, 0.3, 0.5, 0.99, 1.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN row
+        ref = np.nanquantile(x.numpy(), levels.numpy(), axis=1)
+    torch.testing.assert_close(quantile(x, levels), torch.from_numpy(ref), equal_nan=True)
+    torch.testing.assert_close(quantile(x, 0.5, dim=1), torch.from_numpy(ref[3]), equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["update", "retention"])
+def test_gate_product_by_brute_force(kind):
+    cell, traj = _setup("multi_gate", seed=4)
+    P = gate_product(traj, kind)
+    x = traj.gates if kind == "update" else traj.retention
+    for t in range(T + 1):
+        assert P[:, t, t + 1:].isnan().all()
+        for k in range(t + 1):
+            torch.testing.assert_close(P[:, t, k], x[:, k:t].prod(1).mean(-1))
+    leaky, ltraj = _setup("leaky")
+    P = gate_product(ltraj, "update")
+    assert math.isclose(P[0, T, 0].item(), leaky.alpha**T, rel_tol=1e-13)
+
+
+def test_sensitivity_profile_is_the_lag_median_ratio():
+    cell, traj = _setup("scalar_gate")
+    S = gs.sensitivities(gs.jacobians(cell, traj))
+    prof = sensitivity_profile(S)
+    assert prof.shape == (T - 1,)
+    med = [np.median(np.diagonal(S.numpy(), -lag, 1, 2)) for lag in range(1, T)]
+    torch.testing.assert_close(prof, torch.tensor(med) / med[0])
+
+
+def test_power_fit_recovers_a_synthetic_power_law():
+    cell, traj = _setup("multi_gate", seed=7)
+    P = gate_product(traj, "update")
+    S = 2.5 * P**0.7
+    fit = fit_power(S, P)
+    assert math.isclose(fit.slope, 0.7, rel_tol=1e-10)
+    assert math.isclose(fit.intercept, math.log(2.5), rel_tol=1e-10)
+    assert math.isclose(fit.r2, 1.0, rel_tol=1e-12)
+    below = B * T * (T + 1) // 2
+    assert 0.9 * below < fit.pairs < below  # the 1% tails are cut
+    assert fit_power(S, P, trim=0).pairs == below
+    result = profile_fit(traj, S)
+    assert torch.equal(result.lags, torch.arange(1, T))
+    torch.testing.assert_close(result.sensitivity, sensitivity_profile(S))
+    update = result.predictors["update"]
+    assert update.fit == fit
+    torch.testing.assert_close(update.zeroth_order, sensitivity_profile(P))
+    torch.testing.assert_close(update.fitted, update.zeroth_order**0.7)
+    assert set(result.predictors) == {"update", "retention"}
+
+
+def test_power_fit_degenerate_predictor_gives_nan():
+    cell, traj = _setup("plain")
+    S = gs.sensitivities(gs.jacobians(cell, traj))
+    fit = fit_power(S, gate_product(traj, "update"))  # P = 1: log P does not vary
+    assert math.isnan(fit.slope) and math.isnan(fit.r2)
+    assert fit_power(S, gate_product(traj, "retention")).pairs == 0  # P = 0
