@@ -39,14 +39,27 @@ from .measures import (
     update_anisotropy,
 )
 from .model import SequenceModel
+from .probes import (
+    Probe,
+    ProbeResults,
+    Schedule,
+    SkipQuantity,
+    list_quantities,
+    load_probe,
+    register_quantity,
+)
 from .tasks import Task, describe_tasks, list_tasks, make_task, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Expansion",
+    "Probe",
+    "ProbeResults",
     "RecurrentCell",
+    "Schedule",
     "SequenceModel",
+    "SkipQuantity",
     "Task",
     "Trajectory",
     "__version__",
@@ -65,7 +78,9 @@ __all__ = [
     "jacobians_autograd",
     "lag_gradients",
     "list_cells",
+    "list_quantities",
     "list_tasks",
+    "load_probe",
     "make_cell",
     "make_task",
     "optimizer_step_sizes",
@@ -73,6 +88,7 @@ __all__ = [
     "profile_fit",
     "propagation_anisotropy",
     "register_cell",
+    "register_quantity",
     "register_task",
     "sensitivities",
     "sensitivity_profile",
