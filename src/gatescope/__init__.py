@@ -22,6 +22,7 @@ from .dynamics.jacobians import (
 )
 from .dynamics.lag_gradients import lag_gradients
 from .dynamics.transport import sensitivities, transport
+from .experiments import list_experiments, register_experiment, run_experiment
 from .measures import (
     effective_learning_rates,
     envelope,
@@ -49,10 +50,12 @@ from .probes import (
     register_quantity,
 )
 from .tasks import Task, describe_tasks, list_tasks, make_task, register_task
+from .training import EnsembleTrainer, list_optimizers, make_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EnsembleTrainer",
     "Expansion",
     "Probe",
     "ProbeResults",
@@ -78,18 +81,23 @@ __all__ = [
     "jacobians_autograd",
     "lag_gradients",
     "list_cells",
+    "list_experiments",
+    "list_optimizers",
     "list_quantities",
     "list_tasks",
     "load_probe",
     "make_cell",
+    "make_optimizer",
     "make_task",
     "optimizer_step_sizes",
     "per_example_gradients",
     "profile_fit",
     "propagation_anisotropy",
     "register_cell",
+    "register_experiment",
     "register_quantity",
     "register_task",
+    "run_experiment",
     "sensitivities",
     "sensitivity_profile",
     "spectrum_stats",

@@ -11,6 +11,7 @@ settings -> groups -> rows -> summary -> figures/report.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,13 +31,26 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
 @dataclass(frozen=True)
 class Group:
-    """One cell of the experiment grid; all seeds of a group run as one ensemble."""
+    """One cell of the experiment grid; all seeds of a group run as one ensemble.
+
+    Names are those of the registries (``optimizer="none"`` where nothing is trained) and
+    must be file-system safe: letters, digits and ``_ . + -``.
+    """
 
     task: str
     cell: str
     optimizer: str
+
+    def __post_init__(self) -> None:
+        for field in ("task", "cell", "optimizer"):
+            value = getattr(self, field)
+            if not (isinstance(value, str) and _SAFE_NAME.fullmatch(value)):
+                raise ValueError(f"group {field} {value!r} must be letters, digits and _ . + -")
 
     @property
     def key(self) -> str:
@@ -49,8 +63,13 @@ Progress = Callable[[int, int], None]
 
 
 class Experiment(ABC):
-    """Subclass, set ``name``/``description``/``settings_model``, and register it with
-    :func:`gatescope.experiments.register_experiment`."""
+    """Subclass, set ``description``/``settings_model``, and register it with
+    :func:`gatescope.experiments.register_experiment` (which sets ``name``).
+
+    The runner calls :meth:`groups` and :meth:`summarize` in the main process and
+    :meth:`run_group` in worker processes (a fresh instance per group), so an experiment
+    keeps no state between calls and its class must be importable by its module path.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]

@@ -1,0 +1,5 @@
+"""``python -m gatescope`` is the ``gatescope`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""The ``gatescope`` command (also ``python -m gatescope``).
+
+Subcommands:
+    ``run EXPERIMENT [--set KEY=VALUE ...] [--config FILE.toml] [--out DIR] [--jobs N]
+    [--quiet]`` — run or finish an experiment (see :func:`gatescope.experiments.run_experiment`);
+    ``list`` — cells, tasks with their baseline losses, optimizers, experiments and their
+    settings; ``verify [--device D] [--dtype T]`` — check the analytic quantities against
+    autograd on this machine.
+
+Exit codes: 0 success; 1 a run or a check failed; 2 bad usage or settings (reported
+before any work starts). Each subcommand is a ``_add_NAME(subparsers)`` function that
+registers its parser and handler, so adding one (e.g. ``reproduce``) touches nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Sequence length at which ``gatescope list`` reports the tasks' baseline losses.
+LIST_SEQ_LEN = 80
+
+
+def _error(message: str) -> None:
+    print(f"gatescope: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- run
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run an experiment (resumes a previous run in --out)",
+                       description="Run an experiment; a rerun skips finished groups and "
+                       "resumes interrupted ones from their last checkpoint.")
+    p.add_argument("experiment", help="experiment name (see `gatescope list`)")
+    p.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+",
+                   action="extend", default=[], help="override a setting (repeatable)")
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings (--set wins)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder (default: gatescope-results/EXPERIMENT)")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="groups run in parallel worker processes (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(handler=_run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .experiments import (
+        RunError,
+        RunLocked,
+        SettingsError,
+        build_settings,
+        experiment_class,
+        load_toml,
+        parse_assignments,
+        run_experiment,
+    )
+
+    try:
+        cls = experiment_class(args.experiment)
+        layers = [load_toml(args.config)] if args.config else []
+        layers.append(parse_assignments(args.assignments))
+        settings = build_settings(cls.settings_model, *layers, experiment=args.experiment)
+    except SettingsError as err:
+        for key, message in err.problems:
+            _error(f"setting {key!r}: {message}")
+        return EXIT_USAGE
+    except ValueError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    try:
+        result = run_experiment(args.experiment, settings, args.out, jobs=args.jobs,
+                                quiet=args.quiet)
+    except (RunError, RunLocked) as err:
+        _error(str(err))
+        return EXIT_FAILED
+    print(f"{args.experiment}: {len(result.ran)} group(s) run, {len(result.skipped)} reused; "
+          f"{result.rows} rows in {result.out / 'results.csv'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- list
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="cells, tasks (with baselines), optimizers, experiments")
+    p.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .cells import cell_class, list_cells
+    from .experiments import experiment_class, list_experiments
+    from .experiments.settings import describe_settings
+    from .tasks import describe_tasks, make_task
+    from .training import list_optimizers
+
+    print("cells:")
+    for name in list_cells():
+        cls = cell_class(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"  {name:<14} {cls.__name__:<16} {doc[0] if doc else ''}")
+    print(f"\ntasks (baseline = loss of predicting the mean, at T={LIST_SEQ_LEN} and the "
+          "smallest input size):")
+    print(f"  {'name':<15} {'loss':<14} {'m':<8} {'baseline':>10}  description")
+    for info in describe_tasks():
+        task = make_task(info.name, seq_len=max(LIST_SEQ_LEN, info.min_seq_len))
+        print(f"  {info.name:<15} {info.loss:<14} {info.input_size:<8} "
+              f"{task.baseline_loss:>10.5g}  {info.description}")
+    print(f"\noptimizers: {', '.join(list_optimizers())}")
+    print("\nexperiments (gatescope run NAME --set KEY=VALUE):")
+    for name in list_experiments():
+        cls = experiment_class(name)
+        print(f"  {name:<14} {cls.description}")
+        for key, default, help_text in describe_settings(cls.settings_model):
+            note = f"  # {help_text}" if help_text else ""
+            print(f"      {key}={default}{note}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- verify
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check the analytic quantities against autograd")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        from . import verify
+    except ModuleNotFoundError as err:
+        if err.name != "gatescope.verify":
+            raise
+        _error("this installation has no gatescope.verify module")
+        return EXIT_FAILED
+    return int(verify.main(device=args.device, dtype=args.dtype))
+
+
+# ---------------------------------------------------------------------- main
+
+SUBCOMMANDS = (_add_run, _add_list, _add_verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gatescope`` command."""
+    parser = argparse.ArgumentParser(
+        prog="gatescope",
+        description="Measure how the gates of a recurrent network shape its training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse errors exit with 2)."""
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gatescope: %(message)s"))
+    log = logging.getLogger("gatescope")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    return args.handler(args)

@@ -1,0 +1,129 @@
+"""``anisotropy`` (paper §VII-B): anisotropy of gradient transport and of parameter updates,
+gated cells under SGD against a plain cell under Adam.
+
+Designs:
+
+* ``"paper"`` — the paper's three arms per task: plain + Adam, scalar_gate + SGD,
+  multi_gate + SGD (architecture and optimizer confounded, as in the paper);
+* ``"factorial"`` — every cell with every optimizer, which separates what the cell does from
+  what the optimizer does (claim C6). It contains the paper's arms.
+
+At each checkpoint every live seed is measured by
+:func:`~gatescope.experiments.probes.record_anisotropy` on its fixed probe batch (stream
+``"probe"``) and its fixed batch of ``gradient_examples`` sequences for per-example gradients
+(stream ``"gradients"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+
+from ..measures import optimizer_step_sizes
+from ..training import EnsembleTrainer, stream_generator, task_model_factory, train_resumable
+from .base import Experiment, Group, Progress
+from .grid import GridSettings
+from .losses import live_models, logged_steps, record_losses
+from .probes import record_anisotropy
+from .registry import register_experiment
+from .rows import RowWriter
+from .settings import CellNames, LearningRates, OptimizerNames, Steps, TaskNames, lr_for
+
+#: The paper's §VII-B arms: (cell, optimizer).
+PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
+
+
+class AnisotropySettings(GridSettings):
+    """Settings of :class:`AnisotropyExperiment` (defaults: the paper's §VII-B)."""
+
+    design: Literal["paper", "factorial"] = Field(
+        "factorial", description="paper: its 3 arms; factorial: cells x optimizers")
+    tasks: TaskNames = Field(("adding", "ar2", "movingavg", "delaysum", "narma10"),
+                             description="task names")
+    cells: CellNames = Field(("plain", "scalar_gate", "multi_gate"),
+                             description="cells of the factorial design")
+    optimizers: OptimizerNames = Field(("sgd", "adam"),
+                                       description="optimizers of the factorial design")
+    lr: LearningRates = Field({"sgd": 1e-2, "adam": 1e-3}, description="{optimizer = lr}")
+    seeds: tuple[int, ...] = Field(tuple(range(20)), description="a count N or a list")
+    steps: PositiveInt = Field(1200, description="optimizer steps")
+    checkpoints: Steps | None = Field((0, 400, 800, 1200), description="measurement steps")
+    seq_len: PositiveInt = Field(120, description="task length T")
+    input_size: PositiveInt | None = Field(6, description="m")
+    probe_batch: PositiveInt = Field(64, description="fixed probe sequences per seed")
+    lags: Steps = Field((1, 2, 4, 8, 12, 16, 24, 32, 40), description="lags measured")
+    samples_per_lag: PositiveInt = Field(64, description="(b, t, k) triples per lag")
+    rank: PositiveInt = Field(10, description="r of AI_r, CE_r and the alignment")
+    ce_denominator: Literal["all", 16] = Field(
+        "all", description="CE_r over all singular values, or the top 16 (the paper's code)")
+    gradient_examples: PositiveInt = Field(256, description="M per-example gradients")
+    rate_lags: Steps = Field((1, 4, 16), description="lags of the gate-induced rate dispersion")
+    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
+    fixed_batch: bool = Field(False, description="train on one fixed batch (the paper code's "
+                              "§VII-B defect)")
+
+    @field_validator("lags")
+    @classmethod
+    def _lags_fit(cls, lags, info: ValidationInfo):
+        if "seq_len" in info.data and max(lags) >= info.data["seq_len"]:
+            raise ValueError(f"every lag must be < seq_len={info.data['seq_len']}")
+        return lags
+
+    @field_validator("rank")
+    @classmethod
+    def _rank_fits(cls, rank: int, info: ValidationInfo) -> int:
+        if "hidden_size" in info.data and rank > info.data["hidden_size"]:
+            raise ValueError(f"rank must be <= hidden_size={info.data['hidden_size']}")
+        return rank
+
+
+@register_experiment("anisotropy")
+class AnisotropyExperiment(Experiment):
+    """Propagation and update anisotropy, gates against optimizers (claims C4–C7)."""
+
+    description = ("§VII-B: anisotropy of transport and of updates, gated cells + SGD vs "
+                   "plain + Adam (paper or factorial design)")
+    settings_model = AnisotropySettings
+
+    def groups(self, settings: AnisotropySettings) -> list[Group]:
+        if settings.design == "factorial":
+            return settings.grid()
+        return [Group(t, c, o) for t in settings.tasks for c, o in PAPER_ARMS]
+
+    def run_group(self, settings: AnisotropySettings, group: Group, workdir: Path,
+                  progress: Progress) -> list[dict[str, Any]]:
+        task = settings.task(group.task)
+        trainer = EnsembleTrainer(
+            task_model_factory(task, group.cell, settings.hidden_size, bias=settings.bias),
+            settings.seeds, task, optimizer=group.optimizer,
+            lr=lr_for(settings.lr, group.optimizer), batch_size=settings.batch_size,
+            dtype=getattr(torch, settings.dtype), device=settings.device,
+            fixed_batch=settings.fixed_batch)
+        probe = trainer.sample_batch([stream_generator(s, "probe") for s in trainer.seeds],
+                                     settings.probe_batch)
+        grads = trainer.sample_batch([stream_generator(s, "gradients") for s in trainer.seeds],
+                                     settings.gradient_examples)
+
+        def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
+            writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
+            idx, seeds, models = live_models(t)
+            steps = optimizer_step_sizes(t.optimizer)
+            if models:
+                record_anisotropy(
+                    writer, seeds, t.steps_done, models,
+                    [(probe[0][k], probe[1][k]) for k in idx],
+                    [(grads[0][k], grads[1][k]) for k in idx],
+                    [{p: v[k] for p, v in steps.items()} for k in idx],
+                    lags=settings.lags, samples_per_lag=settings.samples_per_lag,
+                    r=settings.rank, ce_denominator=settings.ce_denominator,
+                    rate_lags=settings.rate_lags)
+            return writer.rows
+
+        rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
+                               workdir / "checkpoints", measure, progress)
+        writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
+        record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
+        return rows + writer.rows

@@ -1,0 +1,88 @@
+"""Settings shared by every experiment that trains a grid of tasks × cells × optimizers.
+
+Field names are the common ones of DESIGN §7; an experiment subclasses
+:class:`GridSettings`, adds its own fields and overrides defaults.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+
+from ..tasks import make_task
+from .base import Group, Settings
+from .settings import (
+    CellNames,
+    Device,
+    DtypeName,
+    LearningRates,
+    OptimizerNames,
+    Seeds,
+    Steps,
+    TaskNames,
+    check_lr_covers,
+    check_task_sizes,
+    check_within,
+)
+
+
+class GridSettings(Settings):
+    """Tasks × cells × optimizers trained over seeds, with checkpoints."""
+
+    tasks: TaskNames = Field(("adding",), description="task names (gatescope list)")
+    cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
+    optimizers: OptimizerNames = Field(("sgd",), description="sgd, momentum, adam, adamw, "
+                                       "rmsprop")
+    seeds: Seeds = Field((0, 1, 2, 3, 4), description="a count N (seeds 0..N-1) or a list")
+    steps: PositiveInt = Field(800, description="optimizer steps")
+    lr: LearningRates = Field(1e-2, description="learning rate, or a table {optimizer = lr}")
+    batch_size: PositiveInt = Field(64, description="fresh sequences per seed per step")
+    seq_len: PositiveInt = Field(80, description="task length T")
+    input_size: PositiveInt | None = Field(None, description="m; none: each task's smallest")
+    hidden_size: PositiveInt = Field(64, description="n")
+    bias: bool = Field(False, description="biases in the cell")
+    checkpoints: Steps | None = Field(None, description="steps to measure and save at; "
+                                      "none: 0, 1/4, 1/2, 3/4 of steps (the end is added)")
+    dtype: DtypeName = Field("float32", description="float32 or float64")
+    device: Device = Field("cpu", description="cpu, cuda, cuda:N or auto")
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_for_every_optimizer(cls, lr, info: ValidationInfo):
+        if "optimizers" in info.data:
+            check_lr_covers(lr, info.data["optimizers"])
+        return lr
+
+    @field_validator("seq_len")
+    @classmethod
+    def _tasks_take_length(cls, seq_len: int, info: ValidationInfo) -> int:
+        if "tasks" in info.data:
+            check_task_sizes(info.data["tasks"], seq_len)
+        return seq_len
+
+    @field_validator("input_size")
+    @classmethod
+    def _tasks_take_inputs(cls, input_size: int | None, info: ValidationInfo) -> int | None:
+        if "tasks" in info.data and "seq_len" in info.data:
+            check_task_sizes(info.data["tasks"], info.data["seq_len"], input_size)
+        return input_size
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints_in_run(cls, checkpoints, info: ValidationInfo):
+        if checkpoints is not None and "steps" in info.data:
+            check_within(checkpoints, info.data["steps"])
+        return checkpoints
+
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """The checkpoint steps, the last step included."""
+        marks = (self.checkpoints if self.checkpoints is not None
+                 else [self.steps * q // 4 for q in range(4)])
+        return tuple(sorted({*marks, self.steps}))
+
+    def grid(self) -> list[Group]:
+        """Every ``(task, cell, optimizer)`` combination, tasks outermost."""
+        return [Group(t, c, o) for t in self.tasks for c in self.cells for o in self.optimizers]
+
+    def task(self, name: str):
+        """The task ``name`` at this grid's sizes."""
+        return make_task(name, seq_len=self.seq_len, input_size=self.input_size)

@@ -1,0 +1,90 @@
+"""``profiles`` (paper §VII-A): lag profiles of transport sensitivity and their gate-product
+predictors over training.
+
+Each group trains one cell over all seeds with fresh batches each step; at every checkpoint
+each seed's fixed probe batch (stream ``"probe"`` of the seed) is unrolled and measured by
+:func:`~gatescope.experiments.probes.record_profiles`: the sensitivity profile
+``μ̃_eff(ℓ)``, both gate-product predictors with their fitted power ``s`` and ``R²``, the
+effective rates' envelope and across-neuron dispersion, and the quantities behind the
+schedule and momentum analogies. Rows also carry the training ``loss``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from ..training import EnsembleTrainer, stream_generator, task_model_factory, train_resumable
+from .base import Experiment, Group, Progress
+from .grid import GridSettings
+from .losses import live_models, logged_steps, record_losses
+from .probes import record_profiles
+from .registry import register_experiment
+from .rows import RowWriter
+from .settings import CellNames, Steps, lr_for
+
+PROBE_STREAM = "probe"
+
+
+class ProfilesSettings(GridSettings):
+    """Settings of :class:`ProfilesExperiment` (defaults: the paper's §VII-A)."""
+
+    cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
+    seeds: tuple[int, ...] = Field(tuple(range(20)), description="a count N or a list")
+    steps: PositiveInt = Field(800, description="optimizer steps")
+    checkpoints: Steps | None = Field((0, 50, 200, 400, 600, 800),
+                                      description="steps at which the probe batch is measured")
+    input_size: PositiveInt | None = Field(4, description="m")
+    probe_batch: PositiveInt = Field(12, description="fixed probe sequences per seed")
+    alpha: float = Field(0.8, gt=0, le=1, description="leaky cell's update weight")
+    trim: float = Field(0.01, ge=0, lt=0.5, description="quantile cut of the power fit")
+    rate_lags: Steps = Field((1, 2, 4, 8, 16, 32), description="lags of effective rates")
+    schedule_lags: Steps = Field((1, 5, 10, 20), description="lags of the implied schedule")
+    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
+    product_order: Literal["chain", "reversed"] = Field(
+        "chain", description="transport product order; reversed = the paper code's defect")
+
+
+@register_experiment("profiles")
+class ProfilesExperiment(Experiment):
+    """Lag-dependent effective learning rates under fixed-step SGD (claims C1–C3)."""
+
+    description = ("§VII-A: transport-sensitivity lag profiles vs gate-product predictors "
+                   "over training")
+    settings_model = ProfilesSettings
+
+    def groups(self, settings: ProfilesSettings) -> list[Group]:
+        return settings.grid()
+
+    def run_group(self, settings: ProfilesSettings, group: Group, workdir: Path,
+                  progress: Progress) -> list[dict[str, Any]]:
+        task = settings.task(group.task)
+        options = {"alpha": settings.alpha} if group.cell == "leaky" else {}
+        lr = lr_for(settings.lr, group.optimizer)
+        trainer = EnsembleTrainer(
+            task_model_factory(task, group.cell, settings.hidden_size, bias=settings.bias,
+                               **options),
+            settings.seeds, task, optimizer=group.optimizer, lr=lr,
+            batch_size=settings.batch_size, dtype=getattr(torch, settings.dtype),
+            device=settings.device)
+        probe_u = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
+                                        for s in trainer.seeds], settings.probe_batch)[0]
+
+        def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
+            writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
+            idx, seeds, models = live_models(t)
+            if models:
+                record_profiles(writer, seeds, t.steps_done, models, [probe_u[k] for k in idx],
+                                lr=lr, trim=settings.trim, rate_lags=settings.rate_lags,
+                                schedule_lags=settings.schedule_lags,
+                                product_order=settings.product_order)
+            return writer.rows
+
+        rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
+                               workdir / "checkpoints", measure, progress)
+        writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
+        record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
+        return rows + writer.rows

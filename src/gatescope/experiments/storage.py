@@ -1,0 +1,218 @@
+"""An experiment run on disk: per-group results with integrity markers, assembled atomically.
+
+Layout of a run folder (every file written atomically, see :mod:`gatescope.training.files`)::
+
+    OUT/config.json              every setting, the settings hash, versions, the groups
+    OUT/results.csv              all groups' rows in grid order (rebuilt by every run)
+    OUT/summary.json             the experiment's aggregates across seeds
+    OUT/groups/KEY/rows.csv      one group's rows
+    OUT/groups/KEY/done.json     its marker: settings hash, sha256 and row count of rows.csv
+    OUT/groups/KEY/work/         the group's private folder (training checkpoints)
+
+A group counts as finished only if its marker names the current settings hash *and*
+``rows.csv`` still has the sha256 and row count the marker recorded; a truncated, edited
+or missing file is redone, never trusted. ``rows.csv`` is written before the marker, so a
+crash between the two also leads to a redo. ``work/`` is tagged with the settings hash and
+wiped when the settings change, so checkpoints of other settings are never resumed.
+
+CSV conventions: ``None`` is an empty cell, floats are written with ``repr`` (exact round
+trip, ``nan``/``inf`` included). Columns are ``RESULT_COLUMNS`` then the experiment's extra
+columns (``eps``, ``predictor``, ...) sorted by name; a row lacking one leaves it empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..training.files import atomic_write_bytes, atomic_write_json
+from .base import RESULT_COLUMNS, Group
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no run lock
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+#: Columns always read back as text; other columns read back as int, float or text.
+TEXT_COLUMNS = ("experiment", "task", "cell", "optimizer", "metric")
+
+
+# ---------------------------------------------------------------------- CSV rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _parse(column: str, text: str) -> Any:
+    if column in TEXT_COLUMNS:
+        return text
+    if text == "":
+        return None
+    if column == "value":
+        return float(text)
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def columns_of(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """``RESULT_COLUMNS`` followed by every other key of ``rows``, sorted."""
+    extra = {key for row in rows for key in row} - set(RESULT_COLUMNS)
+    return [*RESULT_COLUMNS, *sorted(extra)]
+
+
+def rows_to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
+    """The CSV bytes of ``rows`` under ``columns`` (header first)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_cell(row.get(c)) for c in columns] for row in rows)
+    return buf.getvalue().encode()
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results CSV with typed values (see the module docstring)."""
+    with open(path, newline="") as f:
+        return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _table(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    return (lines[0], lines[1:]) if lines else ([], [])
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomic JSON with non-finite floats written as ``null`` (strict JSON)."""
+    return atomic_write_json(path, _finite(obj))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------- one group
+
+
+class GroupFolder:
+    """``OUT/groups/KEY``: one group's rows, marker and work folder."""
+
+    #: Reasons of :meth:`check` that are expected, not signs of damage.
+    NOT_RUN = "not run yet"
+    OTHER_SETTINGS = "finished with other settings"
+
+    def __init__(self, out: str | Path, group: Group) -> None:
+        self.group = group
+        self.path = Path(out) / "groups" / group.key
+        self.rows_path = self.path / "rows.csv"
+        self.marker_path = self.path / "done.json"
+        self.workdir = self.path / "work"
+
+    def check(self, settings_hash: str) -> str | None:
+        """``None`` if the group is finished for these settings, else why it is not."""
+        try:
+            marker = json.loads(self.marker_path.read_text())
+        except FileNotFoundError:
+            return self.NOT_RUN
+        except (OSError, ValueError) as err:
+            return f"unreadable marker ({err})"
+        if not isinstance(marker, dict) or marker.get("settings_hash") != settings_hash:
+            return self.OTHER_SETTINGS
+        try:
+            data = self.rows_path.read_bytes()
+            _, body = _table(self.rows_path)
+        except (OSError, csv.Error, UnicodeDecodeError) as err:
+            return f"results unreadable ({err})"
+        if hashlib.sha256(data).hexdigest() != marker.get("sha256") or len(body) != marker.get(
+                "rows"):
+            return "results file does not match its marker (truncated or edited)"
+        return None
+
+    def prepare(self, settings_hash: str) -> Path:
+        """The work folder, emptied if it holds work of other settings; drops the marker."""
+        self.marker_path.unlink(missing_ok=True)
+        tag = self.workdir / "settings_hash"
+        if self.workdir.exists() and (not tag.exists() or tag.read_text() != settings_hash):
+            shutil.rmtree(self.workdir)
+        if not self.workdir.exists():
+            self.workdir.mkdir(parents=True)
+            atomic_write_bytes(tag, settings_hash.encode())
+        return self.workdir
+
+    def write(self, rows: list[dict[str, Any]], settings_hash: str) -> int:
+        """Write ``rows.csv`` and then the marker; returns the row count."""
+        data = rows_to_csv(rows, columns_of(rows))
+        atomic_write_bytes(self.rows_path, data)
+        write_json(self.marker_path, {"settings_hash": settings_hash,
+                                      "sha256": hashlib.sha256(data).hexdigest(),
+                                      "rows": len(rows), "group": self.group.key})
+        return len(rows)
+
+
+# ---------------------------------------------------------------------- the whole run
+
+
+def assemble_results(out: str | Path, folders: list[GroupFolder]) -> Path:
+    """Concatenate the groups' ``rows.csv`` (grid order) into ``OUT/results.csv``.
+
+    Cells are copied as text, so values are exactly those the groups wrote.
+    """
+    tables = [_table(f.rows_path) for f in folders]
+    columns = columns_of({c: None} for header, _ in tables for c in header)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for header, body in tables:
+        index = [header.index(c) if c in header else None for c in columns]
+        writer.writerows([row[i] if i is not None else "" for i in index] for row in body)
+    return atomic_write_bytes(Path(out) / "results.csv", buf.getvalue().encode())
+
+
+class RunLocked(RuntimeError):
+    """Another process is running an experiment into the same folder."""
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``OUT/.lock`` (an OS lock, released when the process dies) for one run."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(out / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another gatescope run is writing to {out}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
