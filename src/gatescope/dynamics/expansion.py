@@ -111,4 +111,4 @@ def first_order_expansion(A: Tensor, B: Tensor, eps=DEFAULT_EPS, fit_points: int
 
 def _spectral_norms(X: Tensor) -> Tensor:
     flat = X.reshape(-1, *X.shape[-2:])
-    return top_singular_values(flat)[0].to(X.dtype).reshape(X.shape[:-2])
+    return top_singular_values(flat).values.to(X.dtype).reshape(X.shape[:-2])

@@ -5,7 +5,7 @@ dominates when there are tens of thousands of matrices. Instead, per matrix:
 
 1. ``Z = (MᵀM)^{2^s}`` by ``s`` squarings (``λ_max(Z) = σ_1^{2^{s+1}}``). Squaring widens
    the relative gaps of flat spectra, so few iterations are needed, and it is made of
-   batched matmuls, which run at full speed.
+   batched matmuls, which run at full speed; decaying spectra need none (``s = 0``).
 2. Block subspace iteration on ``Z`` (``r`` columns, warm-startable) gives an orthonormal
    ``Q`` and the Ritz value ``θ = λ_max(H) ≤ λ_max(Z)``, ``H = QᵀZQ``.
 3. A certificate: in the basis ``[Q, Q⊥]``, ``Z = [[H, Cᵀ], [C, W]]`` with
@@ -21,6 +21,8 @@ only decide how much work a matrix needs.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -66,9 +68,49 @@ def _cholesky_certified(Z: Tensor, theta: Tensor, rtol: float) -> Tensor:
     return (theta > 0) & (info == 0)
 
 
+class TopSingular(NamedTuple):
+    """Result of :func:`top_singular_values`.
+
+    Attributes:
+        values: ``(c,)`` float64, ``σ_1`` of each matrix.
+        basis: ``(c, q, r)`` approximate top right singular subspaces (a warm start for a
+            related batch).
+        frobenius_sq: ``(c,)`` float64, ``‖M‖_F²`` (a by-product, for callers that keep
+            products in range).
+        iterated_share: the fraction certified by the subspace iteration alone (without
+            the Cholesky check or an eigensolve): how well the number of squarings suited
+            the batch.
+    """
+
+    values: Tensor
+    basis: Tensor
+    frobenius_sq: Tensor
+    iterated_share: float
+
+
+#: Range of ``‖M‖_F²`` within which the Gram matrix is formed without rescaling ``M``.
+_GRAM_RANGE = (1e-30, 1e30)
+
+
+def _gram(M: Tensor) -> tuple[Tensor, Tensor]:
+    """``(MᵀM / f, f)`` with ``f = 1`` unless ``‖M‖_F²`` leaves :data:`_GRAM_RANGE`
+    (then ``f = ‖M‖_F²``, computed in float64 from ``M`` itself, so nothing under- or
+    overflows); ``f`` is ``(c,)`` float64."""
+    Z = M.mT @ M
+    factor = torch.ones(M.shape[0], dtype=torch.float64, device=M.device)
+    trace = Z.diagonal(dim1=-2, dim2=-1).double().sum(-1)
+    bad = ~((trace > _GRAM_RANGE[0]) & (trace < _GRAM_RANGE[1]))
+    if bad.any():
+        norm = torch.linalg.vector_norm(M[bad].double(), dim=(-2, -1))
+        Mb = (M[bad].double() / torch.where(norm > 0, norm, 1.0).view(-1, 1, 1)).to(M)
+        Z[bad] = Mb.mT @ Mb
+        factor[bad] = norm**2
+    return Z, factor
+
+
 def top_singular_values(M: Tensor, start: Tensor | None = None, rank: int = RANK,
                         iterations: int = 3, squarings: int = 3, rtol: float = RTOL
-                        ) -> tuple[Tensor, Tensor]:
+                        ) -> TopSingular:
     """Exact largest singular values of a batch of matrices.
 
     Args:
@@ -78,32 +120,42 @@ def top_singular_values(M: Tensor, start: Tensor | None = None, rank: int = RANK
         rank: subspace size ``r`` (clipped to ``q``).
         iterations: most subspace-iteration steps before the Cholesky check; each step
             only touches the matrices not yet certified.
-        squarings: ``s``, the number of squarings of ``MᵀM``.
+        squarings: ``s``, the number of squarings of ``MᵀM`` (each preceded by scaling to
+            unit trace, so nothing overflows).
         rtol: relative tolerance on ``σ_1``.
 
     Returns:
-        ``sigma`` ``(c,)`` float64 and the final bases ``(c, q, r)``, the approximate top
-        right singular subspaces, suitable as ``start`` for a related batch.
+        A :class:`TopSingular`.
     """
     rank = min(rank, M.shape[-1])
-    scale = torch.linalg.vector_norm(M, dim=(-2, -1), keepdim=True)
-    M = M / torch.where(scale > 0, scale, torch.ones_like(scale))
-    Z = M.mT @ M
-    for _ in range(squarings):
-        Z = Z @ Z
-    power = 2 ** (squarings + 1)  # λ_max(Z) = σ_1^power
+    Z, factor = _gram(M)
+    trace = Z.diagonal(dim1=-2, dim2=-1).double().sum(-1)
+    frobenius_sq = trace * factor
+    if squarings:
+        unit = torch.where(trace > 0, trace, 1.0)
+        Z = Z / unit.to(Z).view(-1, 1, 1)
+        factor = factor * unit
+        for _ in range(squarings):
+            Z = Z @ Z
+    power = 2 ** (squarings + 1)  # λ_max(Z) = (σ_1² / factor)^(power / 2)
     ztol = rtol * power
     Q = (_start_basis(Z, rank) if start is None else start).clone()
     theta, ok, Y = _ritz_certificate(Z, Q, ztol)
     todo = (~ok).nonzero().squeeze(-1)
+    Y = Y[todo]
     for _ in range(iterations - 1):
         if todo.numel() == 0:
             break
-        Q[todo] = torch.linalg.qr(Y[~ok])[0]
-        theta[todo], ok, Y = _ritz_certificate(Z[todo], Q[todo], ztol)
-        todo = todo[~ok]
-    sigma = theta.clamp_min(0) ** (1 / power)
+        Q[todo] = torch.linalg.qr(Y)[0]
+        if 2 * todo.numel() > Z.shape[0]:  # most are left: a full pass beats gathering Z
+            th, now_ok, Y = (x[todo] for x in _ritz_certificate(Z, Q, ztol))
+        else:
+            th, now_ok, Y = _ritz_certificate(Z[todo], Q[todo], ztol)
+        theta[todo] = th
+        todo, Y = todo[~now_ok], Y[~now_ok]
+    sigma = (theta.clamp_min(0) ** (2 / power) * factor).sqrt()
+    iterated_share = 1 - todo.numel() / max(1, M.shape[0])
     if todo.numel():
         failed = todo[~_cholesky_certified(Z[todo], theta[todo], ztol)]
-        sigma[failed] = squared_singular_values(M[failed])[:, 0].sqrt()
-    return sigma * scale.flatten().double(), Q
+        sigma[failed] = squared_singular_values(M[failed].double())[:, 0].sqrt()
+    return TopSingular(sigma, Q, frobenius_sq, iterated_share)

@@ -16,6 +16,12 @@ from .spectral import RTOL, top_singular_values
 #: Elements of the products held at once by :func:`sensitivities` (bounds peak memory).
 _PRODUCT_ELEMENTS = 2**23
 
+#: Products are renormalised once ``‖M‖_F²`` leaves ``[x, 1/x]``.
+_RENORMALISE_BELOW = 1e-12
+
+#: Squarings of ``MᵀM`` used for the flat spectra of short lags (fewer for longer lags).
+MAX_SQUARINGS = 3
+
 
 def transport(J: Tensor, t: int, k: int) -> Tensor:
     """``M_{t,k} = J_t ⋯ J_{k+1}``: ``(B, N, N)``; the identity when ``t == k``.
@@ -38,10 +44,12 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
     """Exact spectral norms of every transport product.
 
     Products are formed lag by lag (``M_{k+ℓ,k} = J_{k+ℓ} M_{k+ℓ-1,k}``, one batched matmul
-    per lag), renormalised at each lag so long windows neither underflow nor overflow, and
+    per lag), renormalised whenever their size drifts so long windows neither underflow nor
+    overflow, and
     their norms computed exactly by :func:`~gatescope.dynamics.spectral.top_singular_values`,
     whose certified subspace iteration is warm-started from the previous lag (``M_{t,k}``
-    and ``M_{t-1,k}`` share their input space). Start times are processed in chunks so peak
+    and ``M_{t-1,k}`` share their input space) and whose number of squarings follows how
+    flat the previous lag's spectra were. Start times are processed in chunks so peak
     memory stays bounded for long sequences.
 
     Args:
@@ -56,21 +64,31 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
     chunk = max(1, _PRODUCT_ELEMENTS // (Bsz * N * N))
+    Jt = J.transpose(0, 1).contiguous()  # (T, B, N, N): start times lead, so prefixes are views
     for k0 in range(0, T, chunk):
         k1 = min(k0 + chunk, T)
-        P = J[:, k0:k1]  # M_{k+1,k} for k = k0..k1-1
-        log_scale = torch.zeros(Bsz, k1 - k0, dtype=torch.float64, device=J.device)
-        basis = None
+        P = Jt[k0:k1]  # P[i] = M_{k+1,k} for k = k0 + i, shape (count, B, N, N)
+        log_scale = torch.zeros(k1 - k0, Bsz, dtype=torch.float64, device=J.device)
+        basis, squarings = None, MAX_SQUARINGS
         for lag in range(1, T - k0 + 1):
             count = min(k1, T - lag + 1) - k0  # start times k with k + lag <= T
             if lag > 1:
-                P = J[:, k0 + lag - 1 : k0 + lag - 1 + count] @ P[:, :count]
-                log_scale = log_scale[:, :count]
-                basis = basis.reshape(Bsz, -1, *basis.shape[-2:])[:, :count].flatten(0, 1)
-            scale = torch.linalg.vector_norm(P, dim=(-2, -1), keepdim=True)
-            P = P / torch.where(scale > 0, scale, torch.ones_like(scale))
-            log_scale = log_scale + torch.log(scale.squeeze(-1).squeeze(-1).double())
-            sigma, basis = top_singular_values(P.flatten(0, 1), basis, rtol=rtol)
+                P = Jt[k0 + lag - 1 : k0 + lag - 1 + count] @ P[:count]
+                log_scale = log_scale[:count]
+                basis = basis[: count * Bsz]
+            sigma, basis, frobenius_sq, share = top_singular_values(
+                P.flatten(0, 1), basis, rtol=rtol, squarings=squarings)
+            # spectra decay with the lag: square less while the iteration certifies nearly all
+            if share > 0.95:
+                squarings = max(0, squarings - 1)
+            elif share < 0.5:
+                squarings = min(MAX_SQUARINGS, squarings + 1)
             ks = torch.arange(k0, k0 + count, device=J.device)
-            S[:, ks + lag, ks] = sigma.reshape(Bsz, count) * log_scale.exp()
+            S[:, ks + lag, ks] = (sigma.view(count, Bsz) * log_scale.exp()).T
+            frobenius_sq = frobenius_sq.view(count, Bsz)
+            if not ((frobenius_sq > _RENORMALISE_BELOW) & (frobenius_sq < 1 / _RENORMALISE_BELOW)
+                    ).all():  # keep the products representable for the next lags
+                norm = frobenius_sq.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+                P = P / norm.to(P.dtype).view(count, Bsz, 1, 1)
+                log_scale = log_scale + norm.log()
     return S
