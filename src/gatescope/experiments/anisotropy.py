@@ -30,7 +30,7 @@ from .losses import live_models, logged_steps, record_losses
 from .probes import record_anisotropy
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, LearningRates, OptimizerNames, Steps, TaskNames, lr_for
+from .settings import CellNames, LearningRates, OptimizerNames, Seeds, Steps, TaskNames, lr_for
 
 #: The paper's §VII-B arms: (cell, optimizer).
 PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
@@ -48,7 +48,7 @@ class AnisotropySettings(GridSettings):
     optimizers: OptimizerNames = Field(("sgd", "adam"),
                                        description="optimizers of the factorial design")
     lr: LearningRates = Field({"sgd": 1e-2, "adam": 1e-3}, description="{optimizer = lr}")
-    seeds: tuple[int, ...] = Field(tuple(range(20)), description="a count N or a list")
+    seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
     steps: PositiveInt = Field(1200, description="optimizer steps")
     checkpoints: Steps | None = Field((0, 400, 800, 1200), description="measurement steps")
     seq_len: PositiveInt = Field(120, description="task length T")

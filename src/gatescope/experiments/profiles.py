@@ -24,7 +24,7 @@ from .losses import live_models, logged_steps, record_losses
 from .probes import record_profiles
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, Steps, lr_for
+from .settings import CellNames, Seeds, Steps, lr_for
 
 PROBE_STREAM = "probe"
 
@@ -33,7 +33,7 @@ class ProfilesSettings(GridSettings):
     """Settings of :class:`ProfilesExperiment` (defaults: the paper's §VII-A)."""
 
     cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
-    seeds: tuple[int, ...] = Field(tuple(range(20)), description="a count N or a list")
+    seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
     steps: PositiveInt = Field(800, description="optimizer steps")
     checkpoints: Steps | None = Field((0, 50, 200, 400, 600, 800),
                                       description="steps at which the probe batch is measured")

@@ -1,0 +1,34 @@
+"""Verdict on claim C8 from the ``expansion`` experiment."""
+
+from __future__ import annotations
+
+from .table import ResultsTable, Spread
+from .verdicts import Verdict, combine
+
+SLOPE_RANGE = (1.8, 2.2)
+
+
+def judge_c8(table: ResultsTable) -> Verdict:
+    """C8: the first-order expansion is accurate; the gate correction is small.
+
+    Rule: for every cell, the median over seeds of the small-ε slope of ``E(ε)`` lies in
+    [1.8, 2.2] and the median over seeds of the per-seed median ``ρ_j`` is below 1.
+    """
+    v = Verdict(
+        "C8", "the first-order expansion is accurate; the gate correction is small but "
+        "systematic",
+        f"small-ε log-log slope of the truncation error in {list(SLOPE_RANGE)}; median "
+        "ρ_j = ‖B_j‖₂/‖A_j‖₂ below 1 (per cell, across seeds)",
+        figures=["expansion_error", "expansion_ratios"],
+    )
+    checks = []
+    for cell in table.unique("cell"):
+        slope = table.select(cell=cell, metric="error_slope").spread()
+        rho = table.select(cell=cell, metric="correction_ratio_median").spread()
+        checks += [SLOPE_RANGE[0] <= slope.median <= SLOPE_RANGE[1], rho.median < 1]
+        v.evidence.append(f"{cell}: slope {slope}; median ρ_j {rho}")
+        c2 = table.select(cell=cell, metric="remainder_c2", eps=1.0)
+        if len(c2):
+            v.evidence.append(f"{cell}: C₂(1) {Spread.of(c2.columns['value'])}")
+    v.verdict = combine(checks)
+    return v
