@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .summary import seed_aggregates
+
 #: The columns every results row has (DESIGN §8); experiments may add more (``eps``, ...).
 RESULT_COLUMNS = ("experiment", "task", "cell", "optimizer", "seed", "step", "metric", "lag",
                   "value")
@@ -88,5 +90,6 @@ class Experiment(ABC):
         with ``metric="diverged"`` (``value`` = the step), never as an exception."""
 
     def summarize(self, settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Aggregates across seeds for ``summary.json`` (default: none)."""
-        return {}
+        """Aggregates across seeds for ``summary.json`` (default: median, quartiles and count
+        of every quantity, :func:`~gatescope.experiments.summary.seed_aggregates`)."""
+        return {"experiment": self.name, "quantities": seed_aggregates(rows)}

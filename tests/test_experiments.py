@@ -1,0 +1,113 @@
+"""The paper's experiments: fidelity switches, row contents, designs and settings checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_cell, random_inputs
+
+import gatescope as gs
+from gatescope.experiments import SettingsError, build_settings
+from gatescope.experiments.anisotropy import AnisotropyExperiment, AnisotropySettings
+from gatescope.experiments.expansion import ExpansionExperiment, ExpansionSettings
+from gatescope.experiments.paper_code import gate_split, ordered_sensitivities
+from gatescope.experiments.profiles import ProfilesExperiment, ProfilesSettings
+
+
+def _quiet(done, total):
+    pass
+
+
+def _metrics(rows):
+    return {r["metric"] for r in rows}
+
+
+def test_reversed_order_sensitivities_are_norms_of_reversed_products():
+    cell = random_cell("multi_gate", 2, 4, True, 0)
+    with torch.no_grad():
+        J = gs.jacobians(cell, cell.unroll(random_inputs(2, 6, 2, 0)))
+    S = ordered_sensitivities(J, "reversed")
+    for t in range(7):
+        for k in range(t + 1):
+            M = torch.eye(4, dtype=J.dtype).expand(2, 4, 4)
+            for s in range(k + 1, t + 1):
+                M = M @ J[:, s - 1]  # J_{k+1} ⋯ J_t: earlier factors on the left
+            torch.testing.assert_close(S[:, t, k], torch.linalg.matrix_norm(M, 2),
+                                       rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="chain"):
+        ordered_sensitivities(J, "sideways")
+
+
+def test_updated_gate_term_uses_the_state_after_the_update():
+    cell = random_cell("scalar_gate", 2, 3, False, 1)
+    traj = cell.unroll(random_inputs(2, 5, 2, 1))
+    A, B = gate_split(cell, traj, "previous")
+    torch.testing.assert_close(B, gs.jacobian_split(cell, traj)[1])
+    _, B_post = gate_split(cell, traj, "updated")
+    g, phi = traj.gates.detach(), traj.cache["phi"].detach()
+    expected = ((phi - traj.states[:, 1:].detach()) * g * (1 - g)).unsqueeze(-1) \
+        * cell.gate_recurrent.weight.detach()
+    torch.testing.assert_close(B_post, expected)
+    with pytest.raises(ValueError, match="gate_term"):
+        gate_split(random_cell("leaky", 2, 3, False, 0), traj, "updated")
+
+
+def test_expansion_rows_and_slopes(tmp_path):
+    settings = ExpansionSettings(seeds=2, seq_len=40, hidden_size=16)
+    exp = ExpansionExperiment()
+    rows = exp.run_group(settings, exp.groups(settings)[1], tmp_path, _quiet)
+    assert _metrics(rows) == {"truncation_error", "remainder_c2", "error_slope",
+                              "correction_ratio_median", "correction_ratio"}
+    slopes = [r["value"] for r in rows if r["metric"] == "error_slope"]
+    assert len(slopes) == 2 and all(1.8 <= s <= 2.2 for s in slopes)
+    paper = exp.run_group(settings.model_copy(update={"gate_term": "updated"}),
+                          exp.groups(settings)[1], tmp_path, _quiet)
+    ratio = [r["value"] for r in rows if r["metric"] == "correction_ratio_median"]
+    assert ratio != [r["value"] for r in paper if r["metric"] == "correction_ratio_median"]
+
+
+def test_profiles_rows(tmp_path):
+    settings = ProfilesSettings(seeds=2, steps=4, checkpoints=(0, 4), seq_len=20,
+                                hidden_size=12, probe_batch=3, rate_lags=(1, 4),
+                                schedule_lags=(1, 3), cells=("leaky", "scalar_gate"))
+    exp = ProfilesExperiment()
+    leaky, scalar = (exp.run_group(settings, g, tmp_path / g.key, _quiet)
+                     for g in exp.groups(settings))
+    expected = {"sensitivity_profile", "predicted_profile", "zeroth_order_profile",
+                "fit_slope", "fit_r2", "envelope", "rate_cv", "rate_cv_order0",
+                "schedule_multiplier", "retention_mean", "loss"}
+    assert _metrics(scalar) == expected
+    assert {r["step"] for r in scalar if r["metric"] == "fit_r2"} == {0, 4}
+    assert all(r["value"] == 0 for r in scalar if r["metric"] == "rate_cv_order0")
+    kernel = [r for r in leaky if r["metric"] == "schedule_multiplier" and r["lag"] == 3]
+    assert all(r["value"] == pytest.approx(settings.lr * 0.2**3) for r in kernel)
+    first = [r["value"] for r in scalar if r["metric"] == "sensitivity_profile" and r["lag"] == 1]
+    assert first == [1.0] * 4  # normalised at lag 1, per seed and checkpoint
+
+
+def test_anisotropy_designs_and_rows(tmp_path):
+    common = dict(seeds=2, steps=3, checkpoints=(0, 3), seq_len=20, hidden_size=12,
+                  tasks=("adding",), lags=(1, 4), samples_per_lag=4, gradient_examples=8,
+                  probe_batch=4, rank=4)
+    paper = AnisotropySettings(design="paper", **common)
+    exp = AnisotropyExperiment()
+    assert [(g.cell, g.optimizer) for g in exp.groups(paper)] == [
+        ("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd")]
+    factorial = AnisotropySettings(**common)
+    assert len(exp.groups(factorial)) == 6
+    rows = exp.run_group(factorial.model_copy(update={"fixed_batch": True}),
+                         exp.groups(factorial)[5], tmp_path, _quiet)
+    assert _metrics(rows) == {"jacobian_ai", "jacobian_ce", "alignment", "alignment_baseline",
+                              "gradcov_ai", "gradcov_ce", "step_cv", "step_ai", "rate_cv",
+                              "loss"}
+    assert {r["step"] for r in rows if r["metric"] == "step_cv"} == {3}  # Adam: after a step
+
+
+@pytest.mark.parametrize("assignment, key", [
+    ({"lags": [1, 30]}, "lags"), ({"rank": 80}, "rank"), ({"design": "mixed"}, "design"),
+    ({"lr": {"sgd": 0.1}}, "lr"),
+])
+def test_anisotropy_settings_are_checked(assignment, key):
+    with pytest.raises(SettingsError, match=key):
+        build_settings(AnisotropySettings, {"seq_len": 20, "hidden_size": 16,
+                                            "tasks": ["adding"], **assignment})
