@@ -150,3 +150,28 @@ def test_transport_alignment_of_random_directions_is_r_over_n():
     torch.testing.assert_close(res.alignment.mean(0),
                                torch.full((2,), res.baseline, dtype=torch.float64),
                                rtol=0, atol=0.01)
+
+
+def test_singular_values_fall_back_when_lapack_refuses(monkeypatch):
+    from gatescope.measures import anisotropy
+
+    X = torch.randn(5, 6, 4, dtype=torch.float64)
+    expected = torch.linalg.svdvals(X)
+    real = torch.linalg.svdvals
+
+    def refuse_batches(A):
+        if A.shape[0] > 1 or A.dim() == 3 and A[0, 0, 0] == X[2, 0, 0]:
+            raise torch.linalg.LinAlgError("did not converge")
+        return real(A)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", refuse_batches)
+    torch.testing.assert_close(anisotropy.singular_values(X), expected)
+
+
+def test_top_left_singular_vectors_span_the_svd_subspace():
+    from gatescope.measures.anisotropy import top_left_singular_vectors
+
+    X = torch.randn(3, 8, 8, dtype=torch.float64)
+    U = torch.linalg.svd(X)[0][..., :3]
+    V = top_left_singular_vectors(X, 3)
+    torch.testing.assert_close(V @ V.mT, U @ U.mT)

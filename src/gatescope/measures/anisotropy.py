@@ -25,6 +25,42 @@ from torch.func import functional_call, grad, vmap
 from ..model import SequenceModel
 
 
+def singular_values(X: Tensor) -> Tensor:
+    """``torch.linalg.svdvals``, with a fallback for what LAPACK's divide-and-conquer SVD
+    refuses (it can fail to converge on very ill-conditioned input): the square roots of the
+    eigenvalues of the smaller Gram matrix, in float64, for the failing matrices only.
+
+    Args:
+        X: ``(..., p, q)``.
+
+    Returns:
+        ``(..., min(p, q))`` descending.
+    """
+    try:
+        return torch.linalg.svdvals(X)
+    except torch.linalg.LinAlgError:
+        flat = X.reshape(-1, *X.shape[-2:])
+        out = []
+        for chunk in flat.split(1):  # locate the failing ones; rare, so a loop is fine
+            try:
+                out.append(torch.linalg.svdvals(chunk))
+            except torch.linalg.LinAlgError:
+                Xd = chunk.double()
+                gram = Xd @ Xd.mT if Xd.shape[-2] <= Xd.shape[-1] else Xd.mT @ Xd
+                out.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt().to(X.dtype))
+        return torch.cat(out).reshape(*X.shape[:-2], -1)
+
+
+def top_left_singular_vectors(X: Tensor, r: int) -> Tensor:
+    """The top-``r`` left singular vectors of each ``(..., N, N)`` matrix: ``(..., N, r)``.
+
+    Computed as the top eigenvectors of ``X Xᵀ`` (a symmetric eigensolve, which always
+    converges, unlike the SVD on very ill-conditioned products); accurate for the leading
+    directions, which are the ones used.
+    """
+    return torch.linalg.eigh(X @ X.mT)[1].flip(-1)[..., :r]
+
+
 @dataclass
 class SpectrumStats:
     """Anisotropy statistics of one or many spectra; every field has the batch shape ``(...)``
@@ -139,7 +175,7 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
         factor = torch.where(active, J[b, (k + i).clamp_max(T - 1)].double(), eye)
         M = factor @ M
         M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
-    sigma = torch.linalg.svdvals(M).reshape(L, S, N)
+    sigma = singular_values(M).reshape(L, S, N)
     return PropagationAnisotropy(lags_t, samples, spectrum_stats(sigma, r, ce_denominator))
 
 
@@ -231,7 +267,7 @@ def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all")
     G = G.double()
     G = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
     G = G - G.mean(0, keepdim=True)
-    sigma = torch.linalg.svdvals(G)
+    sigma = singular_values(G)
     return spectrum_stats(sigma, r, ce_denominator)
 
 
@@ -283,7 +319,7 @@ def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 
         M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
         if k in wanted:
             products[k] = M
-    U = torch.linalg.svd(torch.stack([products[int(k)] for k in ks_t], 1))[0][..., :r]
+    U = top_left_singular_vectors(torch.stack([products[int(k)] for k in ks_t], 1), r)
     delta = delta_T.double().unsqueeze(1).unsqueeze(-1)  # (B, 1, N, 1)
     captured = (U.mT @ delta).squeeze(-1).pow(2).sum(-1)
     return Alignment(ks_t, captured / delta.pow(2).sum((-2, -1)), r / N)
