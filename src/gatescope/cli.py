@@ -5,17 +5,19 @@ Subcommands:
     [--quiet]`` — run or finish an experiment (see :func:`gatescope.experiments.run_experiment`);
     ``list`` — cells, tasks with their baseline losses, optimizers, experiments and their
     settings; ``verify [--device D] [--dtype T]`` — check the analytic quantities against
-    autograd on this machine.
+    autograd on this machine; ``reproduce [--preset quick|paper] [--out DIR] [--seeds N]
+    [--device D] [--jobs N] [--quiet]`` — every experiment of the paper, figures and report.
 
 Exit codes: 0 success; 1 a run or a check failed; 2 bad usage or settings (reported
 before any work starts). Each subcommand is a ``_add_NAME(subparsers)`` function that
-registers its parser and handler, so adding one (e.g. ``reproduce``) touches nothing else.
+registers its parser and handler, so adding one touches nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -152,9 +154,49 @@ def _verify(args: argparse.Namespace) -> int:
     return int(verify.main(device=args.device, dtype=args.dtype))
 
 
+# ---------------------------------------------------------------------- reproduce
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run every experiment of the paper and write the report",
+                       description="Run the paper's experiments (expansion, profiles, "
+                       "anisotropy) and the paper-code fidelity runs, draw every figure and "
+                       "write REPORT.md and report.html. A rerun into the same folder resumes.")
+    p.add_argument("--preset", choices=("quick", "paper"), default="quick",
+                   help="quick: minutes on a laptop CPU (default); paper: the paper's "
+                   "protocol with 20 seeds")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: "
+                   "gatescope-results/reproduce)")
+    p.add_argument("--seeds", type=_positive_int, metavar="N",
+                   help="seeds of the main runs (default: the preset's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="groups run in parallel worker processes (default: the CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(handler=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments import RunError, RunLocked, SettingsError
+    from .reproduce import DEFAULT_OUT, reproduce
+
+    try:
+        report = reproduce(args.preset, args.out or DEFAULT_OUT, seeds=args.seeds,
+                           device=args.device, jobs=args.jobs, quiet=args.quiet)
+    except SettingsError as err:
+        for key, message in err.problems:
+            _error(f"setting {key!r}: {message}")
+        return EXIT_USAGE
+    except (RunError, RunLocked) as err:
+        _error(str(err))
+        return EXIT_FAILED
+    print(f"report: {report} (and {report.with_name('report.html')})")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- main
 
-SUBCOMMANDS = (_add_run, _add_list, _add_verify)
+SUBCOMMANDS = (_add_run, _add_list, _add_verify, _add_reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

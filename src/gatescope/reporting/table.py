@@ -35,6 +35,11 @@ class Spread:
         q25, med, q75 = np.percentile(v, [25, 50, 75])
         return cls(float(med), float(q25), float(q75), int(v.size))
 
+    @property
+    def iqr(self) -> float:
+        """Width of the interquartile range, ``q75 - q25``."""
+        return self.q75 - self.q25
+
     def __str__(self) -> str:
         return f"{self.median:.3g} [IQR {self.q25:.3g}–{self.q75:.3g}, n={self.n}]"
 
@@ -98,3 +103,42 @@ class ResultsTable:
     def spread(self) -> Spread:
         """Median/IQR of the ``value`` column (one value per seed expected)."""
         return Spread.of(self.columns.get("value", []))
+
+    def combos(self, *columns: str) -> list[tuple]:
+        """Sorted distinct combinations of ``columns`` (e.g. the ``(cell, optimizer)`` arms)."""
+        if not len(self) or any(c not in self.columns for c in columns):
+            return []
+        return sorted(set(zip(*(self.columns[c].tolist() for c in columns), strict=True)))
+
+    def checkpoints(self, metric: str | None = None) -> list[float]:
+        """Sorted training steps at which ``metric`` (any metric if None) was measured."""
+        return (self if metric is None else self.select(metric=metric)).unique("step")
+
+    def per_seed(self, seeds=None) -> np.ndarray:
+        """One value per seed: the seed's value, or the median of its values where it has
+        several (e.g. across lags or times).
+
+        Args:
+            seeds: the seeds to return, in order (default: this table's); NaN for a seed
+                without rows.
+        """
+        seeds = self.unique("seed") if seeds is None else list(seeds)
+        col, values = self.columns.get("seed", np.array([])), self.columns.get("value")
+        out = np.full(len(seeds), np.nan)
+        for i, seed in enumerate(seeds):
+            mine = values[col == float(seed)] if values is not None else np.array([])
+            mine = mine[np.isfinite(mine)]
+            if mine.size:
+                out[i] = np.median(mine)
+        return out
+
+    def per_seed_series(self, along: str, seeds=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(points, values)`` with ``values[s, i]`` the median over the other columns of
+        seed ``s``'s rows at ``points[i]`` of ``along`` (e.g. a time series per lag reduced
+        to one value per lag); NaN where missing."""
+        points = np.array(self.unique(along))
+        seeds = self.unique("seed") if seeds is None else list(seeds)
+        out = np.full((len(seeds), len(points)), np.nan)
+        for j, point in enumerate(points):
+            out[:, j] = self.select(**{along: point}).per_seed(seeds)
+        return points, out

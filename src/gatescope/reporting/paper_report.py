@@ -1,0 +1,107 @@
+"""The ``reproduce`` report: read each run's results, draw every figure, judge C1–C8, and
+write ``REPORT.md``/``report.html``. It is rebuilt only when the results it reads changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..reproduce.pipeline import PlannedRun
+from ..reproduce.presets import QUICK_TRADE_OFFS, Preset
+from .analogies import analogy_sections, fidelity_section
+from .anisotropy_figures import anisotropy_figures
+from .anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
+from .expansion_figures import expansion_figures
+from .expansion_verdicts import judge_c8
+from .profiles_figures import profiles_figures
+from .profiles_verdicts import judge_c1, judge_c2, judge_c3
+from .report import Section, write_report
+from .table import ResultsTable
+
+STAMP = "report_stamp.json"
+
+
+def _stamp(runs: list[PlannedRun], preset: Preset) -> str:
+    digest = hashlib.sha256(f"{__version__}/{preset.name}".encode())
+    for run in runs:
+        digest.update((run.folder / "results.csv").read_bytes())
+    return digest.hexdigest()
+
+
+def _matching(default: ResultsTable, variant: ResultsTable) -> ResultsTable:
+    """The rows of ``default`` from the groups and seeds that ``variant`` ran."""
+    key_columns = ("task", "cell", "optimizer", "seed")
+    keys = set(zip(*(variant.columns[c] for c in key_columns), strict=True))
+    mask = np.array([k in keys for k in zip(*(default.columns[c] for c in key_columns),
+                                            strict=True)], dtype=bool)
+    return ResultsTable({name: col[mask] for name, col in default.columns.items()})
+
+
+def build_paper_report(out: Path, preset: Preset, runs: list[PlannedRun],
+                       timings: dict[str, float]) -> Path:
+    """Figures, verdicts and report for a finished :func:`~gatescope.reproduce.reproduce`.
+
+    Returns:
+        The path of ``REPORT.md``.
+    """
+    stamp = _stamp(runs, preset)
+    report = out / "REPORT.md"
+    stamp_file = out / STAMP
+    if report.exists() and stamp_file.exists() and \
+            json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        return report
+    main = {r.experiment: r for r in runs if r.fidelity is None}
+    tables = {name: ResultsTable.read_csv(r.folder / "results.csv") for name, r in main.items()}
+    settings = {name: r.settings for name, r in main.items()}
+    figdir = out / "figures"
+    figures: dict[str, list[Path]] = {}
+    figures |= expansion_figures(tables["expansion"], figdir)
+    figures |= profiles_figures(tables["profiles"], figdir, alpha=settings["profiles"].alpha)
+    figures |= anisotropy_figures(tables["anisotropy"], figdir)
+
+    prof, aniso = tables["profiles"], tables["anisotropy"]
+    verdicts = [judge_c1(prof), judge_c2(prof), judge_c3(prof), judge_c4(aniso),
+                judge_c5(aniso), judge_c6(aniso), judge_c7(aniso), judge_c8(tables["expansion"])]
+
+    fidelity_pairs = {}
+    for run in runs:
+        if run.fidelity is not None:
+            variant = ResultsTable.read_csv(run.folder / "results.csv")
+            fidelity_pairs[run.fidelity.switch] = (
+                _matching(tables[run.experiment], variant), variant)
+    sections = analogy_sections(prof, aniso, alpha=settings["profiles"].alpha,
+                                lr=settings["profiles"].lr)
+    sections.append(fidelity_section(fidelity_pairs))
+    sections.append(_settings_section(preset, runs, timings))
+    intro = [
+        "L. Livi, \"Time-Scale Coupling Between States and Parameters in Recurrent Neural "
+        "Networks\" (arXiv 2508.12121): each claim below is tested by a measurement of this "
+        f"run (gatescope {__version__}, preset \"{preset.name}\"); numbers are medians with "
+        "the interquartile range across seeds and the number of seeds.",
+        "Verdicts follow the stated rules; a claim that the measurements do not bear out is "
+        "reported as such.",
+    ]
+    png = {name: paths[0] for name, paths in figures.items()}
+    md, _ = write_report(out, "gatescope reproduction report", intro, verdicts, sections, png)
+    stamp_file.write_text(json.dumps({"stamp": stamp}))
+    return md
+
+
+def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str, float]
+                      ) -> Section:
+    lines = []
+    if preset.name == "quick":
+        lines += [f"quick preset trade-off: {t}" for t in QUICK_TRADE_OFFS]
+    for run in runs:
+        label = run.experiment if run.fidelity is None else \
+            f"{run.experiment} with the paper code's {run.fidelity.switch}"
+        seconds = timings.get(run.folder.as_posix())
+        took = f"; {seconds:.0f} s this time (0 when resumed)" if seconds is not None else ""
+        lines.append(f"{label}: settings in {run.folder.name}/config.json{took}; "
+                     + ", ".join(f"{k}={v}" for k, v in run.settings.model_dump().items()))
+    return Section("Settings and run times", lines)

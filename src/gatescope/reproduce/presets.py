@@ -1,0 +1,85 @@
+"""The ``reproduce`` presets: the settings of each experiment, and the fidelity runs.
+
+``paper`` is the paper's protocol (its code's settings, DESIGN §6) with 20 seeds and the
+factorial anisotropy design (which contains the paper's three arms). ``quick`` keeps every
+experiment, claim and figure but trades statistical power and training length for time, so
+it finishes in minutes on a laptop CPU; :data:`QUICK_TRADE_OFFS` says what it gives up, and
+the report repeats it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+EXPERIMENTS = ("expansion", "profiles", "anisotropy")
+
+
+@dataclass(frozen=True)
+class FidelityRun:
+    """One paper-code defect switched on, run beside the default for comparison.
+
+    Attributes:
+        switch: the setting that reproduces the defect.
+        experiment: which experiment it applies to.
+        overrides: settings of the fidelity run (the switch plus any size reductions); it is
+            compared with the default run's rows of the same groups and seeds.
+    """
+
+    switch: str
+    experiment: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings per experiment and the fidelity runs of a preset."""
+
+    name: str
+    settings: dict[str, dict[str, Any]]
+    fidelity: tuple[FidelityRun, ...]
+
+
+QUICK_TRADE_OFFS = (
+    "4 seeds for profiles, 3 for anisotropy and 5 for expansion instead of 20: medians and "
+    "IQRs are rough, so verdicts that hinge on a spread (C2, C5) are less certain",
+    "profiles trains 400 steps (checkpoints 0/100/200/400) instead of 800 (0/50/200/400/600/"
+    "800)",
+    "anisotropy runs 3 of the 5 tasks (adding, delaysum, narma10) at T=80 instead of 120, "
+    "300 steps (checkpoints 0/150/300) instead of 1200, with 32 probe sequences, 32 sampled "
+    "products per lag and 128 per-example gradients instead of 64, 64 and 256",
+)
+
+_FIDELITY_QUICK = (
+    FidelityRun("product_order", "profiles",
+                {"product_order": "reversed", "seeds": 2,
+                 "cells": ["scalar_gate", "multi_gate"]}),
+    FidelityRun("gate_term", "expansion", {"gate_term": "updated"}),
+    FidelityRun("fixed_batch", "anisotropy",
+                {"fixed_batch": True, "design": "paper", "tasks": ["adding"]}),
+)
+
+PRESETS = {
+    "quick": Preset(
+        "quick",
+        {
+            "expansion": {"seeds": 5},
+            "profiles": {"seeds": 4, "steps": 400, "checkpoints": [0, 100, 200, 400]},
+            "anisotropy": {"seeds": 3, "steps": 300, "checkpoints": [0, 150, 300],
+                           "seq_len": 80, "tasks": ["adding", "delaysum", "narma10"],
+                           "probe_batch": 32, "samples_per_lag": 32,
+                           "gradient_examples": 128},
+        },
+        _FIDELITY_QUICK,
+    ),
+    "paper": Preset(
+        "paper",
+        {"expansion": {"seeds": 20}, "profiles": {"seeds": 20}, "anisotropy": {"seeds": 20}},
+        (
+            FidelityRun("product_order", "profiles",
+                        {"product_order": "reversed", "cells": ["scalar_gate", "multi_gate"]}),
+            FidelityRun("gate_term", "expansion", {"gate_term": "updated"}),
+            FidelityRun("fixed_batch", "anisotropy", {"fixed_batch": True, "design": "paper"}),
+        ),
+    ),
+}
