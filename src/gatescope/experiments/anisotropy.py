@@ -19,18 +19,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from ..measures import optimizer_step_sizes
-from ..training import EnsembleTrainer, stream_generator, task_model_factory, train_resumable
+from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
 from .probes import record_anisotropy
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, LearningRates, OptimizerNames, Seeds, Steps, TaskNames, lr_for
+from .settings import CellNames, LearningRates, OptimizerNames, Seeds, Steps, TaskNames
 
 #: The paper's §VII-B arms: (cell, optimizer).
 PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
@@ -95,13 +94,7 @@ class AnisotropyExperiment(Experiment):
 
     def run_group(self, settings: AnisotropySettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:
-        task = settings.task(group.task)
-        trainer = EnsembleTrainer(
-            task_model_factory(task, group.cell, settings.hidden_size, bias=settings.bias),
-            settings.seeds, task, optimizer=group.optimizer,
-            lr=lr_for(settings.lr, group.optimizer), batch_size=settings.batch_size,
-            dtype=getattr(torch, settings.dtype), device=settings.device,
-            fixed_batch=settings.fixed_batch)
+        trainer = settings.trainer(group, fixed_batch=settings.fixed_batch)
         probe = trainer.sample_batch([stream_generator(s, "probe") for s in trainer.seeds],
                                      settings.probe_batch)
         grads = trainer.sample_batch([stream_generator(s, "gradients") for s in trainer.seeds],

@@ -6,9 +6,13 @@ Field names are the common ones of DESIGN §7; an experiment subclasses
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from ..tasks import make_task
+from ..training import EnsembleTrainer, task_model_factory
 from .base import Group, Settings
 from .settings import (
     CellNames,
@@ -22,6 +26,7 @@ from .settings import (
     check_lr_covers,
     check_task_sizes,
     check_within,
+    lr_for,
 )
 
 
@@ -86,3 +91,21 @@ class GridSettings(Settings):
     def task(self, name: str):
         """The task ``name`` at this grid's sizes."""
         return make_task(name, seq_len=self.seq_len, input_size=self.input_size)
+
+    def trainer(self, group: Group, cell_options: dict[str, Any] | None = None,
+                **trainer_options: Any) -> EnsembleTrainer:
+        """The :class:`~gatescope.training.EnsembleTrainer` of ``group``: every seed, the
+        group's optimizer at its learning rate, this grid's sizes, dtype and device.
+
+        Args:
+            group: the grid cell to train.
+            cell_options: extra options of the cell (e.g. ``alpha``).
+            **trainer_options: extra options of the trainer (e.g. ``fixed_batch``).
+        """
+        task = self.task(group.task)
+        factory = task_model_factory(task, group.cell, self.hidden_size, bias=self.bias,
+                                     **(cell_options or {}))
+        return EnsembleTrainer(factory, self.seeds, task, optimizer=group.optimizer,
+                               lr=lr_for(self.lr, group.optimizer), batch_size=self.batch_size,
+                               dtype=getattr(torch, self.dtype), device=self.device,
+                               **trainer_options)

@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, PositiveInt
 
-from ..training import EnsembleTrainer, stream_generator, task_model_factory, train_resumable
+from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
@@ -61,15 +60,9 @@ class ProfilesExperiment(Experiment):
 
     def run_group(self, settings: ProfilesSettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:
-        task = settings.task(group.task)
-        options = {"alpha": settings.alpha} if group.cell == "leaky" else {}
         lr = lr_for(settings.lr, group.optimizer)
-        trainer = EnsembleTrainer(
-            task_model_factory(task, group.cell, settings.hidden_size, bias=settings.bias,
-                               **options),
-            settings.seeds, task, optimizer=group.optimizer, lr=lr,
-            batch_size=settings.batch_size, dtype=getattr(torch, settings.dtype),
-            device=settings.device)
+        trainer = settings.trainer(
+            group, {"alpha": settings.alpha} if group.cell == "leaky" else None)
         probe_u = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
                                         for s in trainer.seeds], settings.probe_batch)[0]
 

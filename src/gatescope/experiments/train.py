@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import Field, PositiveInt
 
 from ..training import (
     EVAL_STREAM,
     EnsembleTrainer,
     stream_generator,
-    task_model_factory,
     train_resumable,
 )
 from .base import Experiment, Group, Progress
@@ -39,7 +37,6 @@ from .grid import GridSettings
 from .losses import logged_steps, record_losses
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import lr_for
 
 
 class TrainSettings(GridSettings):
@@ -62,12 +59,7 @@ class TrainExperiment(Experiment):
 
     def run_group(self, settings: TrainSettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:
-        task = settings.task(group.task)
-        trainer = EnsembleTrainer(
-            task_model_factory(task, group.cell, settings.hidden_size, bias=settings.bias),
-            settings.seeds, task, optimizer=group.optimizer,
-            lr=lr_for(settings.lr, group.optimizer), batch_size=settings.batch_size,
-            dtype=getattr(torch, settings.dtype), device=settings.device)
+        trainer = settings.trainer(group)
         rows = RowWriter(self.name, group.task, group.cell, group.optimizer)
         held_out = trainer.sample_batch([stream_generator(s, EVAL_STREAM) for s in trainer.seeds],
                                         settings.eval_batch)
