@@ -64,7 +64,7 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
     chunk = max(1, _PRODUCT_ELEMENTS // (Bsz * N * N))
-    Jt = J.transpose(0, 1).contiguous()  # (T, B, N, N): start times lead, so prefixes are views
+    Jt = J.transpose(0, 1)  # (T, B, N, N) view: start times lead, so prefixes of P are views
     for k0 in range(0, T, chunk):
         k1 = min(k0 + chunk, T)
         P = Jt[k0:k1]  # P[i] = M_{k+1,k} for k = k0 + i, shape (count, B, N, N)

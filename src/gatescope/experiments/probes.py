@@ -1,9 +1,10 @@
 """Measurements the paper's experiments take at each checkpoint, for every seed of a group.
 
 Each function reads per-seed models and fixed probe batches and appends tidy rows to a
-:class:`~gatescope.experiments.rows.RowWriter`; nothing here trains. The expensive steps are
-batched over seeds: the Jacobians of all seeds are concatenated along the batch so one
-:func:`~gatescope.sensitivities` call covers the whole ensemble.
+:class:`~gatescope.experiments.rows.RowWriter`; nothing here trains. Seeds are measured one
+after another: each seed's probe batch is already a large batched computation (tens of
+thousands of transport products), and holding every seed's Jacobians at once would dominate
+the memory.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from .paper_code import ordered_sensitivities
 from .rows import RowWriter
 
 
-def _trajectories(models: Sequence[SequenceModel], inputs: Sequence[Tensor]):
+def _trajectory(model: SequenceModel, u: Tensor):
+    """The probe batch's trajectory and Jacobians ``(B, T, N, N)``."""
     with torch.no_grad():
-        trajs = [m.cell.unroll(u) for m, u in zip(models, inputs, strict=True)]
-        return trajs, [jacobians(m.cell, t) for m, t in zip(models, trajs, strict=True)]
+        traj = model.cell.unroll(u)
+        return traj, jacobians(model.cell, traj)
 
 
 def neuron_dispersion(mu: Tensor, r: int) -> Tensor:
@@ -56,10 +58,12 @@ def record_profiles(writer: RowWriter, seeds: Sequence[int], step: int,
     Args:
         probes: per-seed probe inputs ``(B, T, m)``.
     """
-    trajs, Js = _trajectories(models, probes)
-    S_all = ordered_sensitivities(torch.cat(Js), product_order)
-    for seed, model, traj, S in zip(seeds, models, trajs, S_all.split(len(probes[0])),
-                                    strict=True):
+    for seed, model, u in zip(seeds, models, probes, strict=True):
+        # one seed at a time: its probe batch alone gives tens of thousands of products, and
+        # the Jacobians of every seed at once would dominate the memory
+        traj, J = _trajectory(model, u)
+        S = ordered_sensitivities(J, product_order)
+        del J
         fit = profile_fit(traj, S, trim)
         lags = fit.lags.tolist()
         writer.add_series(seed, step, "sensitivity_profile", lags, fit.sensitivity.tolist())
@@ -108,8 +112,9 @@ def record_anisotropy(writer: RowWriter, seeds: Sequence[int], step: int,
         steps_per_seed: per-seed dicts of step sizes (from ``optimizer_step_sizes``; NaN
             where an adaptive optimizer has not stepped yet, then no step rows).
     """
-    trajs, Js = _trajectories(models, [u for u, _ in probes])
-    for i, (seed, model, traj, J) in enumerate(zip(seeds, models, trajs, Js, strict=True)):
+    for i, (seed, model) in enumerate(zip(seeds, models, strict=True)):
+        # one seed at a time: a probe batch's Jacobians (B, T, N, N) are large
+        traj, J = _trajectory(model, probes[i][0])
         gen = torch.Generator().manual_seed(seed)
         prop = propagation_anisotropy(J, lags, samples_per_lag, gen, r, ce_denominator)
         writer.add_series(seed, step, "jacobian_ai", lags,
