@@ -79,7 +79,8 @@ PRESETS = {
             FidelityRun("product_order", "profiles",
                         {"product_order": "reversed", "cells": ["scalar_gate", "multi_gate"]}),
             FidelityRun("gate_term", "expansion", {"gate_term": "updated"}),
-            FidelityRun("fixed_batch", "anisotropy", {"fixed_batch": True, "design": "paper"}),
+            FidelityRun("fixed_batch", "anisotropy",
+                        {"fixed_batch": True, "design": "paper", "tasks": ["adding"]}),
         ),
     ),
 }
