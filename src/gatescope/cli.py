@@ -113,8 +113,7 @@ def _list(args: argparse.Namespace) -> int:
     print("cells:")
     for name in list_cells():
         cls = cell_class(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        print(f"  {name:<14} {cls.__name__:<16} {doc[0] if doc else ''}")
+        print(f"  {name:<14} {cls.__name__:<16} {cls.description}")
     print(f"\ntasks (baseline = loss of predicting the mean, at T={LIST_SEQ_LEN} and the "
           "smallest input size):")
     print(f"  {'name':<15} {'loss':<14} {'m':<8} {'baseline':>10}  description")
@@ -219,4 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("gatescope")
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # e.g. `gatescope list | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

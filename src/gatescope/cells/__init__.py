@@ -1,5 +1,10 @@
 """Recurrent cells: explicit tensor programs with analytic Jacobians where one exists."""
 
+# isort: off
+# Importing the cell modules registers the cells, in the order of DESIGN.md's table.
+from . import plain, leaky, gated, gru, lstm  # noqa: F401
+
+# isort: on
 from .base import RecurrentCell, Trajectory
 from .gated import MultiGateCell, ScalarGateCell
 from .gru import GRUCell

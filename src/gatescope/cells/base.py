@@ -89,6 +89,8 @@ class RecurrentCell(nn.Module):
 
     #: Registry name, set by :func:`gatescope.register_cell`.
     name: str = "custom"
+    #: One line for ``gatescope list``.
+    description: str = "a user-defined cell"
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()

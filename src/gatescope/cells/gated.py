@@ -50,11 +50,15 @@ class GatedCell(ElmanCore):
 class ScalarGateCell(GatedCell):
     """One update gate ``g_t ∈ R`` for all neurons; ``B_t`` has rank one."""
 
+    description = "one learned update gate shared by all neurons"
+
     per_neuron_gate = False
 
 
 @register_cell("multi_gate")
 class MultiGateCell(GatedCell):
     """One update gate per neuron, ``g_t ∈ R^n``."""
+
+    description = "one learned update gate per neuron"
 
     per_neuron_gate = True

@@ -58,6 +58,8 @@ class GRUCell(TorchLayoutCell):
     where ``hn = W_hn h + b_hn``.
     """
 
+    description = "torch.nn.GRUCell (update gate 1 - z, retention z)"
+
     blocks = 3
 
     def compute(self, h, u, held=None):

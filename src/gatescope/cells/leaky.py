@@ -17,6 +17,8 @@ class LeakyCell(ElmanCore):
     ``1 - α`` at every step.
     """
 
+    description = "leaky integrator with a constant update weight alpha"
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = False,
                  alpha: float = 0.8) -> None:
         if not 0 < alpha <= 1:

@@ -27,6 +27,8 @@ class LSTMCell(TorchLayoutCell):
                + diag(tanh(c') o(1-o)) W_ho    (B)
     """
 
+    description = "torch.nn.LSTMCell, state [h; c] (retention: forget gate)"
+
     blocks = 4
 
     @property

@@ -35,6 +35,8 @@ class ElmanCore(RecurrentCell):
 class PlainCell(ElmanCore):
     """``h_t = φ(a_t)``; ``J_t = D_t W_r``, no gate (``B = 0``), retention 0."""
 
+    description = "tanh(W_r h + W_i u + b); no gate"
+
     def compute(self, h, u, held=None):
         _, phi = self.candidate(h, u)
         return {"state": phi, "held": (), "gate": None, "retention": torch.zeros_like(phi[..., :1]),
