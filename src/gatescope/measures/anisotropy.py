@@ -168,13 +168,12 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
     lag = lags_t.unsqueeze(-1).expand(L, S)
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
-    eye = torch.eye(N, dtype=torch.float64, device=J.device)
-    M = eye.expand(L * S, N, N)
+    M = torch.eye(N, dtype=torch.float64, device=J.device).repeat(L * S, 1, 1)
     for i in range(int(lags_t.max())):
-        active = (i < lag).view(-1, 1, 1)
-        factor = torch.where(active, J[b, (k + i).clamp_max(T - 1)].double(), eye)
-        M = factor @ M
-        M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
+        act = (lag > i).nonzero().squeeze(-1)  # products still growing: only those multiply
+        Ma = J[b[act], k[act] + i].double() @ M[act]
+        M[act] = Ma / torch.linalg.matrix_norm(Ma).clamp_min(
+            torch.finfo(Ma.dtype).tiny).view(-1, 1, 1)
     sigma = singular_values(M).reshape(L, S, N)
     return PropagationAnisotropy(lags_t, samples, spectrum_stats(sigma, r, ce_denominator))
 
