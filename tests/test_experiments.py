@@ -111,3 +111,19 @@ def test_anisotropy_settings_are_checked(assignment, key):
     with pytest.raises(SettingsError, match=key):
         build_settings(AnisotropySettings, {"seq_len": 20, "hidden_size": 16,
                                             "tasks": ["adding"], **assignment})
+
+
+@pytest.mark.parametrize("assignment, key", [
+    ({"eps": [-1.0, 1.0]}, "eps"), ({"fit_points": 12}, "fit_points"), ({"device": "tpu"},
+                                                                         "device"),
+])
+def test_expansion_settings_are_checked(assignment, key):
+    with pytest.raises(SettingsError, match=key):
+        build_settings(ExpansionSettings, assignment)
+    assert build_settings(ExpansionSettings, {"seeds": [3, 7]}).seeds == (3, 7)
+
+
+def test_paper_design_needs_a_rate_for_each_of_its_arms():
+    with pytest.raises(SettingsError, match="adam"):
+        build_settings(AnisotropySettings, {"design": "paper", "optimizers": ["sgd"],
+                                            "lr": {"sgd": 0.01}})

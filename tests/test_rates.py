@@ -204,3 +204,13 @@ def test_power_fit_degenerate_predictor_gives_nan():
     fit = fit_power(S, gate_product(traj, "update"))  # P = 1: log P does not vary
     assert math.isnan(fit.slope) and math.isnan(fit.r2)
     assert fit_power(S, gate_product(traj, "retention")).pairs == 0  # P = 0
+
+
+def test_time_scale_of_full_retention_is_infinite():
+    from gatescope.measures import time_scales
+
+    cell = gs.make_cell("leaky", 2, 3, alpha=1.0)  # retention 1 - α = 0: τ = 0
+    traj = cell.unroll(torch.randn(1, 4, 2))
+    assert (time_scales(cell, traj) == 0).all()
+    traj.retention = torch.ones_like(traj.retention)
+    assert torch.isinf(time_scales(cell, traj)).all() and (time_scales(cell, traj) > 0).all()

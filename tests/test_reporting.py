@@ -178,6 +178,14 @@ def test_c1_not_supported_when_r2_is_low_or_the_profile_grows():
     assert judge_c1(profiles_table(grows)).verdict == NOT_SUPPORTED
 
 
+def test_c1_is_not_supported_on_a_missing_cell():
+    table = profiles_table(profile_values(fit_r2=lambda *a: 1.0))
+    keep = table.columns["cell"] != "multi_gate"
+    partial = ResultsTable({k: v[keep] for k, v in table.columns.items()})
+    v = judge_c1(partial)
+    assert v.verdict == MIXED and any("multi_gate" in line for line in v.evidence)
+
+
 def test_c1_mixed_when_one_cell_fails():
     values = profile_values(fit_r2=lambda c, *a: 0.5 if c == "leaky" else 0.95)
     assert judge_c1(profiles_table(values)).verdict == MIXED

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from ..measures import optimizer_step_sizes
 from ..training import EnsembleTrainer, stream_generator, train_resumable
@@ -29,7 +29,15 @@ from .losses import live_models, logged_steps, record_losses
 from .probes import record_anisotropy
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, LearningRates, OptimizerNames, Seeds, Steps, TaskNames
+from .settings import (
+    CellNames,
+    LearningRates,
+    OptimizerNames,
+    Seeds,
+    Steps,
+    TaskNames,
+    check_lr_covers,
+)
 
 #: The paper's §VII-B arms: (cell, optimizer).
 PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
@@ -70,6 +78,13 @@ class AnisotropySettings(GridSettings):
         if "seq_len" in info.data and max(lags) >= info.data["seq_len"]:
             raise ValueError(f"every lag must be < seq_len={info.data['seq_len']}")
         return lags
+
+    @model_validator(mode="after")
+    def _lr_for_every_arm(self) -> AnisotropySettings:
+        arms = PAPER_ARMS if self.design == "paper" else \
+            [(c, o) for c in self.cells for o in self.optimizers]
+        check_lr_covers(self.lr, {o for _, o in arms})
+        return self
 
     @field_validator("rank")
     @classmethod

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from ..cells import make_cell
 from ..dynamics.expansion import DEFAULT_EPS, first_order_expansion
 from .base import Experiment, Group, Progress, Settings
 from .paper_code import gate_split
 from .registry import register_experiment
+from .settings import Device, Seeds
 
 ExpansionCell = Literal["scalar_gate", "multi_gate"]
 
@@ -28,7 +29,7 @@ ExpansionCell = Literal["scalar_gate", "multi_gate"]
 class ExpansionSettings(Settings):
     """Settings of :class:`ExpansionExperiment` (defaults: the paper's)."""
 
-    seeds: PositiveInt = 20
+    seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
     cells: list[ExpansionCell] = Field(default=["scalar_gate", "multi_gate"], min_length=1)
     seq_len: PositiveInt = 100
     hidden_size: PositiveInt = 64
@@ -38,9 +39,23 @@ class ExpansionSettings(Settings):
     eps: list[float] = Field(default=list(DEFAULT_EPS), min_length=2)
     fit_points: int = Field(default=5, ge=2)
     dtype: Literal["float64", "float32"] = "float64"
-    device: str = "cpu"
+    device: Device = "cpu"
     product_order: Literal["chain", "reversed"] = "chain"
     gate_term: Literal["previous", "updated"] = "previous"
+
+    @field_validator("eps")
+    @classmethod
+    def _positive_eps(cls, eps: list[float]) -> list[float]:
+        if any(not e > 0 for e in eps):
+            raise ValueError(f"every eps must be > 0, got {eps}")
+        return eps
+
+    @field_validator("fit_points")
+    @classmethod
+    def _fit_within_grid(cls, fit_points: int, info: ValidationInfo) -> int:
+        if "eps" in info.data and fit_points > len(info.data["eps"]):
+            raise ValueError(f"fit_points must be <= the number of eps ({len(info.data['eps'])})")
+        return fit_points
 
 
 def sinusoid_inputs(seq_len: int, input_size: int, noise_std: float, generator: torch.Generator,
@@ -68,14 +83,14 @@ class ExpansionExperiment(Experiment):
                   progress: Progress):
         dtype = getattr(torch, settings.dtype)
         rows = []
-        for seed in range(settings.seeds):
-            torch.manual_seed(seed)
+        for i, seed in enumerate(settings.seeds):
+            gen = torch.Generator().manual_seed(seed)
             cell = make_cell(group.cell, settings.input_size, settings.hidden_size,
                              dtype=dtype, device=settings.device)
             with torch.no_grad():
                 for p in cell.parameters():
-                    p.normal_(0.0, settings.weight_std)
-                gen = torch.Generator().manual_seed(seed)
+                    p.copy_(settings.weight_std * torch.randn(p.shape, generator=gen,
+                                                              dtype=torch.float64))
                 u = sinusoid_inputs(settings.seq_len, settings.input_size, settings.noise_std,
                                     gen, dtype).to(settings.device)
                 A, B = gate_split(cell, cell.unroll(u), settings.gate_term)
@@ -83,7 +98,7 @@ class ExpansionExperiment(Experiment):
                 A, B = A.flip(1), B.flip(1)
             ex = first_order_expansion(A[0], B[0], settings.eps, settings.fit_points)
             rows.extend(self._rows(group, seed, ex))
-            progress(seed + 1, settings.seeds)
+            progress(i + 1, len(settings.seeds))
         return rows
 
     @staticmethod

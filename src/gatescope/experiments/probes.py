@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,10 +39,16 @@ def _trajectory(model: SequenceModel, u: Tensor):
         return traj, jacobians(model.cell, traj)
 
 
+def nan_median(x: Tensor) -> Tensor:
+    """Median over the first dimension ignoring NaN, interpolated between the middle values
+    (as numpy; ``torch.nanmedian`` takes the lower one)."""
+    return torch.from_numpy(np.nanmedian(x.double().cpu().numpy(), axis=0))
+
+
 def neuron_dispersion(mu: Tensor, r: int) -> Tensor:
     """Median over examples and end times of the across-neuron CV of ``|μ_{t,ℓ,·}|``: ``(L,)``."""
     cv = dispersion(mu, r=min(r, mu.shape[-1])).cv  # (B, T+1, L), NaN where ℓ > t
-    return cv.flatten(0, 1).nanmedian(0).values
+    return nan_median(cv.flatten(0, 1))
 
 
 def record_profiles(writer: RowWriter, seeds: Sequence[int], step: int,
@@ -118,9 +125,9 @@ def record_anisotropy(writer: RowWriter, seeds: Sequence[int], step: int,
         gen = torch.Generator().manual_seed(seed)
         prop = propagation_anisotropy(J, lags, samples_per_lag, gen, r, ce_denominator)
         writer.add_series(seed, step, "jacobian_ai", lags,
-                          prop.stats.ai.nanmedian(1).values.tolist())
+                          nan_median(prop.stats.ai.T).tolist())
         writer.add_series(seed, step, "jacobian_ce", lags,
-                          prop.stats.ce.nanmedian(1).values.tolist())
+                          nan_median(prop.stats.ce.T).tolist())
         T = traj.seq_len
         delta_T = _final_state_gradient(model, traj.states, probes[i][1])
         align = transport_alignment(J, delta_T, [T - lag for lag in lags], r)

@@ -108,6 +108,8 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
     result = RunResult(out)
     from .. import __version__  # here, not at import: gatescope/__init__ may import us
     with run_lock(out):
+        for stale in ("results.csv", "summary.json"):  # they described the previous settings
+            (out / stale).unlink(missing_ok=True)
         write_json(out / "config.json", {
             "experiment": name, "settings": settings.model_dump(mode="json"),
             "settings_hash": digest, "groups": [g.key for g in groups],

@@ -138,10 +138,12 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
 
 
 def settings_hash(experiment: str, settings: Settings) -> str:
-    """sha256 of the experiment name and its settings (canonical JSON): what a rerun must
-    match to reuse finished work."""
-    payload = json.dumps({"experiment": experiment, "settings": settings.model_dump(mode="json")},
-                         sort_keys=True)
+    """sha256 of the experiment name, its settings (canonical JSON) and the package version:
+    what a rerun must match to reuse finished work (a new version may measure differently)."""
+    from .. import __version__  # here, not at import: gatescope/__init__ imports us
+
+    payload = json.dumps({"experiment": experiment, "version": __version__,
+                          "settings": settings.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -155,4 +155,5 @@ def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     Returns:
         ``(n,)`` float64 (a scalar gate's value repeated across neurons).
     """
-    return -1.0 / torch.log(neuron_retention(cell, traj).mean((0, 1)))
+    r = neuron_retention(cell, traj).mean((0, 1))
+    return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))

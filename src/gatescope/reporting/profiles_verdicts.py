@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .table import ResultsTable, Spread
-from .verdicts import NOT_MEASURED, Verdict, combine
+from .verdicts import MIXED, NOT_MEASURED, SUPPORTED, Verdict, combine
 
 #: The cells C1 names, in report order.
 PROFILE_CELLS = ("leaky", "scalar_gate", "multi_gate")
@@ -97,6 +97,8 @@ def judge_c1(table: ResultsTable) -> Verdict:
         v.evidence.append(f"{p} predictor alone: R² ≥ {R2_MIN} at {sum(ok)}/{len(ok)} "
                           "(cell, checkpoint) pairs")
     v.verdict = combine(checks)
+    if missing and v.verdict == SUPPORTED:  # the claim is about all three cells
+        v.verdict = MIXED
     return v
 
 
