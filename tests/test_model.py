@@ -44,3 +44,20 @@ def test_bad_settings():
         gs.SequenceModel(cell, readout="first")
     with pytest.raises(ValueError, match="loss"):
         gs.SequenceModel(cell, loss="l1")
+
+
+def test_shape_mistakes_are_named():
+    cell = gs.make_cell("lstm", 2, 3)
+    u = torch.randn(4, 5, 2)
+    with pytest.raises(ValueError, match="h0"):
+        cell.unroll(u, torch.zeros(4, 3))  # an LSTM state is [h; c]
+    last = gs.SequenceModel(cell, 1)
+    with pytest.raises(ValueError, match="y must"):
+        last.loss(u, torch.randn(4, 5))
+    with pytest.raises(ValueError, match="mask"):
+        last.loss(u, torch.randn(4, 1), torch.ones(4, 5, dtype=torch.bool))
+    every = gs.SequenceModel(cell, 3, readout="all", loss="cross_entropy")
+    with pytest.raises(ValueError, match="class indices"):
+        every.loss(u, torch.randint(0, 3, (4,)))
+    with pytest.raises(ValueError, match="J must"):
+        gs.sensitivities(torch.randn(4, 5, 3))

@@ -54,12 +54,23 @@ class SequenceModel(nn.Module):
                 class indices ``(B,)`` or ``(B, T)`` for ``cross_entropy``.
             mask: optional ``(B, T)`` weights of the steps that count (readout "all").
         """
+        steps = pred.shape[:-1]  # (B,) or (B, T)
+        if mask is not None and (self.readout_kind == "last" or tuple(mask.shape) != steps):
+            raise ValueError(f"mask must have shape {tuple(steps)} (one weight per step, "
+                             f"readout 'all' only); got {tuple(mask.shape)} for readout "
+                             f"{self.readout_kind!r}")
         if self.loss_kind == "cross_entropy":
+            if tuple(y.shape) != tuple(steps):
+                raise ValueError(f"y must hold class indices of shape {tuple(steps)}; "
+                                 f"got {tuple(y.shape)}")
             per = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1).long(),
                                   reduction="none").reshape(y.shape)
         else:
             if y.shape != pred.shape and y.shape == pred.shape[:-1]:
                 y = y.unsqueeze(-1)
+            if y.shape != pred.shape:
+                raise ValueError(f"y must have the predictions' shape {tuple(pred.shape)} "
+                                 f"(or {tuple(steps)}); got {tuple(y.shape)}")
             per = F.mse_loss(pred, y.to(pred.dtype), reduction="none").mean(-1)
         if mask is None:
             return per.mean()

@@ -148,6 +148,9 @@ class RecurrentCell(nn.Module):
                 f"u must have shape (B, T >= 1, input_size={self.input_size}), "
                 f"got {tuple(u.shape)}"
             )
+        if h0 is not None and tuple(h0.shape) != (u.shape[0], self.state_size):
+            raise ValueError(f"h0 must have shape (B={u.shape[0]}, state_size="
+                             f"{self.state_size}); got {tuple(h0.shape)}")
         h = self.initial_state(u.shape[0], u) if h0 is None else h0
         states, steps = [h], []
         for t in range(u.shape[1]):

@@ -60,6 +60,8 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
         ``(B, T+1, T+1)`` float64 with ``S[:, t, k] = ‖M_{t,k}‖_2`` for ``k ≤ t``
         (``S[:, t, t] = 1``) and NaN above the diagonal.
     """
+    if J.dim() != 4 or J.shape[-1] != J.shape[-2]:
+        raise ValueError(f"J must be a (B, T, N, N) stack of Jacobians; got {tuple(J.shape)}")
     Bsz, T, N, _ = J.shape
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
