@@ -1,6 +1,6 @@
 """An experiment run on disk: per-group results with integrity markers, assembled atomically.
 
-Layout of a run folder (every file written atomically, see :mod:`gatescope.training.files`)::
+Layout of a run folder (every file written atomically, see :mod:`gatescope.atomic`)::
 
     OUT/config.json              every setting, the settings hash, versions, the groups
     OUT/results.csv              all groups' rows in grid order (rebuilt by every run)
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..training.files import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json
 from .base import RESULT_COLUMNS, Group
 
 try:

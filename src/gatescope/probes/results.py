@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_write_bytes
 
 FORMAT = "gatescope-probe"
 FORMAT_VERSION = 1
@@ -32,17 +33,6 @@ def probe_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if path.suffix in _SUFFIXES:
         path = path.with_suffix("")
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".npz")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -98,8 +88,8 @@ class ProbeResults:
                   "steps": [int(s) for s in self.steps], "npz": npz_path.name,
                   "npz_sha256": hashlib.sha256(arrays).hexdigest()}
         text = json.dumps({**header, **self.metadata}, indent=2, allow_nan=False)
-        _write_atomic(npz_path, arrays)
-        _write_atomic(json_path, text.encode())
+        atomic_write_bytes(npz_path, arrays)
+        atomic_write_bytes(json_path, text.encode())
         return json_path, npz_path
 
     @classmethod

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_write_bytes
 from ..reproduce.pipeline import PlannedRun
 from ..reproduce.presets import QUICK_TRADE_OFFS, Preset
 from .analogies import analogy_sections, fidelity_section
@@ -88,7 +89,7 @@ def build_paper_report(out: Path, preset: Preset, runs: list[PlannedRun],
     ]
     png = {name: paths[0] for name, paths in figures.items()}
     md, _ = write_report(out, "gatescope reproduction report", intro, verdicts, sections, png)
-    stamp_file.write_text(json.dumps({"stamp": stamp}))
+    atomic_write_bytes(stamp_file, json.dumps({"stamp": stamp}).encode())
     return md
 
 

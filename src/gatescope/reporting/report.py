@@ -6,11 +6,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from .verdicts import Verdict
 
 
@@ -21,13 +20,6 @@ class Section:
     title: str
     lines: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _summary_table(verdicts: list[Verdict]) -> list[str]:
@@ -94,8 +86,9 @@ def write_report(out: Path, title: str, intro: list[str], verdicts: list[Verdict
                  sections: list[Section], figures: dict[str, Path]) -> tuple[Path, Path]:
     """Write ``REPORT.md``, ``report.html`` and ``verdicts.json`` into ``out`` atomically."""
     md, page = out / "REPORT.md", out / "report.html"
-    _write_atomic(md, render_markdown(title, intro, verdicts, sections, figures, out))
-    _write_atomic(page, render_html(title, intro, verdicts, sections, figures))
-    _write_atomic(out / "verdicts.json", json.dumps(
-        [v.__dict__ for v in verdicts], indent=2))
+    atomic_write_bytes(md, render_markdown(title, intro, verdicts, sections, figures, out)
+                       .encode())
+    atomic_write_bytes(page, render_html(title, intro, verdicts, sections, figures).encode())
+    atomic_write_bytes(out / "verdicts.json", json.dumps(
+        [v.__dict__ for v in verdicts], indent=2).encode())
     return md, page

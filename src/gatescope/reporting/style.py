@@ -3,12 +3,12 @@ colour alone), spread across seeds as a band, and every figure saved as PNG and 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from itertools import cycle
 from pathlib import Path
 
 import matplotlib
+
+from ..atomic import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -74,12 +74,8 @@ def save(fig, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        target = out / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=f".{ext}")
-        os.close(fd)
-        fig.savefig(tmp, dpi=130 if ext == "png" else None, bbox_inches="tight", format=ext)
-        os.replace(tmp, target)
-        paths.append(target)
+        paths.append(atomic_write(out / f"{stem}.{ext}", lambda f, ext=ext: fig.savefig(
+            f, dpi=130 if ext == "png" else None, bbox_inches="tight", format=ext)))
     plt.close(fig)
     return paths
 

@@ -18,7 +18,6 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .ensemble import EnsembleTrainer
-from .files import atomic_write, atomic_write_bytes, atomic_write_json
 from .forward import NotBatchable, ensemble_linear, ensemble_loss
 from .models import task_model_factory
 from .optimizers import check_learning_rate, list_optimizers, make_optimizer
@@ -30,9 +29,6 @@ __all__ = [
     "EVAL_STREAM",
     "EnsembleTrainer",
     "NotBatchable",
-    "atomic_write",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "check_learning_rate",
     "checkpoint_path",
     "derive_seed",

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write
 from .ensemble import EnsembleTrainer
-from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
