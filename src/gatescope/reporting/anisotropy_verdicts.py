@@ -104,8 +104,10 @@ def judge_c4(table: ResultsTable) -> Verdict:
             for metric in ("jacobian_ai", "jacobian_ce"):
                 k, n = lags_above(at_arm(table, task, arm, metric, step),
                                   at_arm(table, task, plain, metric, step))
-                checks.append(majority(k, n))
-                parts.append(f"{metric} higher at {k}/{n} lags")
+                if n:  # an arm missing for this task is not a failed check
+                    checks.append(majority(k, n))
+                parts.append(f"{metric} higher at {k}/{n} lags" if n else
+                             f"{metric} not measured for both arms")
             for metric in ("gradcov_ai", "gradcov_ce"):
                 g = at_arm(table, task, arm, metric, step).spread()
                 p = at_arm(table, task, plain, metric, step).spread()
@@ -274,6 +276,9 @@ def judge_c7(table: ResultsTable) -> Verdict:
         for arm in arms:
             mine = at_arm(table, task, arm, "alignment", step)
             above = _versus_baseline(mine, flat)
+            if not above[1]:
+                v.evidence.append(f"{task}, {arm_name(arm)}: alignment not measured")
+                continue
             checks.append(majority(*above))
             line = (f"{task}, step {step:g}, {arm_name(arm)}: a_r above r/N = {base.median:.3g}"
                     f" at {above[0]}/{above[1]} lags (lag-median a_r "
@@ -282,7 +287,8 @@ def judge_c7(table: ResultsTable) -> Verdict:
             if plain is not None:
                 theirs = at_arm(table, task, plain, "alignment", step)
                 k, n = lags_above(mine, theirs)
-                checks.append(majority(k, n))
+                if n:
+                    checks.append(majority(k, n))
                 line += (f"; above {arm_name(plain)}{'' if same else ' (across optimizers)'} "
                          f"at {k}/{n} lags ({arm_name(plain)} above r/N at "
                          f"{_versus_baseline(theirs, flat)[0]}/{n} lags)")
