@@ -175,3 +175,17 @@ def test_top_left_singular_vectors_span_the_svd_subspace():
     U = torch.linalg.svd(X)[0][..., :3]
     V = top_left_singular_vectors(X, 3)
     torch.testing.assert_close(V @ V.mT, U @ U.mT)
+
+
+def test_final_state_gradient_is_each_examples_own():
+    from gatescope.measures import final_state_gradient
+
+    cell = random_cell("gru", 2, 3, True, 0)
+    model = gs.SequenceModel(cell, 1).double()
+    u, y = random_inputs(3, 5, 2, 0), torch.randn(3, 1, dtype=torch.float64)
+    states = cell.unroll(u).states
+    delta = final_state_gradient(model, states, y)
+    for b in range(3):
+        h = states[b:b + 1].detach().requires_grad_()
+        (g,) = torch.autograd.grad(model.loss_from_states(h, y[b:b + 1]), h)
+        torch.testing.assert_close(delta[b], g[0, -1])

@@ -20,6 +20,7 @@ from ..measures import (
     dispersion,
     effective_learning_rates,
     envelope,
+    final_state_gradient,
     per_example_gradients,
     profile_fit,
     propagation_anisotropy,
@@ -129,7 +130,7 @@ def record_anisotropy(writer: RowWriter, seeds: Sequence[int], step: int,
         writer.add_series(seed, step, "jacobian_ce", lags,
                           nan_median(prop.stats.ce.T).tolist())
         T = traj.seq_len
-        delta_T = _final_state_gradient(model, traj.states, probes[i][1])
+        delta_T = final_state_gradient(model, traj.states, probes[i][1])
         align = transport_alignment(J, delta_T, [T - lag for lag in lags], r)
         writer.add_series(seed, step, "alignment", lags, align.alignment.nanmean(0).tolist())
         writer.add(seed, step, "alignment_baseline", align.baseline)
@@ -145,10 +146,3 @@ def record_anisotropy(writer: RowWriter, seeds: Sequence[int], step: int,
             mu = effective_learning_rates(model.cell, traj, lags=rate_lags, order=0)
             writer.add_series(seed, step, "rate_cv", rate_lags,
                               neuron_dispersion(mu, r).tolist())
-
-
-def _final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor) -> Tensor:
-    """``δ_T = ∂L_b/∂h_T`` per example ``(B, N)`` (readout "last")."""
-    states = states.detach().requires_grad_()
-    loss = model.loss_from_states(states, y) * states.shape[0]  # per-example, not the mean
-    return torch.autograd.grad(loss, states)[0][:, -1]

@@ -285,6 +285,21 @@ class Alignment:
     baseline: float
 
 
+def final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor,
+                         mask: Tensor | None = None) -> Tensor:
+    """``δ_T = ∂L_b/∂h_T`` per example: ``(B, N)``, the loss direction that
+    :func:`transport_alignment` compares with the transport's top directions.
+
+    Args:
+        states: ``(B, T+1, N)`` (e.g. ``traj.states``); only their values are used.
+        y, mask: as for :meth:`~gatescope.SequenceModel.loss`.
+    """
+    states = states.detach().requires_grad_()
+    with torch.enable_grad():
+        loss = model.loss_from_states(states, y, mask) * states.shape[0]  # per example
+        return torch.autograd.grad(loss, states)[0][:, -1]
+
+
 def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 10) -> Alignment:
     """``a_r(k) = ‖U_rᵀ δ_T‖² / ‖δ_T‖²``, ``U_r`` the top-``r`` left singular vectors of
     ``M_{T,k}``.

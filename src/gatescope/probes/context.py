@@ -12,7 +12,7 @@ from torch import Tensor
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
 from ..dynamics.transport import sensitivities
-from ..measures.anisotropy import per_example_gradients
+from ..measures.anisotropy import final_state_gradient, per_example_gradients
 from ..measures.rates import effective_learning_rates
 from ..model import SequenceModel
 
@@ -82,13 +82,7 @@ class ProbeContext:
 
     @cached_property
     def final_adjoint(self) -> Tensor:
-        """``(B, N)`` ``δ_T = ∂L/∂h_T`` per example, up to the loss's common ``1/B`` factor.
-
-        The gradient of the batch loss with respect to the states, read at ``h_T``; the
-        parameters' ``.grad`` are not touched.
-        """
-        states = self.trajectory.states.detach().requires_grad_()
-        with torch.enable_grad():
-            loss = self.model.loss_from_states(states, self.y, self.mask)
-            (grad,) = torch.autograd.grad(loss, states)
-        return grad[:, -1]
+        """``(B, N)`` ``δ_T = ∂L_b/∂h_T`` per example
+        (:func:`~gatescope.measures.anisotropy.final_state_gradient`); the parameters'
+        ``.grad`` are not touched."""
+        return final_state_gradient(self.model, self.trajectory.states, self.y, self.mask)
