@@ -66,3 +66,29 @@ def test_lag_term_is_the_gradient_through_one_step_copy(name):
         for (k, _), g in zip(copy.items(), grads, strict=True):
             torch.testing.assert_close(parts[f"cell.{k}"][lag], g, rtol=1e-10, atol=1e-13)
     assert parts["readout.weight"][1:].abs().max() == 0
+
+
+def test_readout_all_lag_term_is_the_gradient_from_losses_lag_steps_later():
+    """Readout all: G_ℓ = Σ_k ∂L_{k+ℓ}/∂θ_k with θ_k a copy used only at step k."""
+    model = _model("multi_gate", "all", seed=7)
+    B, T = 2, 5
+    u = random_inputs(B, T, 3, 7)
+    y = torch.randn(B, T, 2, dtype=torch.float64)
+    parts = gs.lag_gradients(model, u, y)
+    cell = model.cell
+    params = dict(cell.named_parameters())
+    for lag in range(T):
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for k in range(1, T - lag + 1):
+            copy = {n: v.detach().clone().requires_grad_() for n, v in params.items()}
+            h, states = cell.initial_state(B, u), []
+            for t in range(1, T + 1):
+                h = functional_call(cell, copy if t == k else params, (h, u[:, t - 1]))
+                states.append(h)
+            pred = model.readout(states[k + lag - 1][..., : cell.hidden_size])
+            loss = ((pred - y[:, k + lag - 1]) ** 2).mean(-1).sum() / (B * T)
+            for (n, _), g in zip(copy.items(), torch.autograd.grad(loss, list(copy.values())),
+                                 strict=True):
+                total[n] += g
+        for n, g in total.items():
+            torch.testing.assert_close(parts[f"cell.{n}"][lag], g, rtol=1e-10, atol=1e-13)
