@@ -73,9 +73,22 @@ class SinMix(Task):
         return u, y[:, None]
 
 
+class _TrailingWindow(Task):
+    """A task whose target reads the last ``window`` inputs; subclasses declare the
+    ``window: int`` option with their default."""
+
+    def _check_options(self) -> None:
+        self._set("window", as_int("window", self.window, minimum=1))
+
+    @classmethod
+    def _min_seq_len(cls, options: dict[str, Any]) -> tuple[int, str]:
+        w = options["window"]
+        return w, f"the window of {w} steps must fit"
+
+
 @register_task("short")
 @dataclass(frozen=True)
-class Short(Task):
+class Short(_TrailingWindow):
     """A myopic control: the target only needs the last few steps (Livi's code).
 
     Definition: every channel i.i.d. U(0,1); target the sum of channel 0 over the last
@@ -96,14 +109,6 @@ class Short(Task):
     source: ClassVar[str] = "Livi 2025 code (s1_effective_lr.py)"
     deterministic_target: ClassVar[bool] = True
 
-    def _check_options(self) -> None:
-        self._set("window", as_int("window", self.window, minimum=1))
-
-    @classmethod
-    def _min_seq_len(cls, options: dict[str, Any]) -> tuple[int, str]:
-        w = options["window"]
-        return w, f"the window of {w} steps must fit"
-
     def _generate(self, batch, generator):
         u = torch.rand(
             batch, self.seq_len, self.input_size, generator=generator, dtype=torch.float64
@@ -117,7 +122,7 @@ class Short(Task):
 
 @register_task("movingavg")
 @dataclass(frozen=True)
-class MovingAvg(Task):
+class MovingAvg(_TrailingWindow):
     """Moving-average regression (Livi's code, §VII-B).
 
     Definition: channel 0 i.i.d. U(0,1), the other channels 0; target the mean of the last
@@ -135,14 +140,6 @@ class MovingAvg(Task):
     description: ClassVar[str] = "mean of the last 8 values of channel 0"
     source: ClassVar[str] = "Livi 2025 code (s2_joint_anisotropy.py)"
     deterministic_target: ClassVar[bool] = True
-
-    def _check_options(self) -> None:
-        self._set("window", as_int("window", self.window, minimum=1))
-
-    @classmethod
-    def _min_seq_len(cls, options: dict[str, Any]) -> tuple[int, str]:
-        w = options["window"]
-        return w, f"the window of {w} steps must fit"
 
     def _generate(self, batch, generator):
         u = _first_channel_only(batch, self.seq_len, self.input_size, generator)
