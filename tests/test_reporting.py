@@ -220,6 +220,15 @@ def test_c3_supported_when_multi_gate_disperses_and_scalar_gate_is_zero():
     assert any("rate_cv at step" in line for line in v.evidence)  # first order reported
 
 
+def test_c3_does_not_pass_a_lag_without_its_scalar_gate_comparator():
+    table = profiles_table()
+    cols = table.columns
+    drop = (cols["cell"] == "scalar_gate") & (cols["metric"] == "rate_cv_order0") & \
+        (cols["lag"] == 1)
+    v = judge_c3(ResultsTable({k: c[~drop] for k, c in cols.items()}))
+    assert any("scalar_gate not measured" in line for line in v.evidence)
+
+
 def test_c3_fails_when_multi_gate_is_as_uniform_as_scalar_gate():
     values = profile_values(rate_cv_order0=lambda *a: 0.0)
     assert judge_c3(profiles_table(values)).verdict == MIXED  # scalar zero, ratio fails

@@ -230,8 +230,11 @@ def judge_c3(table: ResultsTable) -> Verdict:
         for lag in multi.select(step=step).unique("lag"):
             m = multi.select(step=step, lag=lag).spread()
             s = scalar.select(step=step, lag=lag).spread()
-            checks.append(m.median >= CV_RATIO * max(np.nan_to_num(s.median), CV_FLOOR))
-            ratios.append(m.median / max(np.nan_to_num(s.median), CV_FLOOR))
+            if not s.n:  # no scalar_gate comparator here: not a pass, not a failure
+                v.evidence.append(f"step {step:g}, ℓ={lag:g}: scalar_gate not measured")
+                continue
+            checks.append(m.median >= CV_RATIO * max(s.median, CV_FLOOR))
+            ratios.append(m.median / max(s.median, CV_FLOOR))
     last = multi.checkpoints()[-1]
     for cell in ("multi_gate", "scalar_gate"):
         for metric in ("rate_cv_order0", "rate_cv"):
