@@ -71,6 +71,7 @@ def record_profiles(writer: RowWriter, seeds: Sequence[int], step: int,
         # the Jacobians of every seed at once would dominate the memory
         traj, J = _trajectory(model, u)
         S = ordered_sensitivities(J, product_order)
+        mu = effective_learning_rates(model.cell, traj, lags=rate_lags, order=1, J=J)
         del J
         fit = profile_fit(traj, S, trim)
         lags = fit.lags.tolist()
@@ -83,7 +84,6 @@ def record_profiles(writer: RowWriter, seeds: Sequence[int], step: int,
             writer.add(seed, step, "fit_slope", pred.fit.slope, predictor=kind)
             writer.add(seed, step, "fit_r2", pred.fit.r2, predictor=kind)
         cell = model.cell
-        mu = effective_learning_rates(cell, traj, lags=rate_lags, order=1)
         mu0 = effective_learning_rates(cell, traj, lags=sorted(set(rate_lags) |
                                                                 set(schedule_lags)), order=0)
         writer.add_series(seed, step, "envelope", rate_lags, envelope(mu).tolist())

@@ -59,13 +59,15 @@ def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     return r.double().expand(*r.shape[:-1], n)
 
 
-def retained_diagonal(cell: RecurrentCell, traj: Trajectory) -> Tensor:
+def retained_diagonal(cell: RecurrentCell, traj: Trajectory, J: Tensor | None = None
+                      ) -> Tensor:
     """``diag(J_t)`` on the ``n`` state entries the retention acts on: ``(B, T, n)`` float64.
 
     Those are the last ``n`` of the ``N`` state entries: the whole state when ``N = n``, the
-    cell state ``c`` of an LSTM's ``[h; c]``.
+    cell state ``c`` of an LSTM's ``[h; c]``. ``J`` (``(B, T, N, N)``) is computed when not
+    given.
     """
-    J = jacobians(cell, traj)
+    J = jacobians(cell, traj) if J is None else J
     N, n = J.shape[-1], cell.hidden_size
     return J.diagonal(dim1=-2, dim2=-1)[..., N - n:].double()
 
@@ -96,7 +98,8 @@ def window_products(r: Tensor, d: Tensor | None = None) -> Iterator[tuple[Tensor
 
 
 def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
-                             lags: Sequence[int] | None = None, order: int = 1) -> Tensor:
+                             lags: Sequence[int] | None = None, order: int = 1,
+                             J: Tensor | None = None) -> Tensor:
     """Lag- and neuron-resolved effective learning rates ``μ_{t,ℓ,q}``.
 
     Args:
@@ -105,6 +108,8 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
         lags: the lags ``ℓ ≥ 0`` to report, in the order given; ``None`` for ``0..T``.
         order: ``0`` for ``μ⁰`` (retention products only, no Jacobians), ``1`` for
             ``μ⁰ + μ¹``.
+        J: the trajectory's Jacobians ``(B, T, N, N)`` if already computed (order 1 reads
+            their diagonal); computed when needed otherwise.
 
     Returns:
         ``(B, T+1, L, n)`` float64: ``mu[b, t, i, q] = μ_{t, lags[i], q}`` for the window
@@ -118,7 +123,7 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
     if any(x < 0 for x in lags):
         raise ValueError(f"lags must be >= 0, got {lags}")
     r = neuron_retention(cell, traj)
-    d = retained_diagonal(cell, traj) - r if order == 1 else None
+    d = retained_diagonal(cell, traj, J) - r if order == 1 else None
     B, n = r.shape[0], r.shape[-1]
     out = r.new_full((B, T + 1, len(lags), n), math.nan)
     wanted: dict[int, list[int]] = {}

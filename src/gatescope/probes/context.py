@@ -73,7 +73,8 @@ class ProbeContext:
     @cached_property
     def rates(self) -> Tensor:
         """``(B, T+1, L, n)`` first-order effective learning rates at the probe lags."""
-        return effective_learning_rates(self.cell, self.trajectory, self.lags, order=1)
+        return effective_learning_rates(self.cell, self.trajectory, self.lags, order=1,
+                                        J=self.jacobians)
 
     @cached_property
     def per_example_gradients(self) -> Tensor:
