@@ -214,3 +214,16 @@ def test_time_scale_of_full_retention_is_infinite():
     assert (time_scales(cell, traj) == 0).all()
     traj.retention = torch.ones_like(traj.retention)
     assert torch.isinf(time_scales(cell, traj)).all() and (time_scales(cell, traj) > 0).all()
+
+
+def test_given_jacobians_are_used_for_the_first_order():
+    from gatescope.measures import effective_learning_rates
+
+    cell = gs.make_cell("multi_gate", 2, 3, dtype=torch.float64)
+    traj = cell.unroll(torch.randn(2, 5, 2, dtype=torch.float64))
+    J = gs.jacobians(cell, traj)
+    torch.testing.assert_close(effective_learning_rates(cell, traj, J=J),
+                               effective_learning_rates(cell, traj), equal_nan=True)
+    other = effective_learning_rates(cell, traj, J=torch.zeros_like(J))
+    assert not torch.allclose(other.nan_to_num(), effective_learning_rates(cell, traj)
+                              .nan_to_num())
