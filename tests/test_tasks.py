@@ -104,7 +104,7 @@ def test_make_task_returns_the_registered_class_with_its_metadata():
 
 
 def test_register_task_makes_a_custom_task_available(monkeypatch):
-    monkeypatch.setattr(task_registry, "_TASKS", dict(task_registry._TASKS))
+    monkeypatch.setattr(task_registry, "_TASKS", task_registry._TASKS.copy())
 
     @register_task("toy_scale")
     class ToyScale(Task):  # not decorated: register_task makes it a frozen dataclass

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..registry import Registry
 from .base import RecurrentCell
 
-_CELLS: dict[str, type[RecurrentCell]] = {}
+_CELLS: Registry[type[RecurrentCell]] = Registry("cell", RecurrentCell)
 
 
 def register_cell(name: str) -> Callable[[type[RecurrentCell]], type[RecurrentCell]]:
@@ -18,28 +19,17 @@ def register_cell(name: str) -> Callable[[type[RecurrentCell]], type[RecurrentCe
         >>> @gs.register_cell("my_cell")
         ... class MyCell(gs.RecurrentCell): ...
     """
-
-    def decorate(cls: type[RecurrentCell]) -> type[RecurrentCell]:
-        if not (isinstance(cls, type) and issubclass(cls, RecurrentCell)):
-            raise TypeError(f"register_cell({name!r}) expects a RecurrentCell subclass")
-        cls.name = name
-        _CELLS[name] = cls
-        return cls
-
-    return decorate
+    return _CELLS.register(name)
 
 
 def list_cells() -> list[str]:
     """Names of the registered cells, in registration order."""
-    return list(_CELLS)
+    return _CELLS.names()
 
 
 def cell_class(name: str) -> type[RecurrentCell]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    try:
-        return _CELLS[name]
-    except KeyError:
-        raise ValueError(f"unknown cell {name!r}; choose one of {sorted(_CELLS)}") from None
+    return _CELLS.get_class(name)
 
 
 def make_cell(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..registry import Registry
 from .base import Experiment
 
-_EXPERIMENTS: dict[str, type[Experiment]] = {}
+_EXPERIMENTS: Registry[type[Experiment]] = Registry("experiment", Experiment)
 
 
 def register_experiment(name: str) -> Callable[[type[Experiment]], type[Experiment]]:
@@ -18,29 +19,17 @@ def register_experiment(name: str) -> Callable[[type[Experiment]], type[Experime
         >>> @register_experiment("my_experiment")
         ... class Mine(Experiment): ...
     """
-
-    def decorate(cls: type[Experiment]) -> type[Experiment]:
-        if not (isinstance(cls, type) and issubclass(cls, Experiment)):
-            raise TypeError(f"register_experiment({name!r}) expects an Experiment subclass")
-        cls.name = name
-        _EXPERIMENTS[name] = cls
-        return cls
-
-    return decorate
+    return _EXPERIMENTS.register(name)
 
 
 def list_experiments() -> list[str]:
     """Names of the registered experiments, in registration order."""
-    return list(_EXPERIMENTS)
+    return _EXPERIMENTS.names()
 
 
 def experiment_class(name: str) -> type[Experiment]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    try:
-        return _EXPERIMENTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown experiment {name!r}; choose one of {list_experiments()}") from None
+    return _EXPERIMENTS.get_class(name)
 
 
 def get_experiment(name: str) -> Experiment:

@@ -6,9 +6,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from ..registry import Registry
 from .base import Task, TaskInfo
 
-_TASKS: dict[str, type[Task]] = {}
+_TASKS: Registry[type[Task]] = Registry("task", Task)
+
+
+def _as_frozen_dataclass(cls: type[Task]) -> type[Task]:
+    """``cls`` itself if it is already a dataclass, else made a frozen one."""
+    if "__dataclass_fields__" in cls.__dict__:
+        return cls
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
@@ -23,30 +31,17 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         ...     gain: float = 1.0
         ...     def _generate(self, batch, generator): ...
     """
-
-    def decorate(cls: type[Task]) -> type[Task]:
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"register_task({name!r}) expects a Task subclass; got {cls!r}")
-        if "__dataclass_fields__" not in cls.__dict__:
-            cls = dataclasses.dataclass(frozen=True)(cls)
-        cls.name = name
-        _TASKS[name] = cls
-        return cls
-
-    return decorate
+    return _TASKS.register(name, _as_frozen_dataclass)
 
 
 def list_tasks() -> list[str]:
     """Names of the registered tasks, in registration order."""
-    return list(_TASKS)
+    return _TASKS.names()
 
 
 def task_class(name: str) -> type[Task]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    try:
-        return _TASKS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown task {name!r}; choose one of {list(_TASKS)}") from None
+    return _TASKS.get_class(name)
 
 
 def make_task(name: str, seq_len: int, input_size: int | None = None, **options: Any) -> Task:
