@@ -24,6 +24,7 @@ from gatescope.experiments import (
     register_experiment,
     run_experiment,
 )
+from gatescope.experiments.storage import GroupFolder
 
 #: A tiny, fast grid: 2 groups × 2 seeds, float64 so reruns are bit-identical.
 TINY = {"cells": ["leaky", "multi_gate"], "seeds": 2, "steps": 12, "seq_len": 6,
@@ -203,3 +204,24 @@ def test_verify_forwards_device_and_dtype(monkeypatch):
     monkeypatch.setattr("gatescope.verify", fake, raising=False)
     assert main(["verify", "--device", "cpu", "--dtype", "float32"]) == 0
     assert calls == [("cpu", "float32")]
+
+
+@register_experiment("_test_slow_group")
+class SlowGroup(Experiment):
+    description = "test: one group that takes 0.2 s"
+    settings_model = Settings
+
+    def groups(self, settings):
+        return [Group("t", "slow", "none")]
+
+    def run_group(self, settings, group, workdir, progress):
+        time.sleep(0.2)
+        return [{"experiment": self.name, "task": "t", "cell": "slow", "optimizer": "none",
+                 "seed": 0, "step": 0, "metric": "m", "lag": None, "value": 1.0}]
+
+
+def test_the_marker_records_the_group_wall_time(tmp_path):
+    run_experiment("_test_slow_group", {}, tmp_path, quiet=True)
+    seconds = GroupFolder(tmp_path, Group("t", "slow", "none")).seconds()
+    assert 0.2 <= seconds < 5
+    assert GroupFolder(tmp_path, Group("t", "other", "none")).seconds() is None
