@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -41,6 +42,18 @@ def test_tiny_reproduce_writes_everything_and_resumes(tmp_path):
             assert (tmp_path / name / item).exists()
     assert (tmp_path / "figures" / "expansion_error.pdf").exists()
     assert "fixed_batch" in text and "gate_term" in text
+
+    # the paper's arms' time: every expansion and profiles group, and only the paper-arm
+    # groups of the factorial anisotropy run (not the fidelity runs)
+    def took(name, arms=None):
+        return sum(json.loads(m.read_text())["seconds"]
+                   for m in (tmp_path / name / "groups").glob("*/done.json")
+                   if arms is None or tuple(m.parent.name.split("__")[1:]) in arms)
+    expected = took("expansion") + took("profiles") + took(
+        "anisotropy", {("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd")})
+    assert took("anisotropy") > expected - took("expansion") - took("profiles")
+    measured = re.search(r"the paper's own arms .* took (\d+) worker-seconds", text)
+    assert measured is not None and int(measured.group(1)) == round(expected)
 
     stamp = (tmp_path / "report_stamp.json").read_text()
     before = report.stat().st_mtime_ns

@@ -12,6 +12,9 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_write_bytes
+from ..experiments import get_experiment
+from ..experiments.anisotropy import PAPER_ARMS
+from ..experiments.storage import GroupFolder
 from ..reproduce.pipeline import PlannedRun
 from ..reproduce.presets import QUICK_TRADE_OFFS, Preset
 from .analogies import analogy_sections, fidelity_section
@@ -93,16 +96,39 @@ def build_paper_report(out: Path, preset: Preset, runs: list[PlannedRun],
     return md
 
 
+def group_seconds(run: PlannedRun) -> dict[tuple[str, str], float]:
+    """Wall seconds each group of ``run`` took, from its marker, by ``(cell, optimizer)``
+    summed over tasks (groups without a recorded time are left out)."""
+    seconds: dict[tuple[str, str], float] = {}
+    for group in get_experiment(run.experiment).groups(run.settings):
+        took = GroupFolder(run.folder, group).seconds()
+        if took is not None:
+            arm = (group.cell, group.optimizer)
+            seconds[arm] = seconds.get(arm, 0.0) + took
+    return seconds
+
+
 def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str, float]
                       ) -> Section:
     lines = []
     if preset.name == "quick":
         lines += [f"quick preset trade-off: {t}" for t in QUICK_TRADE_OFFS]
+    paper_arms = 0.0
     for run in runs:
         label = run.experiment if run.fidelity is None else \
             f"{run.experiment} with the paper code's {run.fidelity.switch}"
         seconds = timings.get(run.folder.as_posix())
         took = f"; {seconds:.0f} s this time (0 when resumed)" if seconds is not None else ""
-        lines.append(f"{label}: settings in {run.folder.name}/config.json{took}; "
+        arms = group_seconds(run)
+        total = sum(arms.values())
+        if run.fidelity is None:
+            paper_arms += total if run.experiment != "anisotropy" else \
+                sum(arms.get(arm, 0.0) for arm in PAPER_ARMS)
+        lines.append(f"{label}: settings in {run.folder.name}/config.json{took}; its groups "
+                     f"took {total:.0f} worker-seconds in all; "
                      + ", ".join(f"{k}={v}" for k, v in run.settings.model_dump().items()))
+    lines.append(f"the paper's own arms (expansion, profiles, and the anisotropy groups of "
+                 f"{', '.join('+'.join(a) for a in PAPER_ARMS)}) took {paper_arms:.0f} "
+                 "worker-seconds (each group's wall time from its done marker, summed; "
+                 "divide by the number of workers for the wall time)")
     return Section("Settings and run times", lines)
