@@ -56,13 +56,18 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
     return _unflatten(A, traj), _unflatten(J - A, traj)
 
 
-def _warn_fallback(cell: RecurrentCell) -> None:
-    if type(cell) not in _warned:
+def _analytic_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor] | None:
+    """The cell's closed-form ``(A, B)``, or ``None`` (with a one-time warning per cell
+    class) when it has none and the caller must fall back to ``torch.func``."""
+    with torch.no_grad():
+        split = cell.analytic_jacobian_split(traj.detach())
+    if split is None and type(cell) not in _warned:
         _warned.add(type(cell))
         warnings.warn(
             f"{type(cell).__name__} has no analytic Jacobian; using torch.func (slower)",
             stacklevel=3,
         )
+    return split
 
 
 def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor]:
@@ -75,19 +80,11 @@ def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tenso
     Returns:
         ``(A, B)``, each ``(B, T, N, N)``, with ``A + B == J``.
     """
-    with torch.no_grad():
-        split = cell.analytic_jacobian_split(traj.detach())
-    if split is not None:
-        return split
-    _warn_fallback(cell)
-    return jacobian_split_autograd(cell, traj)
+    split = _analytic_split(cell, traj)
+    return split if split is not None else jacobian_split_autograd(cell, traj)
 
 
 def jacobians(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it."""
-    with torch.no_grad():
-        split = cell.analytic_jacobian_split(traj.detach())
-    if split is not None:
-        return split[0] + split[1]
-    _warn_fallback(cell)
-    return jacobians_autograd(cell, traj)
+    split = _analytic_split(cell, traj)
+    return split[0] + split[1] if split is not None else jacobians_autograd(cell, traj)
