@@ -75,11 +75,19 @@ def eye_like(v: Tensor) -> Tensor:
     return torch.diag_embed(v)
 
 
+def add_diagonal_(M: Tensor, v: Tensor) -> Tensor:
+    """``M += diag(v)`` in place, batched: ``M`` is ``(..., n, n)``, ``v`` broadcasts to
+    ``(..., n)``. Returns ``M``."""
+    M.diagonal(dim1=-2, dim2=-1).add_(v)
+    return M
+
+
 class RecurrentCell(nn.Module):
     """Base class of gatescope cells.
 
     A subclass implements :meth:`compute` (one step, returning the new state and the
-    intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`.
+    intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`
+    (and :meth:`analytic_jacobian` where ``J`` alone is cheaper than its two parts).
     Without the latter gatescope falls back to ``torch.func`` (with a one-time warning).
 
     Args:
@@ -91,6 +99,13 @@ class RecurrentCell(nn.Module):
     name: str = "custom"
     #: One line for ``gatescope list``.
     description: str = "a user-defined cell"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # a subclass that redefines the split but not J gets J = A + B of its own split, so
+        # an inherited shortcut for J can never disagree with the split it replaced
+        super().__init_subclass__(**kwargs)
+        if "analytic_jacobian_split" in vars(cls) and "analytic_jacobian" not in vars(cls):
+            cls.analytic_jacobian = RecurrentCell.analytic_jacobian
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -179,3 +194,12 @@ class RecurrentCell(nn.Module):
         remainder, the part that flows through the gates.
         """
         return None
+
+    def analytic_jacobian(self, traj: Trajectory) -> Tensor | None:
+        """``J = A + B``: ``(B, T, N, N)``, or ``None`` when the cell has no closed form.
+
+        The default adds the two parts of :meth:`analytic_jacobian_split`; a cell overrides
+        it where ``J`` costs fewer full-size tensors than ``A`` and ``B`` apart.
+        """
+        split = self.analytic_jacobian_split(traj)
+        return None if split is None else split[0] + split[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import eye_like, scale_rows
+from .base import add_diagonal_, scale_rows
 from .plain import ElmanCore
 from .registry import register_cell
 
@@ -40,10 +40,22 @@ class GatedCell(ElmanCore):
 
     def analytic_jacobian_split(self, traj):
         g, phi = traj.gates, traj.cache["phi"]
-        A = eye_like((1 - g).expand_as(phi)) + self.candidate_jacobian(traj, g.expand_as(phi))
+        A = add_diagonal_(self.candidate_jacobian(traj, g.expand_as(phi)), 1 - g)
         # scalar gate: (B, T, n, 1) * (1, n) broadcasts to the rank-one outer product
-        B = scale_rows((phi - traj.previous_states) * g * (1 - g), self.gate_recurrent.weight)
+        B = scale_rows(self._gate_sensitivity(traj), self.gate_recurrent.weight)
         return A, B
+
+    def analytic_jacobian(self, traj):
+        g, phi = traj.gates, traj.cache["phi"]
+        J = add_diagonal_(self.candidate_jacobian(traj, g.expand_as(phi)), 1 - g)
+        # J += B in place, without a full-size temporary
+        return J.addcmul_(self._gate_sensitivity(traj).unsqueeze(-1), self.gate_recurrent.weight)
+
+    @staticmethod
+    def _gate_sensitivity(traj):
+        """``(φ(a_t) - h_{t-1}) ⊙ g_t(1-g_t)``, the row scale of ``B_t``: ``(B, T, n)``."""
+        g = traj.gates
+        return (traj.cache["phi"] - traj.previous_states) * g * (1 - g)
 
 
 @register_cell("scalar_gate")

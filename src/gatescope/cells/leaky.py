@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import eye_like
+from .base import add_diagonal_
 from .plain import ElmanCore
 from .registry import register_cell
 
@@ -36,7 +36,9 @@ class LeakyCell(ElmanCore):
                 "retention": torch.full_like(phi[..., :1], 1 - self.alpha), "phi": phi}
 
     def analytic_jacobian_split(self, traj):
-        phi = traj.cache["phi"]
-        A = eye_like(torch.full_like(phi, 1 - self.alpha)) + self.candidate_jacobian(
-            traj, torch.full_like(phi, self.alpha))
+        A = self.analytic_jacobian(traj)
         return A, torch.zeros_like(A)
+
+    def analytic_jacobian(self, traj):
+        J = self.candidate_jacobian(traj, torch.full_like(traj.cache["phi"], self.alpha))
+        return add_diagonal_(J, 1 - self.alpha)

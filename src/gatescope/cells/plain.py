@@ -43,5 +43,8 @@ class PlainCell(ElmanCore):
                 "phi": phi}
 
     def analytic_jacobian_split(self, traj):
-        A = self.candidate_jacobian(traj, torch.ones_like(traj.cache["phi"]))
+        A = self.analytic_jacobian(traj)
         return A, torch.zeros_like(A)
+
+    def analytic_jacobian(self, traj):
+        return self.candidate_jacobian(traj, torch.ones_like(traj.cache["phi"]))

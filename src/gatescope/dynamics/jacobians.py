@@ -56,18 +56,20 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
     return _unflatten(A, traj), _unflatten(J - A, traj)
 
 
-def _analytic_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor] | None:
-    """The cell's closed-form ``(A, B)``, or ``None`` (with a one-time warning per cell
-    class) when it has none and the caller must fall back to ``torch.func``."""
+def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallback):
+    """``analytic(traj)`` without autograd, or, when the cell has no closed form (``None``),
+    ``fallback(cell, traj)`` by ``torch.func`` with a one-time warning per cell class."""
     with torch.no_grad():
-        split = cell.analytic_jacobian_split(traj.detach())
-    if split is None and type(cell) not in _warned:
+        result = analytic(traj.detach())
+    if result is not None:
+        return result
+    if type(cell) not in _warned:
         _warned.add(type(cell))
         warnings.warn(
             f"{type(cell).__name__} has no analytic Jacobian; using torch.func (slower)",
             stacklevel=3,
         )
-    return split
+    return fallback(cell, traj)
 
 
 def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor]:
@@ -80,11 +82,10 @@ def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tenso
     Returns:
         ``(A, B)``, each ``(B, T, N, N)``, with ``A + B == J``.
     """
-    split = _analytic_split(cell, traj)
-    return split if split is not None else jacobian_split_autograd(cell, traj)
+    return _analytic_or_fallback(cell, traj, cell.analytic_jacobian_split,
+                                 jacobian_split_autograd)
 
 
 def jacobians(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it."""
-    split = _analytic_split(cell, traj)
-    return split[0] + split[1] if split is not None else jacobians_autograd(cell, traj)
+    return _analytic_or_fallback(cell, traj, cell.analytic_jacobian, jacobians_autograd)

@@ -325,11 +325,12 @@ def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 
         raise ValueError(f"r must lie in [1, N={N}], got {r}")
     if delta_T.shape != (B, N):
         raise ValueError(f"delta_T must have shape {(B, N)}, got {tuple(delta_T.shape)}")
-    Jd = J.double()
+    first = int(ks_t.min())
+    Jd = J[:, first:].double()  # only the steps the products reach
     M = torch.eye(N, dtype=torch.float64, device=J.device).expand(B, N, N)
     wanted, products = set(ks_t.tolist()), {}
-    for k in range(T - 1, int(ks_t.min()) - 1, -1):
-        M = M @ Jd[:, k]  # M_{T,k} = M_{T,k+1} J_{k+1}, J_{k+1} at index k
+    for k in range(T - 1, first - 1, -1):
+        M = M @ Jd[:, k - first]  # M_{T,k} = M_{T,k+1} J_{k+1}, J_{k+1} at index k
         M = M / torch.linalg.matrix_norm(M).clamp_min(torch.finfo(M.dtype).tiny).view(-1, 1, 1)
         if k in wanted:
             products[k] = M
