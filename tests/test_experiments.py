@@ -94,7 +94,15 @@ def test_anisotropy_designs_and_rows(tmp_path):
     assert [(g.cell, g.optimizer) for g in exp.groups(paper)] == [
         ("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd")]
     factorial = AnisotropySettings(**common)
-    assert len(exp.groups(factorial)) == 6
+    assert [(g.cell, g.optimizer) for g in exp.groups(factorial)] == [
+        ("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"),  # the paper's first
+        ("plain", "sgd"), ("scalar_gate", "adam"), ("multi_gate", "adam")]
+    two_tasks = AnisotropySettings(**common | {"tasks": ("adding", "ar2"),
+                                               "cells": ("plain", "multi_gate")})
+    assert [g.key for g in exp.groups(two_tasks)] == [
+        "adding__plain__adam", "adding__multi_gate__sgd", "ar2__plain__adam",
+        "ar2__multi_gate__sgd", "adding__plain__sgd", "adding__multi_gate__adam",
+        "ar2__plain__sgd", "ar2__multi_gate__adam"]
     rows = exp.run_group(factorial.model_copy(update={"fixed_batch": True}),
                          exp.groups(factorial)[5], tmp_path, _quiet)
     assert _metrics(rows) == {"jacobian_ai", "jacobian_ce", "alignment", "alignment_baseline",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gatescope.cli import main
 from gatescope.experiments import (
@@ -222,6 +223,30 @@ class SlowGroup(Experiment):
 
 def test_the_marker_records_the_group_wall_time(tmp_path):
     run_experiment("_test_slow_group", {}, tmp_path, quiet=True)
-    seconds = GroupFolder(tmp_path, Group("t", "slow", "none")).seconds()
-    assert 0.2 <= seconds < 5
-    assert GroupFolder(tmp_path, Group("t", "other", "none")).seconds() is None
+    started, seconds = GroupFolder(tmp_path, Group("t", "slow", "none")).timing()
+    assert 0.2 <= seconds < 5 and 0 < time.time() - started < 60
+    assert GroupFolder(tmp_path, Group("t", "other", "none")).timing() is None
+
+
+@register_experiment("_test_sees_denormals")
+class SeesDenormals(Experiment):
+    description = "test: reports whether a subnormal float survives arithmetic"
+    settings_model = Settings
+
+    def groups(self, settings):
+        return [Group("t", "c", "none")]
+
+    def run_group(self, settings, group, workdir, progress):
+        subnormal = torch.tensor([1e-39], dtype=torch.float32)  # below 1.2e-38
+        return [{"experiment": self.name, "task": "t", "cell": "c", "optimizer": "none",
+                 "seed": 0, "step": 0, "metric": "survives", "lag": None,
+                 "value": float((subnormal * 1.0).item() != 0)}]
+
+
+def test_groups_run_with_subnormals_flushed_and_the_mode_is_restored(tmp_path):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this processor cannot flush subnormal floats")
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0
+    run_experiment("_test_sees_denormals", {}, tmp_path, quiet=True)
+    assert [r["value"] for r in read_rows(tmp_path / "results.csv")] == [0.0]
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..training import flush_denormals
 from .base import Experiment, Group, Progress, Settings
 from .registry import get_experiment
 from .settings import build_settings, settings_hash
@@ -152,11 +153,12 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
 def run_group_job(experiment_cls: type[Experiment], settings: Settings, digest: str,
                   out: str | Path, group: Group, progress: Progress) -> int:
     """Run one group into its folder (resuming from its work folder); returns its rows."""
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     folder = GroupFolder(out, group)
     workdir = folder.prepare(digest)
-    rows = list(experiment_cls().run_group(settings, group, workdir, progress))
-    return folder.write(rows, digest, seconds=time.perf_counter() - start)
+    with flush_denormals():  # vanishing gradients would otherwise crawl (see the module)
+        rows = list(experiment_cls().run_group(settings, group, workdir, progress))
+    return folder.write(rows, digest, started=started, seconds=time.perf_counter() - start)
 
 
 def _run_here(job: tuple, todo: list[Group], board: _Board) -> dict[str, str]:

@@ -7,7 +7,8 @@ Layout of a run folder (every file written atomically, see :mod:`gatescope.atomi
     OUT/summary.json             the experiment's aggregates across seeds
     OUT/groups/KEY/rows.csv      one group's rows
     OUT/groups/KEY/done.json     its marker: settings hash, sha256 and row count of rows.csv,
-                                 and the wall seconds of the run that finished the group
+                                 and when the run that finished the group started it and
+                                 how many wall seconds that run took
     OUT/groups/KEY/work/         the group's private folder (training checkpoints)
 
 A group counts as finished only if its marker names the current settings hash *and*
@@ -167,28 +168,30 @@ class GroupFolder:
             atomic_write_bytes(tag, settings_hash.encode())
         return self.workdir
 
-    def write(self, rows: list[dict[str, Any]], settings_hash: str, seconds: float) -> int:
+    def write(self, rows: list[dict[str, Any]], settings_hash: str, started: float,
+              seconds: float) -> int:
         """Write ``rows.csv`` and then the marker; returns the row count.
 
         Args:
             rows: the group's result rows.
             settings_hash: the hash of the settings that produced them.
-            seconds: wall time of the run that finished the group (a resumed group counts
-                only its last run), kept in the marker as ``seconds``.
+            started: when the run that finished the group started it (Unix time).
+            seconds: that run's wall time (a resumed group counts only its last run).
         """
         data = rows_to_csv(rows, columns_of(rows))
         atomic_write_bytes(self.rows_path, data)
         write_json(self.marker_path, {"settings_hash": settings_hash,
                                       "sha256": hashlib.sha256(data).hexdigest(),
                                       "rows": len(rows), "group": self.group.key,
-                                      "seconds": seconds})
+                                      "started": started, "seconds": seconds})
         return len(rows)
 
-    def seconds(self) -> float | None:
-        """The wall seconds recorded in the marker (``None`` without one)."""
+    def timing(self) -> tuple[float, float] | None:
+        """``(started, seconds)`` from the marker, ``None`` without them."""
         try:
-            return json.loads(self.marker_path.read_text()).get("seconds")
-        except (OSError, ValueError, AttributeError):
+            marker = json.loads(self.marker_path.read_text())
+            return float(marker["started"]), float(marker["seconds"])
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
 

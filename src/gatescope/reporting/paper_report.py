@@ -96,16 +96,20 @@ def build_paper_report(out: Path, preset: Preset, runs: list[PlannedRun],
     return md
 
 
-def group_seconds(run: PlannedRun) -> dict[tuple[str, str], float]:
-    """Wall seconds each group of ``run`` took, from its marker, by ``(cell, optimizer)``
-    summed over tasks (groups without a recorded time are left out)."""
-    seconds: dict[tuple[str, str], float] = {}
-    for group in get_experiment(run.experiment).groups(run.settings):
-        took = GroupFolder(run.folder, group).seconds()
-        if took is not None:
-            arm = (group.cell, group.optimizer)
-            seconds[arm] = seconds.get(arm, 0.0) + took
-    return seconds
+def group_timings(run: PlannedRun, arms=None) -> list[tuple[float, float]]:
+    """``(started, seconds)`` of the groups of ``run`` whose ``(cell, optimizer)`` is in
+    ``arms`` (all when ``None``), as their markers recorded them."""
+    groups = get_experiment(run.experiment).groups(run.settings)
+    timings = [GroupFolder(run.folder, g).timing() for g in groups
+               if arms is None or (g.cell, g.optimizer) in arms]
+    return [t for t in timings if t is not None]
+
+
+def wall_span(timings: list[tuple[float, float]]) -> float:
+    """Seconds from the first group's start to the last group's finish (0 for none)."""
+    if not timings:
+        return 0.0
+    return max(s + d for s, d in timings) - min(s for s, _ in timings)
 
 
 def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str, float]
@@ -113,22 +117,25 @@ def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str,
     lines = []
     if preset.name == "quick":
         lines += [f"quick preset trade-off: {t}" for t in QUICK_TRADE_OFFS]
-    paper_arms = 0.0
+    paper_wall = paper_work = 0.0
     for run in runs:
         label = run.experiment if run.fidelity is None else \
             f"{run.experiment} with the paper code's {run.fidelity.switch}"
         seconds = timings.get(run.folder.as_posix())
         took = f"; {seconds:.0f} s this time (0 when resumed)" if seconds is not None else ""
-        arms = group_seconds(run)
-        total = sum(arms.values())
-        if run.fidelity is None:
-            paper_arms += total if run.experiment != "anisotropy" else \
-                sum(arms.get(arm, 0.0) for arm in PAPER_ARMS)
+        groups = group_timings(run)
         lines.append(f"{label}: settings in {run.folder.name}/config.json{took}; its groups "
-                     f"took {total:.0f} worker-seconds in all; "
+                     f"took {sum(d for _, d in groups):.0f} worker-seconds and "
+                     f"{wall_span(groups):.0f} s of wall time; "
                      + ", ".join(f"{k}={v}" for k, v in run.settings.model_dump().items()))
-    lines.append(f"the paper's own arms (expansion, profiles, and the anisotropy groups of "
-                 f"{', '.join('+'.join(a) for a in PAPER_ARMS)}) took {paper_arms:.0f} "
-                 "worker-seconds (each group's wall time from its done marker, summed; "
-                 "divide by the number of workers for the wall time)")
+        if run.fidelity is None:
+            arms = group_timings(run, PAPER_ARMS if run.experiment == "anisotropy" else None)
+            paper_wall += wall_span(arms)
+            paper_work += sum(d for _, d in arms)
+    lines.append(
+        f"the paper's own arms (expansion, profiles, and the anisotropy groups of "
+        f"{', '.join('+'.join(a) for a in PAPER_ARMS)}, which run first) took "
+        f"{paper_wall / 60:.1f} min of wall time and {paper_work:.0f} worker-seconds "
+        "(from each group's marker: when the run that finished it started it, and for how "
+        "long)")
     return Section("Settings and run times", lines)

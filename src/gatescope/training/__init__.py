@@ -6,6 +6,7 @@
   ``adamw``, ``rmsprop``.
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`restore_latest` — atomic,
   ``weights_only`` checkpoints; :func:`train_resumable` — the checkpointed training loop.
+* :func:`flush_denormals` — subnormal floats flushed to zero while a block runs.
 * :func:`derive_seed` / :func:`stream_generator` / :func:`seeded_init` — how a seed
   becomes an initialisation and independent random streams.
 """
@@ -17,6 +18,7 @@ from .checkpoints import (
     restore_latest,
     save_checkpoint,
 )
+from .denormals import flush_denormals
 from .ensemble import EnsembleTrainer
 from .forward import NotBatchable, ensemble_linear, ensemble_loss
 from .models import task_model_factory
@@ -34,6 +36,7 @@ __all__ = [
     "derive_seed",
     "ensemble_linear",
     "ensemble_loss",
+    "flush_denormals",
     "list_checkpoints",
     "list_optimizers",
     "load_checkpoint",
