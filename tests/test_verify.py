@@ -33,6 +33,17 @@ class NoClosedForm(MultiGateCell):
         return None
 
 
+class WrongJacobianOnly(MultiGateCell):
+    """A closed form for J alone (no split), and a wrong one."""
+
+    def analytic_jacobian_split(self, traj):
+        return None
+
+    def analytic_jacobian(self, traj):
+        A, B = MultiGateCell.analytic_jacobian_split(self, traj)
+        return A
+
+
 class NeedsAnOption(MultiGateCell):
     def __init__(self, input_size, hidden_size, width):
         super().__init__(input_size, hidden_size)
@@ -84,11 +95,18 @@ def test_a_wrong_analytic_jacobian_fails(registered, capsys):
 
 def test_a_cell_without_closed_form_skips_the_jacobian_checks(registered):
     registered("no_closed_form", NoClosedForm)
-    with pytest.warns(UserWarning, match="no analytic Jacobian"):
+    with pytest.warns(UserWarning, match="no closed form"):
         results = {r.name: r for r in verify.run_checks(cells=["no_closed_form"])}
     assert results["jacobians"].skipped and results["jacobian split A, B"].skipped
     assert results["lag gradients, readout last"].passed
     assert not results["lag gradients, readout last"].skipped
+
+
+def test_a_closed_form_for_j_alone_is_checked(registered):
+    registered("wrong_jacobian_only", WrongJacobianOnly)
+    results = {r.name: r for r in verify.run_checks(cells=["wrong_jacobian_only"])}
+    assert not results["jacobians"].passed and not results["jacobians"].skipped
+    assert results["jacobian split A, B"].skipped
 
 
 def test_a_cell_that_cannot_be_built_fails_with_a_note(registered):

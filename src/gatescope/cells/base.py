@@ -86,9 +86,9 @@ class RecurrentCell(nn.Module):
     """Base class of gatescope cells.
 
     A subclass implements :meth:`compute` (one step, returning the new state and the
-    intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`
-    (and :meth:`analytic_jacobian` where ``J`` alone is cheaper than its two parts).
-    Without the latter gatescope falls back to ``torch.func`` (with a one-time warning).
+    intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`;
+    without it gatescope falls back to ``torch.func`` (with a one-time warning). A cell may
+    also override :meth:`analytic_jacobian` where ``J`` alone is cheaper than its two parts.
 
     Args:
         input_size: ``m``, the size of ``u_t``.

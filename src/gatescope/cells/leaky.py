@@ -36,9 +36,13 @@ class LeakyCell(ElmanCore):
                 "retention": torch.full_like(phi[..., :1], 1 - self.alpha), "phi": phi}
 
     def analytic_jacobian_split(self, traj):
-        A = self.analytic_jacobian(traj)
+        A = self._jacobian(traj)
         return A, torch.zeros_like(A)
 
     def analytic_jacobian(self, traj):
+        return self._jacobian(traj)
+
+    def _jacobian(self, traj):
+        # not self.analytic_jacobian: a subclass's J may be built from its own split
         J = self.candidate_jacobian(traj, torch.full_like(traj.cache["phi"], self.alpha))
         return add_diagonal_(J, 1 - self.alpha)

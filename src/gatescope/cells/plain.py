@@ -43,8 +43,12 @@ class PlainCell(ElmanCore):
                 "phi": phi}
 
     def analytic_jacobian_split(self, traj):
-        A = self.analytic_jacobian(traj)
+        A = self._jacobian(traj)
         return A, torch.zeros_like(A)
 
     def analytic_jacobian(self, traj):
+        return self._jacobian(traj)
+
+    def _jacobian(self, traj):
+        # not self.analytic_jacobian: a subclass's J may be built from its own split
         return self.candidate_jacobian(traj, torch.ones_like(traj.cache["phi"]))

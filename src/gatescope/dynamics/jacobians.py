@@ -66,7 +66,8 @@ def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallb
     if type(cell) not in _warned:
         _warned.add(type(cell))
         warnings.warn(
-            f"{type(cell).__name__} has no analytic Jacobian; using torch.func (slower)",
+            f"{type(cell).__name__} has no closed form for {analytic.__name__}; using "
+            "torch.func (slower)",
             stacklevel=3,
         )
     return fallback(cell, traj)
