@@ -51,18 +51,22 @@ def test_tiny_reproduce_writes_everything_and_resumes(tmp_path):
         markers = [json.loads(m.read_text())
                    for m in (tmp_path / name / "groups").glob("*/done.json")
                    if arms is None or tuple(m.parent.name.split("__")[1:]) in arms]
+        assert len({m["invocation"] for m in markers}) == 1  # one run, not resumed
         return [(m["started"], m["seconds"]) for m in markers]
 
     def span(t):
         return max(s + d for s, d in t) - min(s for s, _ in t)
 
     arms = [timings("expansion"), timings("profiles"), timings("anisotropy", paper_arms)]
+    assert [len(t) for t in arms] == [2, 3, 3] and len(timings("anisotropy")) == 6
+    assert all(d > 0 for t in arms for _, d in t)
     work = sum(d for t in arms for _, d in t)
-    assert len(arms[2]) == 3 and len(timings("anisotropy")) == 6
-    measured = re.search(r"the paper's own arms .* took ([\d.]+) min of wall time and (\d+) "
-                         r"worker-seconds", text)
-    assert measured is not None and int(measured.group(2)) == round(work)
-    assert float(measured.group(1)) == round(sum(span(t) for t in arms) / 60, 1)
+    measured = re.search(r"the paper's own arms .* took (\d+) worker-seconds and ([\d.]+) "
+                         r"min of wall time \(", text)
+    assert measured is not None and int(measured.group(1)) == round(work)
+    assert float(measured.group(2)) == round(sum(span(t) for t in arms) / 60, 1)
+    assert "untimed" not in text
+
     stamp = (tmp_path / "report_stamp.json").read_text()
     before = report.stat().st_mtime_ns
     assert reproduce(TINY, tmp_path, quiet=True) == report  # everything resumed

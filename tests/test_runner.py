@@ -25,7 +25,7 @@ from gatescope.experiments import (
     register_experiment,
     run_experiment,
 )
-from gatescope.experiments.storage import GroupFolder
+from gatescope.experiments.storage import GroupFolder, GroupTiming, wall_span
 
 #: A tiny, fast grid: 2 groups × 2 seeds, float64 so reruns are bit-identical.
 TINY = {"cells": ["leaky", "multi_gate"], "seeds": 2, "steps": 12, "seq_len": 6,
@@ -222,10 +222,20 @@ class SlowGroup(Experiment):
 
 
 def test_the_marker_records_the_group_wall_time(tmp_path):
+    before = time.time()
     run_experiment("_test_slow_group", {}, tmp_path, quiet=True)
-    started, seconds = GroupFolder(tmp_path, Group("t", "slow", "none")).timing()
-    assert 0.2 <= seconds < 5 and 0 < time.time() - started < 60
+    timing = GroupFolder(tmp_path, Group("t", "slow", "none")).timing()
+    assert 0.2 <= timing.seconds < 5
+    assert before <= timing.invocation <= timing.started < before + 5
     assert GroupFolder(tmp_path, Group("t", "other", "none")).timing() is None
+
+
+def test_wall_span_sums_each_run_and_skips_the_pauses_between():
+    first = [GroupTiming(100.0, 100.0, 10.0), GroupTiming(100.0, 101.0, 20.0)]  # to 121
+    resumed = [GroupTiming(500.0, 500.5, 4.0)]
+    assert wall_span(first) == 21.0
+    assert wall_span(first + resumed) == 25.0
+    assert wall_span([]) == 0
 
 
 @register_experiment("_test_sees_denormals")

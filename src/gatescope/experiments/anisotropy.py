@@ -6,7 +6,7 @@ Designs:
 * ``"paper"`` — the paper's three arms per task: plain + Adam, scalar_gate + SGD,
   multi_gate + SGD (architecture and optimizer confounded, as in the paper);
 * ``"factorial"`` — every cell with every optimizer, which separates what the cell does from
-  what the optimizer does (claim C6). It contains the paper's arms, and runs them first.
+  what the optimizer does (claim C6). It contains the paper's arms, and starts them first.
 
 At each checkpoint every live seed is measured by
 :func:`~gatescope.experiments.probes.record_anisotropy` on its fixed probe batch (stream
@@ -106,11 +106,11 @@ class AnisotropyExperiment(Experiment):
         paper = [Group(t, c, o) for t in settings.tasks for c, o in PAPER_ARMS]
         if settings.design == "paper":
             return paper
-        # the paper's arms first: they finish first, so their results (and wall time) come
-        # before the rest of the factorial design
-        ran = [g for g in paper if g.cell in settings.cells and g.optimizer in
-               settings.optimizers]
-        return ran + [g for g in settings.grid() if g not in ran]
+        # the paper's arms start first, so their results (and wall time) come before the
+        # rest of the factorial design
+        first = [g for g in paper if g.cell in settings.cells and g.optimizer in
+                 settings.optimizers]
+        return first + [g for g in settings.grid() if g not in first]
 
     def run_group(self, settings: AnisotropySettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from ..training import flush_denormals
 from .base import Experiment, Group, Progress, Settings
 from .registry import get_experiment
 from .settings import build_settings, settings_hash
-from .storage import GroupFolder, assemble_results, read_rows, run_lock, write_json
+from .storage import GroupFolder, GroupTiming, assemble_results, read_rows, run_lock, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
                 todo.append(folder.group)
         if result.skipped:
             logger.info("skipping %d finished group(s)", len(result.skipped))
-        job = (type(experiment), settings, digest, out)
+        job = (type(experiment), settings, digest, out, time.time())  # time: this invocation
         with _Board(name, len(groups), len(result.skipped), quiet) as board:
             if jobs > 1 and len(todo) > 1:
                 failures = _run_parallel(job, todo, board, jobs)
@@ -151,14 +151,19 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
 
 
 def run_group_job(experiment_cls: type[Experiment], settings: Settings, digest: str,
-                  out: str | Path, group: Group, progress: Progress) -> int:
-    """Run one group into its folder (resuming from its work folder); returns its rows."""
+                  out: str | Path, invocation: float, group: Group, progress: Progress) -> int:
+    """Run one group into its folder (resuming from its work folder); returns its rows.
+
+    ``invocation`` (the Unix time the run started) goes into the group's marker with the
+    group's own start time and wall seconds.
+    """
     started, start = time.time(), time.perf_counter()
     folder = GroupFolder(out, group)
     workdir = folder.prepare(digest)
     with flush_denormals():  # vanishing gradients would otherwise crawl (see the module)
         rows = list(experiment_cls().run_group(settings, group, workdir, progress))
-    return folder.write(rows, digest, started=started, seconds=time.perf_counter() - start)
+    return folder.write(rows, digest, GroupTiming(invocation, started,
+                                                  time.perf_counter() - start))
 
 
 def _run_here(job: tuple, todo: list[Group], board: _Board) -> dict[str, str]:
@@ -225,7 +230,7 @@ def _init_worker(messages, log_level: int) -> None:
 
 
 def _worker_job(experiment_cls: type[Experiment], settings: Settings, digest: str,
-                out: Path, group: Group) -> int:
+                out: Path, invocation: float, group: Group) -> int:
     def report(done: int, total: int) -> None:
         if os.getppid() != _WORKER["parent"]:  # the run was killed: stop, keep checkpoints
             os._exit(1)
@@ -234,7 +239,7 @@ def _worker_job(experiment_cls: type[Experiment], settings: Settings, digest: st
             _WORKER["last"] = now
             _WORKER["messages"].put((group.key, done, total))
 
-    return run_group_job(experiment_cls, settings, digest, out, group, report)
+    return run_group_job(experiment_cls, settings, digest, out, invocation, group, report)
 
 
 # ---------------------------------------------------------------------- progress bars

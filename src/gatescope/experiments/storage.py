@@ -3,12 +3,12 @@
 Layout of a run folder (every file written atomically, see :mod:`gatescope.atomic`)::
 
     OUT/config.json              every setting, the settings hash, versions, the groups
-    OUT/results.csv              all groups' rows in grid order (rebuilt by every run)
+    OUT/results.csv              all groups' rows in the experiment's group order (rebuilt by
+                                 every run)
     OUT/summary.json             the experiment's aggregates across seeds
     OUT/groups/KEY/rows.csv      one group's rows
     OUT/groups/KEY/done.json     its marker: settings hash, sha256 and row count of rows.csv,
-                                 and when the run that finished the group started it and
-                                 how many wall seconds that run took
+                                 and its GroupTiming
     OUT/groups/KEY/work/         the group's private folder (training checkpoints)
 
 A group counts as finished only if its marker names the current settings hash *and*
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -123,6 +124,32 @@ def _finite(obj: Any) -> Any:
 # ---------------------------------------------------------------------- one group
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupTiming:
+    """When and for how long the run that finished a group computed it.
+
+    Attributes:
+        invocation: when that run (one ``run_experiment`` call) started, Unix time.
+        started: when it started this group, Unix time.
+        seconds: the group's wall seconds in that run; a group resumed from checkpoints
+            counts only the run that finished it.
+    """
+
+    invocation: float
+    started: float
+    seconds: float
+
+
+def wall_span(timings: Iterable[GroupTiming]) -> float:
+    """Wall seconds the groups took: per run, first group start to last group finish, summed
+    over the runs (an interrupted and resumed experiment does not count the pause)."""
+    runs: dict[float, list[GroupTiming]] = {}
+    for t in timings:
+        runs.setdefault(t.invocation, []).append(t)
+    return sum(max(t.started + t.seconds for t in ts) - min(t.started for t in ts)
+               for ts in runs.values())
+
+
 class GroupFolder:
     """``OUT/groups/KEY``: one group's rows, marker and work folder."""
 
@@ -168,29 +195,23 @@ class GroupFolder:
             atomic_write_bytes(tag, settings_hash.encode())
         return self.workdir
 
-    def write(self, rows: list[dict[str, Any]], settings_hash: str, started: float,
-              seconds: float) -> int:
-        """Write ``rows.csv`` and then the marker; returns the row count.
-
-        Args:
-            rows: the group's result rows.
-            settings_hash: the hash of the settings that produced them.
-            started: when the run that finished the group started it (Unix time).
-            seconds: that run's wall time (a resumed group counts only its last run).
-        """
+    def write(self, rows: list[dict[str, Any]], settings_hash: str,
+              timing: GroupTiming) -> int:
+        """Write ``rows.csv`` and then the marker; returns the row count."""
         data = rows_to_csv(rows, columns_of(rows))
         atomic_write_bytes(self.rows_path, data)
         write_json(self.marker_path, {"settings_hash": settings_hash,
                                       "sha256": hashlib.sha256(data).hexdigest(),
                                       "rows": len(rows), "group": self.group.key,
-                                      "started": started, "seconds": seconds})
+                                      **dataclasses.asdict(timing)})
         return len(rows)
 
-    def timing(self) -> tuple[float, float] | None:
-        """``(started, seconds)`` from the marker, ``None`` without them."""
+    def timing(self) -> GroupTiming | None:
+        """The marker's :class:`GroupTiming`, ``None`` without one."""
         try:
             marker = json.loads(self.marker_path.read_text())
-            return float(marker["started"]), float(marker["seconds"])
+            return GroupTiming(*(float(marker[f.name])
+                                 for f in dataclasses.fields(GroupTiming)))
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
@@ -199,7 +220,7 @@ class GroupFolder:
 
 
 def assemble_results(out: str | Path, folders: list[GroupFolder]) -> Path:
-    """Concatenate the groups' ``rows.csv`` (grid order) into ``OUT/results.csv``.
+    """Concatenate the groups' ``rows.csv`` (in ``folders`` order) into ``OUT/results.csv``.
 
     Cells are copied as text, so values are exactly those the groups wrote.
     """
