@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from .base import add_diagonal_
-from .plain import ElmanCore
+from .plain import ElmanCore, GateFreeJacobian
 from .registry import register_cell
 
 
 @register_cell("leaky")
-class LeakyCell(ElmanCore):
+class LeakyCell(GateFreeJacobian, ElmanCore):
     """Constant update weight ``α ∈ (0, 1]`` (default 0.8); ``J_t = (1-α) I + α D_t W_r``.
 
     Its "gate" is a constant, so ``B = 0`` and ``traj.gates`` is ``None``; the retention is
@@ -35,14 +35,6 @@ class LeakyCell(ElmanCore):
         return {"state": state, "held": (), "gate": None,
                 "retention": torch.full_like(phi[..., :1], 1 - self.alpha), "phi": phi}
 
-    def analytic_jacobian_split(self, traj):
-        A = self._jacobian(traj)
-        return A, torch.zeros_like(A)
-
-    def analytic_jacobian(self, traj):
-        return self._jacobian(traj)
-
     def _jacobian(self, traj):
-        # not self.analytic_jacobian: a subclass's J may be built from its own split
         J = self.candidate_jacobian(traj, torch.full_like(traj.cache["phi"], self.alpha))
         return add_diagonal_(J, 1 - self.alpha)

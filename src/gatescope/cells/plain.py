@@ -31,8 +31,24 @@ class ElmanCore(RecurrentCell):
         return scale_rows(scale * (1 - phi**2), self.recurrent.weight)
 
 
+class GateFreeJacobian:
+    """Mixin for cells whose ``J`` has no gate-induced part: ``B = 0`` and ``A = J``.
+
+    The cell defines ``_jacobian(traj)``, ``(B, T, n, n)``. The split calls it rather than
+    ``self.analytic_jacobian``, since a subclass that redefines the split gets a ``J`` built
+    from that split (see ``RecurrentCell.__init_subclass__``).
+    """
+
+    def analytic_jacobian_split(self, traj: Trajectory) -> tuple[Tensor, Tensor]:
+        A = self._jacobian(traj)
+        return A, torch.zeros_like(A)
+
+    def analytic_jacobian(self, traj: Trajectory) -> Tensor:
+        return self._jacobian(traj)
+
+
 @register_cell("plain")
-class PlainCell(ElmanCore):
+class PlainCell(GateFreeJacobian, ElmanCore):
     """``h_t = φ(a_t)``; ``J_t = D_t W_r``, no gate (``B = 0``), retention 0."""
 
     description = "tanh(W_r h + W_i u + b); no gate"
@@ -42,13 +58,5 @@ class PlainCell(ElmanCore):
         return {"state": phi, "held": (), "gate": None, "retention": torch.zeros_like(phi[..., :1]),
                 "phi": phi}
 
-    def analytic_jacobian_split(self, traj):
-        A = self._jacobian(traj)
-        return A, torch.zeros_like(A)
-
-    def analytic_jacobian(self, traj):
-        return self._jacobian(traj)
-
     def _jacobian(self, traj):
-        # not self.analytic_jacobian: a subclass's J may be built from its own split
         return self.candidate_jacobian(traj, torch.ones_like(traj.cache["phi"]))
