@@ -14,6 +14,7 @@ from .. import __version__
 from ..atomic import atomic_write_bytes
 from ..experiments import get_experiment
 from ..experiments.anisotropy import PAPER_ARMS
+from ..experiments.base import Group
 from ..experiments.storage import GroupFolder, GroupTiming, wall_span
 from ..reproduce.pipeline import PlannedRun
 from ..reproduce.presets import QUICK_TRADE_OFFS, Preset
@@ -96,20 +97,18 @@ def build_paper_report(out: Path, preset: Preset, runs: list[PlannedRun],
     return md
 
 
-def group_timings(run: PlannedRun, arms=None) -> tuple[list[GroupTiming], int]:
-    """The recorded timings of the groups of ``run`` whose ``(cell, optimizer)`` is in
-    ``arms`` (all when ``None``), and how many such groups there are."""
-    groups = [g for g in get_experiment(run.experiment).groups(run.settings)
-              if arms is None or (g.cell, g.optimizer) in arms]
-    timings = [GroupFolder(run.folder, g).timing() for g in groups]
-    return [t for t in timings if t is not None], len(groups)
+def group_timings(run: PlannedRun) -> dict[Group, GroupTiming | None]:
+    """Each group of ``run`` with the timing its marker recorded (``None`` without one)."""
+    return {g: GroupFolder(run.folder, g).timing()
+            for g in get_experiment(run.experiment).groups(run.settings)}
 
 
-def _time_spent(timings: list[GroupTiming], groups: int) -> str:
-    untimed = f" ({groups - len(timings)} of {groups} groups untimed)" \
-        if len(timings) < groups else ""
-    return (f"{sum(t.seconds for t in timings):.0f} worker-seconds and "
-            f"{wall_span(timings) / 60:.1f} min of wall time{untimed}")
+def _time_spent(timings: list[GroupTiming | None]) -> str:
+    timed = [t for t in timings if t is not None]
+    untimed = f" ({len(timings) - len(timed)} of {len(timings)} groups untimed)" \
+        if len(timed) < len(timings) else ""
+    return (f"{sum(t.seconds for t in timed):.0f} worker-seconds and "
+            f"{wall_span(timed) / 60:.1f} min of wall time{untimed}")
 
 
 def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str, float]
@@ -117,25 +116,23 @@ def _settings_section(preset: Preset, runs: list[PlannedRun], timings: dict[str,
     lines = []
     if preset.name == "quick":
         lines += [f"quick preset trade-off: {t}" for t in QUICK_TRADE_OFFS]
-    paper_arms: list[GroupTiming] = []
-    paper_groups = 0
+    paper_arms: list[GroupTiming | None] = []
     for run in runs:
         label = run.experiment if run.fidelity is None else \
             f"{run.experiment} with the paper code's {run.fidelity.switch}"
         seconds = timings.get(run.folder.as_posix())
         took = f"; {seconds:.0f} s this time (0 when resumed)" if seconds is not None else ""
+        groups = group_timings(run)
         lines.append(f"{label}: settings in {run.folder.name}/config.json{took}; its groups "
-                     f"took {_time_spent(*group_timings(run))}; "
+                     f"took {_time_spent(list(groups.values()))}; "
                      + ", ".join(f"{k}={v}" for k, v in run.settings.model_dump().items()))
         if run.fidelity is None:
-            arms, count = group_timings(
-                run, PAPER_ARMS if run.experiment == "anisotropy" else None)
-            paper_arms += arms
-            paper_groups += count
+            paper_arms += [t for g, t in groups.items() if run.experiment != "anisotropy"
+                           or (g.cell, g.optimizer) in PAPER_ARMS]
     lines.append(
         f"the paper's own arms (expansion, profiles, and the anisotropy groups of "
         f"{', '.join('+'.join(a) for a in PAPER_ARMS)}, which start first) took "
-        f"{_time_spent(paper_arms, paper_groups)} (from the groups' markers: each run's "
+        f"{_time_spent(paper_arms)} (from the groups' markers: each run's "
         "first group start to last group finish, and the groups' wall seconds; a group "
         "resumed from checkpoints counts only the run that finished it)")
     return Section("Settings and run times", lines)
