@@ -25,6 +25,7 @@ from gatescope.experiments import (
     register_experiment,
     run_experiment,
 )
+from gatescope.experiments.rows import RowWriter
 from gatescope.experiments.storage import GroupFolder, GroupTiming, wall_span
 
 #: A tiny, fast grid: 2 groups × 2 seeds, float64 so reruns are bit-identical.
@@ -148,6 +149,13 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path, caplog):
     assert len(keys) == len(set(keys))
 
 
+def _one_row(experiment, group, metric, value):
+    """The single result row (seed 0, step 0) of a test experiment's group."""
+    writer = RowWriter(experiment, group.task, group.cell, group.optimizer)
+    writer.add(0, 0, metric, value)
+    return writer.rows
+
+
 @register_experiment("_test_one_group_fails")
 class OneGroupFails(Experiment):
     description = "test: the second of three groups raises"
@@ -159,8 +167,7 @@ class OneGroupFails(Experiment):
     def run_group(self, settings, group, workdir, progress):
         if group.cell == "b":
             raise RuntimeError("boom")
-        return [{"experiment": self.name, "task": "t", "cell": group.cell, "optimizer": "none",
-                 "seed": 0, "step": 0, "metric": "m", "lag": None, "value": 1.0}]
+        return _one_row(self.name, group, "m", 1.0)
 
 
 def test_a_failing_group_does_not_stop_the_grid(tmp_path):
@@ -217,8 +224,7 @@ class SlowGroup(Experiment):
 
     def run_group(self, settings, group, workdir, progress):
         time.sleep(0.2)
-        return [{"experiment": self.name, "task": "t", "cell": "slow", "optimizer": "none",
-                 "seed": 0, "step": 0, "metric": "m", "lag": None, "value": 1.0}]
+        return _one_row(self.name, group, "m", 1.0)
 
 
 def test_the_marker_records_the_group_wall_time(tmp_path):
@@ -248,9 +254,7 @@ class SeesDenormals(Experiment):
 
     def run_group(self, settings, group, workdir, progress):
         subnormal = torch.tensor([1e-39], dtype=torch.float32)  # below 1.2e-38
-        return [{"experiment": self.name, "task": "t", "cell": "c", "optimizer": "none",
-                 "seed": 0, "step": 0, "metric": "survives", "lag": None,
-                 "value": float((subnormal * 1.0).item() != 0)}]
+        return _one_row(self.name, group, "survives", (subnormal * 1.0).item() != 0)
 
 
 def test_groups_run_with_subnormals_flushed_and_the_mode_is_restored(tmp_path):
