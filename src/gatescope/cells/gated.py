@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -63,6 +65,8 @@ class ScalarGateCell(GatedCell):
     """One update gate ``g_t ∈ R`` for all neurons; ``B_t`` has rank one."""
 
     description = "one learned update gate shared by all neurons"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = True
 
     per_neuron_gate = False
 
@@ -72,5 +76,7 @@ class MultiGateCell(GatedCell):
     """One update gate per neuron, ``g_t ∈ R^n``."""
 
     description = "one learned update gate per neuron"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = True
 
     per_neuron_gate = True

@@ -10,6 +10,7 @@ is ``z``. Parameter names and layouts (gate order r, z, n) are torch's, so a ``G
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +60,8 @@ class GRUCell(TorchLayoutCell):
     """
 
     description = "torch.nn.GRUCell (update gate 1 - z, retention z)"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = True
 
     blocks = 3
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import add_diagonal_
@@ -18,6 +20,8 @@ class LeakyCell(GateFreeJacobian, ElmanCore):
     """
 
     description = "leaky integrator with a constant update weight alpha"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = False,
                  alpha: float = 0.8) -> None:

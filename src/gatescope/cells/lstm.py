@@ -7,6 +7,8 @@ retention is the forget gate ``f`` (acting on ``c``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import eye_like, scale_rows
@@ -28,6 +30,8 @@ class LSTMCell(TorchLayoutCell):
     """
 
     description = "torch.nn.LSTMCell, state [h; c] (retention: forget gate)"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = True
 
     blocks = 4
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -52,6 +54,8 @@ class PlainCell(GateFreeJacobian, ElmanCore):
     """``h_t = φ(a_t)``; ``J_t = D_t W_r``, no gate (``B = 0``), retention 0."""
 
     description = "tanh(W_r h + W_i u + b); no gate"
+    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    gated: ClassVar[bool] = False
 
     def compute(self, h, u, held=None):
         _, phi = self.candidate(h, u)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-EXPERIMENTS = ("expansion", "profiles", "anisotropy")
+from ..paper import EXPERIMENTS, FIDELITY
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,19 @@ class FidelityRun:
     switch: str
     experiment: str
     overrides: dict[str, Any]
+
+    @classmethod
+    def of(cls, switch: str, **reductions: Any) -> FidelityRun:
+        """The run of the paper's fidelity switch ``switch`` (see :data:`gatescope.paper.
+        FIDELITY`): its experiment, the switch set to the defect, then ``reductions``.
+
+        Raises:
+            ValueError: ``switch`` is not one of the paper's fidelity switches.
+        """
+        if switch not in FIDELITY:
+            raise ValueError(f"switch must be one of {sorted(FIDELITY)}, got {switch!r}")
+        known = FIDELITY[switch]
+        return cls(switch, known.experiment, {switch: known.defect, **reductions})
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,9 @@ QUICK_TRADE_OFFS = (
 )
 
 _FIDELITY_QUICK = (
-    FidelityRun("product_order", "profiles",
-                {"product_order": "reversed", "seeds": 2,
-                 "cells": ["scalar_gate", "multi_gate"]}),
-    FidelityRun("gate_term", "expansion", {"gate_term": "updated"}),
-    FidelityRun("fixed_batch", "anisotropy",
-                {"fixed_batch": True, "design": "paper", "tasks": ["adding"]}),
+    FidelityRun.of("product_order", seeds=2, cells=["scalar_gate", "multi_gate"]),
+    FidelityRun.of("gate_term"),
+    FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
 )
 
 PRESETS = {
@@ -76,11 +86,9 @@ PRESETS = {
         "paper",
         {"expansion": {"seeds": 20}, "profiles": {"seeds": 20}, "anisotropy": {"seeds": 20}},
         (
-            FidelityRun("product_order", "profiles",
-                        {"product_order": "reversed", "cells": ["scalar_gate", "multi_gate"]}),
-            FidelityRun("gate_term", "expansion", {"gate_term": "updated"}),
-            FidelityRun("fixed_batch", "anisotropy",
-                        {"fixed_batch": True, "design": "paper", "tasks": ["adding"]}),
+            FidelityRun.of("product_order", cells=["scalar_gate", "multi_gate"]),
+            FidelityRun.of("gate_term"),
+            FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
         ),
     ),
 }

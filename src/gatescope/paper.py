@@ -1,0 +1,89 @@
+"""What gatescope knows about the paper it reproduces, in one place.
+
+L. Livi, "Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks"
+(arXiv 2508.12121): its experiments, the arms of §VII-B, its claims C1–C8 and the defects of
+its code that ``reproduce`` switches on one at a time (DESIGN §6). The presets, the
+experiments and the report read these names; nothing else repeats them.
+
+A leaf module: it imports nothing of gatescope and no third-party package, so every layer
+may read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: How the report cites the paper.
+CITATION = ("L. Livi, \"Time-Scale Coupling Between States and Parameters in Recurrent Neural "
+            "Networks\" (arXiv 2508.12121)")
+
+#: The paper's experiments (registered experiment names), in report order.
+EXPERIMENTS = ("expansion", "profiles", "anisotropy")
+
+#: The paper's §VII-B arms: ``(cell, optimizer)``.
+PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper.
+
+    Attributes:
+        id: ``C1`` ... ``C8``.
+        title: the claim in one line.
+        experiment: the experiment whose results test it.
+    """
+
+    id: str
+    title: str
+    experiment: str
+
+
+#: The paper's claims by id, in report order.
+CLAIMS = {c.id: c for c in (
+    Claim("C1", "lag-dependent effective learning rates under fixed-step SGD", "profiles"),
+    Claim("C2", "learned gates reshape the profile during training", "profiles"),
+    Claim("C3", "multi-dimensional gates give neuron-specific effective rates", "profiles"),
+    Claim("C4", "gates concentrate gradient flow into low-dimensional subspaces", "anisotropy"),
+    Claim("C5", "multi-gate with SGD matches or exceeds the anisotropy that Adam induces",
+          "anisotropy"),
+    Claim("C6", "gates shape transport, optimizers shape updates", "anisotropy"),
+    Claim("C7", "gates align transport with loss-relevant directions", "anisotropy"),
+    Claim("C8", "the first-order expansion is accurate; the gate correction is small but "
+          "systematic", "expansion"),
+)}
+
+
+@dataclass(frozen=True)
+class FidelitySwitch:
+    """A setting that reproduces one defect of the paper's code.
+
+    Attributes:
+        name: the setting (of :attr:`experiment`).
+        experiment: the experiment it belongs to.
+        defect: the setting's value that switches the defect on.
+        description: the defect in words.
+        metrics: the headline metrics it moves, each with the result columns that tell its
+            rows apart: ``((metric, (column, ...)), ...)``.
+    """
+
+    name: str
+    experiment: str
+    defect: Any
+    description: str
+    metrics: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+#: The fidelity switches by name, in report order.
+FIDELITY = {s.name: s for s in (
+    FidelitySwitch("product_order", "profiles", "reversed",
+                   "transport products multiplied in reversed order",
+                   (("fit_slope", ("cell", "predictor")), ("fit_r2", ("cell", "predictor")))),
+    FidelitySwitch("gate_term", "expansion", "updated",
+                   "the gate term uses the post-update state",
+                   (("error_slope", ("cell",)), ("correction_ratio_median", ("cell",)))),
+    FidelitySwitch("fixed_batch", "anisotropy", True,
+                   "§VII-B trains on one fixed batch",
+                   (("gradcov_ai", ("task", "cell", "optimizer")),)),
+)}
