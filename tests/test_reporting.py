@@ -7,11 +7,13 @@ Rows are fabricated here with the metric names the experiments write (DESIGN §8
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 
+from gatescope.cells import cell_class, list_cells
 from gatescope.reporting.analogies import analogy_sections, fidelity_section
 from gatescope.reporting.anisotropy_figures import anisotropy_figures
 from gatescope.reporting.anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
@@ -26,6 +28,13 @@ PROFILE_CELLS = ("leaky", "scalar_gate", "multi_gate")
 FACTORIAL = tuple((c, o) for c in ("plain", "scalar_gate", "multi_gate") for o in ("sgd", "adam"))
 PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
 GATED = ("scalar_gate", "multi_gate")
+#: The gated cells as the report gets them: every cell whose class declares ``gated``.
+GATED_CELLS = tuple(c for c in list_cells() if cell_class(c).gated)
+#: The judges of the profiles and anisotropy claims, given the gated cells where they read them.
+PROFILE_JUDGES = (judge_c1, functools.partial(judge_c2, gated=GATED_CELLS), judge_c3)
+ANISOTROPY_JUDGES = (functools.partial(judge_c4, gated=GATED_CELLS), judge_c5,
+                     functools.partial(judge_c6, gated=GATED_CELLS),
+                     functools.partial(judge_c7, gated=GATED_CELLS))
 
 
 def jitter(seed: int) -> float:
@@ -200,18 +209,18 @@ def test_c2_supported_when_gated_slopes_and_profiles_move_beyond_their_spread():
         * jitter(s),
         sensitivity_profile=lambda c, st, s, lag, p, t: math.exp(-rate(c, st) * (lag - 1)
                                                                   * jitter(s)))
-    v = judge_c2(profiles_table(values))
+    v = judge_c2(profiles_table(values), gated=GATED_CELLS)
     assert v.verdict == SUPPORTED, v.evidence
     assert any("leaky control" in line for line in v.evidence)
 
 
 def test_c2_not_supported_when_nothing_changes():
-    v = judge_c2(profiles_table())
+    v = judge_c2(profiles_table(), gated=GATED_CELLS)
     assert v.verdict == NOT_SUPPORTED
 
 
 def test_c2_not_measured_with_one_checkpoint():
-    assert judge_c2(profiles_table(steps=(0,))).verdict == NOT_MEASURED
+    assert judge_c2(profiles_table(steps=(0,)), gated=GATED_CELLS).verdict == NOT_MEASURED
 
 
 def test_c3_supported_when_multi_gate_disperses_and_scalar_gate_is_zero():
@@ -240,7 +249,7 @@ def test_c3_fails_when_multi_gate_is_as_uniform_as_scalar_gate():
 
 
 def test_c4_supported_when_gated_arms_are_more_anisotropic():
-    v = judge_c4(anisotropy_table())
+    v = judge_c4(anisotropy_table(), gated=GATED_CELLS)
     assert v.verdict == SUPPORTED
     assert any("plain+sgd" in line for line in v.evidence)  # same-optimizer comparison
 
@@ -254,7 +263,7 @@ def test_c4_not_supported_when_plain_is_more_anisotropic():
     values = anisotropy_values(**{m: swap_cells(f) for m, f in anisotropy_values().items()
                                   if m in ("jacobian_ai", "jacobian_ce", "gradcov_ai",
                                            "gradcov_ce")})
-    assert judge_c4(anisotropy_table(values)).verdict == NOT_SUPPORTED
+    assert judge_c4(anisotropy_table(values), gated=GATED_CELLS).verdict == NOT_SUPPORTED
 
 
 def test_an_arm_missing_on_one_task_is_not_a_failed_check():
@@ -263,12 +272,12 @@ def test_an_arm_missing_on_one_task_is_not_a_failed_check():
     keep = ~((cols["task"] == "narma10") & (cols["cell"] == "multi_gate") &
              (cols["optimizer"] == "sgd"))
     partial = ResultsTable({k: v[keep] for k, v in cols.items()})
-    assert judge_c4(partial).verdict == SUPPORTED
-    assert judge_c7(partial).verdict == SUPPORTED
+    assert judge_c4(partial, gated=GATED_CELLS).verdict == SUPPORTED
+    assert judge_c7(partial, gated=GATED_CELLS).verdict == SUPPORTED
 
 
 def test_c4_paper_design_compares_across_optimizers():
-    v = judge_c4(anisotropy_table(arms=PAPER_ARMS))
+    v = judge_c4(anisotropy_table(arms=PAPER_ARMS), gated=GATED_CELLS)
     assert v.verdict == SUPPORTED
     assert all("across optimizers" in line for line in v.evidence)
 
@@ -294,7 +303,7 @@ def test_c5_not_measured_without_its_arms():
 
 
 def test_c6_needs_the_factorial_design():
-    v = judge_c6(anisotropy_table(arms=PAPER_ARMS))
+    v = judge_c6(anisotropy_table(arms=PAPER_ARMS), gated=GATED_CELLS)
     assert v.verdict == NOT_MEASURED
     assert "factorial" in v.evidence[-1]
 
@@ -305,29 +314,28 @@ def test_c6_supported_when_optimizer_moves_updates_and_cell_moves_both():
         * (3.0 if o == "adam" else 1.0) * jitter(s),
         jacobian_ai=lambda k, c, o, st, s, lag: (4.0 if c != "plain" else 1.0) * lag
         * jitter(s))
-    assert judge_c6(anisotropy_table(values)).verdict == SUPPORTED
+    assert judge_c6(anisotropy_table(values), gated=GATED_CELLS).verdict == SUPPORTED
 
 
 def test_c6_not_supported_when_the_optimizer_moves_transport_as_much():
     values = anisotropy_values(
         gradcov_ai=lambda k, c, o, st, s, lag: 3.0 if o == "adam" else 1.0,
         jacobian_ai=lambda k, c, o, st, s, lag: 3.0 if o == "adam" else 1.0)
-    assert judge_c6(anisotropy_table(values)).verdict == NOT_SUPPORTED
+    assert judge_c6(anisotropy_table(values), gated=GATED_CELLS).verdict == NOT_SUPPORTED
 
 
 def test_c7_not_supported_at_the_random_baseline():
     values = anisotropy_values(alignment=lambda *a: 0.25)
-    assert judge_c7(anisotropy_table(values)).verdict == NOT_SUPPORTED
+    assert judge_c7(anisotropy_table(values), gated=GATED_CELLS).verdict == NOT_SUPPORTED
 
 
 def test_c7_supported_above_baseline_and_above_plain():
-    v = judge_c7(anisotropy_table())
+    v = judge_c7(anisotropy_table(), gated=GATED_CELLS)
     assert v.verdict == SUPPORTED
     assert any("r/N = 0.25" in line for line in v.evidence)
 
 
-@pytest.mark.parametrize("judge", [judge_c1, judge_c2, judge_c3, judge_c4, judge_c5, judge_c6,
-                                   judge_c7])
+@pytest.mark.parametrize("judge", PROFILE_JUDGES + ANISOTROPY_JUDGES)
 def test_every_judge_says_what_is_missing_on_an_empty_table(judge):
     v = judge(EMPTY)
     assert v.verdict == NOT_MEASURED
@@ -339,7 +347,8 @@ def test_every_judge_says_what_is_missing_on_an_empty_table(judge):
 
 def test_analogy_sections_report_measured_numbers():
     schedule, momentum, adam = analogy_sections(profiles_table(), anisotropy_table(),
-                                                alpha=0.8, lr={"sgd": 0.01})
+                                                alpha=0.8, lr={"sgd": 0.01},
+                                                gated=GATED_CELLS)
     assert "η = 0.01" in schedule.lines[0] and len(schedule.lines) == 3  # lags 1 and 5
     assert any("vs (1-α)^ℓ = 0.2" in line for line in momentum.lines)
     assert any("0.2 [IQR" in line for line in momentum.lines)  # leaky's kernel at ℓ=1
@@ -349,9 +358,10 @@ def test_analogy_sections_report_measured_numbers():
 
 
 def test_analogy_sections_estimate_alpha_and_lr_and_say_what_is_missing():
-    _, momentum, _ = analogy_sections(profiles_table(), None)
+    _, momentum, _ = analogy_sections(profiles_table(), None, gated=GATED_CELLS)
     assert "α = 0.8" in momentum.lines[0]
-    assert all("not measured" in s.lines[0] for s in analogy_sections(None, None))
+    assert all("not measured" in s.lines[0]
+               for s in analogy_sections(None, None, gated=GATED_CELLS))
 
 
 def test_fidelity_section_reports_the_shift_of_each_switch():
@@ -371,7 +381,7 @@ def test_fidelity_section_reports_the_shift_of_each_switch():
 def test_every_figure_is_written_as_png_and_pdf(tmp_path):
     profiles = profiles_table(steps=(0, 20))
     anisotropy = anisotropy_table(tasks=("adding",), steps=(0, 20))
-    figs = profiles_figures(profiles, tmp_path, alpha=0.8, lr=0.01)
+    figs = profiles_figures(profiles, tmp_path, alpha=0.8, lr=0.01, gated=GATED_CELLS)
     figs |= anisotropy_figures(anisotropy, tmp_path)
     assert set(figs) == {
         "profiles_profile", "profiles_heatmap", "profiles_fit", "profiles_rate_dispersion",
@@ -380,13 +390,13 @@ def test_every_figure_is_written_as_png_and_pdf(tmp_path):
     for name, paths in figs.items():
         assert [p.suffix for p in paths] == [".png", ".pdf"], name
         assert all(p.exists() and p.stat().st_size > 0 for p in paths), name
-    cited = {f for judge in (judge_c1, judge_c2, judge_c3) for f in judge(profiles).figures}
-    cited |= {f for judge in (judge_c4, judge_c5, judge_c6, judge_c7)
-              for f in judge(anisotropy).figures}
-    cited |= {f for s in analogy_sections(profiles, anisotropy) for f in s.figures}
+    cited = {f for judge in PROFILE_JUDGES for f in judge(profiles).figures}
+    cited |= {f for judge in ANISOTROPY_JUDGES for f in judge(anisotropy).figures}
+    cited |= {f for s in analogy_sections(profiles, anisotropy, gated=GATED_CELLS)
+              for f in s.figures}
     assert cited <= set(figs)
 
 
 def test_figures_skip_what_the_table_lacks(tmp_path):
-    assert profiles_figures(EMPTY, tmp_path) == {}
+    assert profiles_figures(EMPTY, tmp_path, gated=GATED_CELLS) == {}
     assert anisotropy_figures(EMPTY, tmp_path) == {}

@@ -2,6 +2,10 @@
 
 The public names of DESIGN.md §7 live here; see the subpackages for the rooms they come
 from (``cells``, ``dynamics``, ``tasks``).
+
+``import gatescope`` loads the analysis API only. The experiment API
+(:func:`run_experiment`, :func:`list_experiments`, :func:`register_experiment`) is loaded
+on first use, with its pydantic settings and its process pool (PEP 562).
 """
 
 from .cells import (
@@ -22,7 +26,6 @@ from .dynamics.jacobians import (
 )
 from .dynamics.lag_gradients import lag_gradients
 from .dynamics.transport import sensitivities, transport
-from .experiments import list_experiments, register_experiment, run_experiment
 from .measures import (
     effective_learning_rates,
     envelope,
@@ -53,6 +56,23 @@ from .tasks import Task, describe_tasks, list_tasks, make_task, register_task
 from .training import EnsembleTrainer, list_optimizers, make_optimizer
 
 __version__ = "0.1.0"
+
+#: Names served from :mod:`gatescope.experiments`, imported on first access.
+_EXPERIMENT_API = ("list_experiments", "register_experiment", "run_experiment")
+
+
+def __getattr__(name: str):
+    if name in _EXPERIMENT_API:
+        from . import experiments
+
+        value = getattr(experiments, name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPERIMENT_API})
 
 __all__ = [
     "EnsembleTrainer",

@@ -23,6 +23,8 @@ EXPERIMENTS = ("expansion", "profiles", "anisotropy")
 
 #: The paper's §VII-B arms: ``(cell, optimizer)``.
 PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
+#: The experiment the arms belong to (its factorial design contains them).
+PAPER_ARMS_EXPERIMENT = "anisotropy"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from ..measures import optimizer_step_sizes
+from ..paper import PAPER_ARMS
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
@@ -38,9 +39,6 @@ from .settings import (
     TaskNames,
     check_lr_covers,
 )
-
-#: The paper's §VII-B arms: (cell, optimizer).
-PAPER_ARMS = (("plain", "adam"), ("scalar_gate", "sgd"), ("multi_gate", "sgd"))
 
 
 class AnisotropySettings(GridSettings):

@@ -11,11 +11,13 @@ schedule and momentum analogies. Rows also carry the training ``loss``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 
+from ..cells import cell_class
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
@@ -47,6 +49,13 @@ class ProfilesSettings(GridSettings):
         "chain", description="transport product order; reversed = the paper code's defect")
 
 
+def cell_options(cell: str, alpha: float) -> dict[str, Any] | None:
+    """The ``alpha`` setting for a cell whose constructor takes an ``alpha`` (``leaky``, or a
+    user's cell), else no options."""
+    takes_alpha = "alpha" in inspect.signature(cell_class(cell)).parameters
+    return {"alpha": alpha} if takes_alpha else None
+
+
 @register_experiment("profiles")
 class ProfilesExperiment(Experiment):
     """Lag-dependent effective learning rates under fixed-step SGD (claims C1–C3)."""
@@ -61,8 +70,7 @@ class ProfilesExperiment(Experiment):
     def run_group(self, settings: ProfilesSettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:
         lr = lr_for(settings.lr, group.optimizer)
-        trainer = settings.trainer(
-            group, {"alpha": settings.alpha} if group.cell == "leaky" else None)
+        trainer = settings.trainer(group, cell_options(group.cell, settings.alpha))
         probe_u = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
                                         for s in trainer.seeds], settings.probe_batch)[0]
 

@@ -8,24 +8,15 @@ names the figures that show them. The helpers that turn rows into the analogies'
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
+from ..paper import FIDELITY
 from .anisotropy_verdicts import arm_name, last_step
-from .profiles_verdicts import CONTROL, GATED_CELLS
+from .profiles_verdicts import CONTROL
 from .report import Section
 from .table import ResultsTable, Spread
-
-#: The fidelity switches, the experiment each one changes, and its headline metrics with
-#: the columns that tell their rows apart.
-FIDELITY = {
-    "product_order": ("profiles", (("fit_slope", ("cell", "predictor")),
-                                   ("fit_r2", ("cell", "predictor")))),
-    "gate_term": ("expansion", (("error_slope", ("cell",)),
-                                ("correction_ratio_median", ("cell",)))),
-    "fixed_batch": ("anisotropy", (("gradcov_ai", ("task", "cell", "optimizer")),)),
-}
 
 
 def leak_alpha(table: ResultsTable | None, alpha: float | None = None) -> float | None:
@@ -98,9 +89,11 @@ def schedule_section(table: ResultsTable | None, lr=None) -> Section:
     return s
 
 
-def momentum_section(table: ResultsTable | None, alpha=None, lr=None) -> Section:
+def momentum_section(table: ResultsTable | None, alpha=None, lr=None, *,
+                     gated: Collection[str]) -> Section:
     """Momentum analogy: leaky's ``(1-α)^ℓ`` against heavy-ball ``β^ℓ``, ``β = 1-α``, and the
-    gated cells' data-dependent retention ``β_t``."""
+    data-dependent retention ``β_t`` of the cells in ``gated`` (the gated cells, in report
+    order)."""
     s = Section("Analogy: leaky integration as momentum", figures=["analogy_momentum"])
     if table is None or not len(table.select(metric="retention_mean")):
         s.lines.append("not measured: no retention_mean rows")
@@ -120,7 +113,7 @@ def momentum_section(table: ResultsTable | None, alpha=None, lr=None) -> Section
             expected = f" vs (1-α)^ℓ = {(1 - alpha) ** lag:.3g}" if alpha is not None else ""
             s.lines.append(f"leaky, step {step:g}, ℓ = {lag:g}: measured kernel mean μ⁰ "
                            f"{Spread.of(k[:, j])}{expected}")
-    for cell in [c for c in GATED_CELLS if c in table.unique("cell")]:
+    for cell in [c for c in gated if c in table.unique("cell")]:
         rows = table.select(cell=cell, metric="retention_mean")
         if not len(rows):
             continue
@@ -172,7 +165,8 @@ def _arm(table: ResultsTable, task: str, arm, metric: str, step: float) -> Sprea
 
 def analogy_sections(profiles_table: ResultsTable | None,
                      anisotropy_table: ResultsTable | None, alpha: float | None = None,
-                     lr: float | Mapping | None = None) -> list[Section]:
+                     lr: float | Mapping | None = None, *,
+                     gated: Collection[str]) -> list[Section]:
     """The schedule, momentum and Adam sections.
 
     Args:
@@ -180,9 +174,11 @@ def analogy_sections(profiles_table: ResultsTable | None,
         alpha: leaky's ``α`` of the profiles run (default: measured from its retention).
         lr: the profiles run's ``lr`` setting, a number or ``{optimizer: lr}`` (default:
             estimated from leaky's implied multiplier).
+        gated: the names of the cells with a learned gate (whose class has
+            ``gated = True``), in report order.
     """
     return [schedule_section(profiles_table, lr),
-            momentum_section(profiles_table, alpha, lr),
+            momentum_section(profiles_table, alpha, lr, gated=gated),
             adam_section(anisotropy_table)]
 
 
@@ -190,7 +186,7 @@ def fidelity_lines(switch: str, default: ResultsTable, variant: ResultsTable) ->
     """One line per headline number that ``switch`` changes: default and paper-code values
     at each run's last checkpoint, and the shift of the median in units of the default's
     IQR across seeds."""
-    experiment, metrics = FIDELITY[switch]
+    experiment, metrics = FIDELITY[switch].experiment, FIDELITY[switch].metrics
     lines = []
     for metric, columns in metrics:
         d_step, v_step = last_step(default, metric), last_step(variant, metric)
@@ -211,9 +207,9 @@ def fidelity_section(pairs: Mapping[str, tuple[ResultsTable, ResultsTable]]) -> 
 
     Args:
         pairs: ``{switch: (default table, table with the switch on)}`` for the switches of
-            :data:`FIDELITY` (``product_order``: profile fit slope and R²; ``gate_term``:
-            expansion slope and ρ; ``fixed_batch``: gradient-covariance AI). A switch
-            without a pair is listed as not measured.
+            :data:`gatescope.paper.FIDELITY` (``product_order``: profile fit slope and R²;
+            ``gate_term``: expansion slope and ρ; ``fixed_batch``: gradient-covariance AI).
+            A switch without a pair is listed as not measured.
     """
     s = Section("Fidelity: the paper code's defects, switched on one at a time")
     for switch in FIDELITY:

@@ -10,9 +10,11 @@ evidence line says "across optimizers".
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
-from .profiles_verdicts import GATED_CELLS, not_measured
+from .profiles_verdicts import not_measured
 from .table import ResultsTable, Spread
 from .verdicts import Verdict, combine
 
@@ -33,10 +35,10 @@ def arm_name(arm: Arm) -> str:
     return "+".join(arm)
 
 
-def gated_arms(table: ResultsTable, metric: str) -> list[Arm]:
-    """Arms of a gated cell with rows of ``metric``."""
+def gated_arms(table: ResultsTable, metric: str, gated: Collection[str]) -> list[Arm]:
+    """Arms of a cell in ``gated`` (the gated cells) with rows of ``metric``."""
     return [a for a in table.select(metric=metric).combos("cell", "optimizer")
-            if a[0] in GATED_CELLS]
+            if a[0] in gated]
 
 
 def comparator(table: ResultsTable, arm: Arm, metric: str) -> tuple[Arm | None, bool]:
@@ -77,7 +79,7 @@ def _label(arm: Arm, plain: Arm, same: bool) -> str:
     return f"{arm_name(arm)} vs {arm_name(plain)}" + ("" if same else " (across optimizers)")
 
 
-def judge_c4(table: ResultsTable) -> Verdict:
+def judge_c4(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
     """C4: gates concentrate gradient flow into low-dimensional subspaces.
 
     Rule: at the last checkpoint, for each task and gated arm against its plain comparator
@@ -85,15 +87,19 @@ def judge_c4(table: ResultsTable) -> Verdict:
     medians over seeds exceed plain's at more than half of the lags, and the gradient-
     covariance AI and CE medians exceed plain's. All checks hold: supported; none: not
     supported; otherwise mixed.
+
+    Args:
+        table: the anisotropy experiment's results.
+        gated: the names of the cells with a learned gate (whose class has ``gated = True``).
     """
-    v = Verdict(
-        "C4", "gates concentrate gradient flow into low-dimensional subspaces",
+    v = Verdict.of(
+        "C4",
         "at the last checkpoint, gated arm vs plain (same optimizer where the design allows): "
         "Jacobian-product AI_r and CE_r higher at most lags, gradient-covariance AI_r and CE_r "
         "higher (medians over seeds)",
         figures=["anisotropy_jacobian", "anisotropy_gradcov", "anisotropy_gradcov_training"])
     step = last_step(table, "jacobian_ai")
-    arms = gated_arms(table, "jacobian_ai")
+    arms = gated_arms(table, "jacobian_ai", gated)
     if step is None or not arms or comparator(table, arms[0], "jacobian_ai")[0] is None:
         return not_measured(v, "jacobian_ai rows for a gated cell and for plain")
     checks = []
@@ -137,8 +143,8 @@ def judge_c5(table: ResultsTable) -> Verdict:
     Every pair holds: supported; none: not supported; some (e.g. some tasks only, or one
     metric only): mixed.
     """
-    v = Verdict(
-        "C5", "multi-gate with SGD matches or exceeds the anisotropy that Adam induces",
+    v = Verdict.of(
+        "C5",
         "per task and checkpoint (step > 0): multi_gate+SGD's median gradient-covariance AI "
         "and lag-median Jacobian AI at or above plain+Adam's lower quartile (matches) or above "
         "its upper quartile (exceeds)",
@@ -179,9 +185,10 @@ def _log_iqr(values: np.ndarray) -> float:
         return Spread.of(np.log(values)).iqr
 
 
-def effects(table: ResultsTable, task: str, metric: str, step: float
-            ) -> tuple[float, float, float]:
-    """C6's effect sizes of one task and metric, in ``|Δ median ln metric|``.
+def effects(table: ResultsTable, task: str, metric: str, step: float,
+            gated: Collection[str]) -> tuple[float, float, float]:
+    """C6's effect sizes of one task and metric, in ``|Δ median ln metric|``; ``gated``
+    names the gated cells.
 
     Returns:
         ``(optimizer, cell, noise)``: the optimizer's effect (median over cells run with
@@ -194,13 +201,13 @@ def effects(table: ResultsTable, task: str, metric: str, step: float
     optimizer = [abs(_log_median(vals[(c, "adam")]) - _log_median(vals[(c, "sgd")]))
                  for c, o in arms if o == "sgd" and (c, "adam") in vals]
     cell = [abs(_log_median(vals[(c, o)]) - _log_median(vals[(PLAIN, o)]))
-            for c, o in arms if c in GATED_CELLS and (PLAIN, o) in vals]
+            for c, o in arms if c in gated and (PLAIN, o) in vals]
     return (float(np.nanmedian(optimizer)) if optimizer else float("nan"),
             float(np.nanmedian(cell)) if cell else float("nan"),
             float(np.nanmedian([_log_iqr(x) for x in vals.values()])))
 
 
-def judge_c6(table: ResultsTable) -> Verdict:
+def judge_c6(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
     """C6: gates shape transport, optimizers shape updates.
 
     Rule (needs the factorial cell × optimizer design), per task at the last checkpoint,
@@ -212,9 +219,13 @@ def judge_c6(table: ResultsTable) -> Verdict:
     * the cell shapes both: its effect on each metric exceeds that metric's seed noise.
 
     All checks hold: supported; none: not supported; otherwise mixed.
+
+    Args:
+        table: the anisotropy experiment's results.
+        gated: the names of the cells with a learned gate (whose class has ``gated = True``).
     """
-    v = Verdict(
-        "C6", "gates shape transport, optimizers shape updates",
+    v = Verdict.of(
+        "C6",
         f"factorial design, last checkpoint, effects as |Δ median ln AI|: the optimizer's "
         f"effect (Adam vs SGD, same cell) on gradient-covariance AI exceeds its seed noise and "
         f"is ≥ {FAR:g} × its effect on the lag-median Jacobian AI; the cell's effect (gated vs "
@@ -222,7 +233,7 @@ def judge_c6(table: ResultsTable) -> Verdict:
         figures=["anisotropy_gradcov", "anisotropy_jacobian"])
     arms = table.select(metric="gradcov_ai").combos("cell", "optimizer")
     both_opts = {c for c, o in arms if o == "sgd" and (c, "adam") in arms}
-    same_opt_plain = {o for c, o in arms if c in GATED_CELLS and (PLAIN, o) in arms}
+    same_opt_plain = {o for c, o in arms if c in gated and (PLAIN, o) in arms}
     if not both_opts or not same_opt_plain:
         return not_measured(v, "the factorial design (a cell trained with both SGD and Adam, "
                                "and plain beside a gated cell under one optimizer); arms: "
@@ -230,8 +241,8 @@ def judge_c6(table: ResultsTable) -> Verdict:
     step = last_step(table, "gradcov_ai")
     checks = []
     for task in table.select(metric="gradcov_ai").unique("task"):
-        g_opt, g_cell, g_noise = effects(table, task, "gradcov_ai", step)
-        j_opt, j_cell, j_noise = effects(table, task, "jacobian_ai", step)
+        g_opt, g_cell, g_noise = effects(table, task, "gradcov_ai", step, gated)
+        j_opt, j_cell, j_noise = effects(table, task, "jacobian_ai", step, gated)
         updates = g_opt > g_noise and g_opt >= FAR * j_opt
         both = g_cell > g_noise and j_cell > j_noise
         checks += [bool(updates), bool(both)]
@@ -250,7 +261,7 @@ def judge_c6(table: ResultsTable) -> Verdict:
     return v
 
 
-def judge_c7(table: ResultsTable) -> Verdict:
+def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
     """C7: gates align transport with loss-relevant directions.
 
     Rule: at the last checkpoint, per task and gated arm: the alignment ``a_r``'s median
@@ -258,15 +269,19 @@ def judge_c7(table: ResultsTable) -> Verdict:
     the plain comparator's (same optimizer where the design has it) at more than half of the
     lags. All checks hold: supported; none: not supported; otherwise mixed. Plain's own
     position against the baseline is reported.
+
+    Args:
+        table: the anisotropy experiment's results.
+        gated: the names of the cells with a learned gate (whose class has ``gated = True``).
     """
-    v = Verdict(
-        "C7", "gates align transport with loss-relevant directions",
+    v = Verdict.of(
+        "C7",
         "at the last checkpoint, alignment a_r (median over seeds) above the random baseline "
         "r/N at most lags, and above plain's (same optimizer where the design allows) at most "
         "lags, for every gated arm and task",
         figures=["anisotropy_alignment"])
     step = last_step(table, "alignment")
-    arms = gated_arms(table, "alignment")
+    arms = gated_arms(table, "alignment", gated)
     if step is None or not arms or not len(table.select(metric="alignment_baseline")):
         return not_measured(v, "alignment rows for a gated cell and alignment_baseline rows")
     checks = []

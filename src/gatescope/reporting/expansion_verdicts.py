@@ -14,9 +14,8 @@ def judge_c8(table: ResultsTable) -> Verdict:
     Rule: for every cell, the median over seeds of the small-ε slope of ``E(ε)`` lies in
     [1.8, 2.2] and the median over seeds of the per-seed median ``ρ_j`` is below 1.
     """
-    v = Verdict(
-        "C8", "the first-order expansion is accurate; the gate correction is small but "
-        "systematic",
+    v = Verdict.of(
+        "C8",
         f"small-ε log-log slope of the truncation error in {list(SLOPE_RANGE)}; median "
         "ρ_j = ‖B_j‖₂/‖A_j‖₂ below 1 (per cell, across seeds)",
         figures=["expansion_error", "expansion_ratios"],

@@ -23,11 +23,33 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..probes import Probe, ProbeResults
 from .style import COLOURS, LINESTYLES, MARKERS, band, figure, save
+
+
+class ProbeRecord(Protocol):
+    """What :func:`plot_probe` reads: the shape of :class:`gatescope.probes.ProbeResults`
+    (reporting reads results; it does not import the probes that record them)."""
+
+    steps: np.ndarray
+    metadata: dict[str, Any]
+
+    @property
+    def quantities(self) -> list[str]: ...
+
+    @property
+    def notes(self) -> dict[str, dict[str, list[int]]]: ...
+
+    def quantity(self, name: str) -> dict[str, np.ndarray]: ...
+
+
+class LiveProbe(Protocol):
+    """A live :class:`gatescope.probes.Probe`: what it recorded so far is ``results()``."""
+
+    def results(self) -> ProbeRecord: ...
 
 #: The most lines one panel draws (longer vectors show evenly spaced entries).
 MAX_LINES = 12
@@ -89,7 +111,7 @@ def _draw(ax, steps, values, axis, coords) -> None:
         ax.legend(fontsize=6)
 
 
-def plot_probe(results: ProbeResults | Probe, out_dir: str | os.PathLike,
+def plot_probe(results: ProbeRecord | LiveProbe, out_dir: str | os.PathLike,
                ncols: int = 3) -> dict[str, list[Path]]:
     """Draw every recorded quantity over the training steps (see the module notes).
 
@@ -103,8 +125,9 @@ def plot_probe(results: ProbeResults | Probe, out_dir: str | os.PathLike,
         ``{"probe_<quantity>": [png, pdf]}`` for each recorded quantity with a key of at
         most one dimension per step.
     """
-    if isinstance(results, Probe):
-        results = results.results()
+    snapshot = getattr(results, "results", None)
+    if callable(snapshot):  # a live Probe
+        results = snapshot()
     axes_of, coords = results.metadata["axes"], results.metadata["coords"]
     figures = {}
     for quantity in results.quantities:

@@ -11,14 +11,14 @@ median and IQR of the profile), ``profiles_fit`` (slope ``s`` and ``R²`` over t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .analogies import kernel, leak_alpha, step_size
-from .profiles_verdicts import CONTROL, GATED_CELLS, PROFILE_CELLS, R2_MIN
+from .profiles_verdicts import CONTROL, PROFILE_CELLS, R2_MIN
 from .style import (
     band,
     bands,
@@ -174,10 +174,11 @@ def draw_schedule(table: ResultsTable, lr=None):
     return fig
 
 
-def draw_momentum(table: ResultsTable, alpha=None, lr=None):
+def draw_momentum(table: ResultsTable, alpha=None, lr=None, *, gated: Collection[str]):
     """Left: leaky's kernel ``(1-α)^ℓ``, heavy-ball's ``β^ℓ`` (``β = 1-α``) and each cell's
-    measured kernel ``mean μ⁰(ℓ)``. Right: the gated cells' retention ``β_t`` along time at
-    the first and last checkpoint, with leaky's constant ``β``."""
+    measured kernel ``mean μ⁰(ℓ)``. Right: the retention ``β_t`` along time of the cells in
+    ``gated`` (the gated cells) at the first and last checkpoint, with leaky's constant
+    ``β``."""
     if not len(table.select(metric="retention_mean")):
         return None
     alpha, eta = leak_alpha(table, alpha), step_size(table, lr, alpha)
@@ -202,10 +203,10 @@ def draw_momentum(table: ResultsTable, alpha=None, lr=None):
     legend(ax)
     ax = axes[0, 1]
     rows = table.select(metric="retention_mean")
-    gated = [c for c in cells_of(table, "retention_mean") if c in GATED_CELLS]
+    shown = [c for c in cells_of(table, "retention_mean") if c in gated]
     steps = rows.checkpoints()
     ends = sorted({steps[0], steps[-1]})
-    keys = [(c, s) for c in gated for s in ends]
+    keys = [(c, s) for c in shown for s in ends]
     labels = {k: f"{k[0]} β_t, step {k[1]:g}" for k in keys}
     bands(ax, {labels[k]: rows.select(cell=k[0], step=k[1]) for k in keys}, "time",
           styles_for(labels.values()))
@@ -218,7 +219,8 @@ def draw_momentum(table: ResultsTable, alpha=None, lr=None):
 
 
 def profiles_figures(table: ResultsTable, out: Path, alpha: float | None = None,
-                     lr: float | Mapping | None = None) -> dict[str, list[Path]]:
+                     lr: float | Mapping | None = None, *,
+                     gated: Collection[str]) -> dict[str, list[Path]]:
     """Draw every profiles figure that the table has rows for.
 
     Args:
@@ -226,6 +228,8 @@ def profiles_figures(table: ResultsTable, out: Path, alpha: float | None = None,
         out: folder for the PNG and PDF files.
         alpha: leaky's ``α`` of the run (default: measured from leaky's retention).
         lr: the run's ``lr`` setting (default: estimated from leaky's implied multiplier).
+        gated: the names of the cells with a learned gate (whose class has
+            ``gated = True``).
 
     Returns:
         ``{name: [png, pdf]}``.
@@ -236,6 +240,6 @@ def profiles_figures(table: ResultsTable, out: Path, alpha: float | None = None,
         "profiles_fit": draw_fit,
         "profiles_rate_dispersion": draw_rate_dispersion,
         "analogy_schedule": partial(draw_schedule, lr=lr),
-        "analogy_momentum": partial(draw_momentum, alpha=alpha, lr=lr),
+        "analogy_momentum": partial(draw_momentum, alpha=alpha, lr=lr, gated=gated),
     }
     return save_all(draws, table, out)

@@ -7,6 +7,8 @@ metric was measured (the ``loss`` rows' steps are not checkpoints).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from .table import ResultsTable, Spread
@@ -14,8 +16,6 @@ from .verdicts import MIXED, NOT_MEASURED, SUPPORTED, Verdict, combine
 
 #: The cells C1 names, in report order.
 PROFILE_CELLS = ("leaky", "scalar_gate", "multi_gate")
-#: Cells whose gates are learned (a state-dependent update gate).
-GATED_CELLS = ("scalar_gate", "multi_gate", "gru", "lstm")
 #: The control cell of C2: a constant gate.
 CONTROL = "leaky"
 #: C1: the fitted predictor explains the profile when its median R² reaches this.
@@ -61,8 +61,8 @@ def judge_c1(table: ResultsTable) -> Verdict:
     otherwise mixed. Which predictor fits better is the one with the higher median ``R²``
     over all checkpoints and seeds of the cell (reported, not part of the verdict).
     """
-    v = Verdict(
-        "C1", "lag-dependent effective learning rates under fixed-step SGD",
+    v = Verdict.of(
+        "C1",
         f"sensitivity profile μ̃_eff(ℓ) decays with ℓ (per-seed slope of ln μ̃ on ℓ, median < "
         f"0) and the fitted gate-product predictor explains it (median R² ≥ {R2_MIN} for the "
         "better predictor) for leaky, scalar_gate and multi_gate at every checkpoint",
@@ -137,7 +137,7 @@ def _beyond(change: float, spread: float) -> bool:
     return bool(np.isfinite(change) and abs(change) > np.nan_to_num(spread))
 
 
-def judge_c2(table: ResultsTable) -> Verdict:
+def judge_c2(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
     """C2: learned gates reshape the profile during training.
 
     Rule, between the first and the last checkpoint, per gated cell (scalar_gate,
@@ -153,18 +153,23 @@ def judge_c2(table: ResultsTable) -> Verdict:
 
     Every check holds: supported; none: not supported; otherwise mixed. Leaky's own changes
     are reported beside them.
+
+    Args:
+        table: the profiles experiment's results.
+        gated: the names of the cells with a learned gate, in report order (the cells whose
+            class has ``gated = True``).
     """
-    v = Verdict(
-        "C2", "learned gates reshape the profile during training",
+    v = Verdict.of(
+        "C2",
         "between the first and last checkpoint, the change of the fitted slope s (per "
         "predictor) and of ln μ̃_eff(ℓ) (median over lags) exceeds the seed-to-seed spread "
         "(larger IQR of the two checkpoints) for scalar_gate and multi_gate, and their profile "
         "change exceeds that of leaky, the constant-gate control",
         figures=["profiles_fit", "profiles_heatmap", "profiles_profile"])
-    gated = _present(table, GATED_CELLS, "fit_slope")
-    if not gated:
+    measured = _present(table, gated, "fit_slope")
+    if not measured:
         return not_measured(v, "no fit_slope rows for a gated cell")
-    cells = gated + _present(table, (CONTROL,), "fit_slope")
+    cells = measured + _present(table, (CONTROL,), "fit_slope")
     changes, checks = {}, []
     for cell in cells:
         mine = table.select(cell=cell)
@@ -210,8 +215,8 @@ def judge_c3(table: ResultsTable) -> Verdict:
     CV of at least 0.01. All checks hold: supported; none: not supported; otherwise mixed.
     The first-order CV (``rate_cv``) is reported beside it.
     """
-    v = Verdict(
-        "C3", "multi-dimensional gates give neuron-specific effective rates",
+    v = Verdict.of(
+        "C3",
         f"across-neuron coefficient of variation of μ⁰_(t,ℓ,·): exactly 0 for scalar_gate; "
         f"multi_gate ≥ {CV_RATIO:g} × max(scalar_gate, {CV_FLOOR:g}) at every checkpoint and "
         "lag (medians over seeds)",

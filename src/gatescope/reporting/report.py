@@ -83,12 +83,16 @@ def render_html(title: str, intro: list[str], verdicts: list[Verdict],
 
 
 def write_report(out: Path, title: str, intro: list[str], verdicts: list[Verdict],
-                 sections: list[Section], figures: dict[str, Path]) -> tuple[Path, Path]:
-    """Write ``REPORT.md``, ``report.html`` and ``verdicts.json`` into ``out`` atomically."""
-    md, page = out / "REPORT.md", out / "report.html"
+                 sections: list[Section], figures: dict[str, Path]) -> tuple[Path, Path, Path]:
+    """Write ``REPORT.md``, ``report.html`` and ``verdicts.json`` into ``out`` atomically.
+
+    Returns:
+        The three paths, in that order.
+    """
+    md, page, verdict_file = out / "REPORT.md", out / "report.html", out / "verdicts.json"
     atomic_write_bytes(md, render_markdown(title, intro, verdicts, sections, figures, out)
                        .encode())
     atomic_write_bytes(page, render_html(title, intro, verdicts, sections, figures).encode())
-    atomic_write_bytes(out / "verdicts.json", json.dumps(
+    atomic_write_bytes(verdict_file, json.dumps(
         [v.__dict__ for v in verdicts], indent=2).encode())
-    return md, page
+    return md, page, verdict_file

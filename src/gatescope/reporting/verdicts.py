@@ -4,7 +4,10 @@ and in the report next to the numbers; nothing here is hard-coded."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from ..paper import CLAIMS
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_MEASURED = "supported", "not supported", "mixed", \
     "not measured"
@@ -29,6 +32,12 @@ class Verdict:
     verdict: str = NOT_MEASURED
     evidence: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, claim: str, measurement: str, figures: Iterable[str] = ()) -> Verdict:
+        """A not-yet-judged verdict on the paper's claim ``claim`` (its statement is the
+        claim's title in :data:`gatescope.paper.CLAIMS`)."""
+        return cls(claim, CLAIMS[claim].title, measurement, figures=list(figures))
 
 
 def combine(checks: list[bool]) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..paper import EXPERIMENTS
 from .pipeline import DEFAULT_OUT, PlannedRun, plan, run_all
-from .presets import EXPERIMENTS, PRESETS, QUICK_TRADE_OFFS, FidelityRun, Preset
+from .presets import PRESETS, QUICK_TRADE_OFFS, FidelityRun, Preset
+from .report_inputs import build_report
 
 
 def reproduce(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
@@ -31,12 +33,10 @@ def reproduce(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_O
         SettingsError: a setting is invalid (before any work).
         RunError: some groups failed (their siblings' results are kept).
     """
-    from ..reporting.paper_report import build_paper_report  # matplotlib only when reporting
-
     preset = PRESETS[preset] if isinstance(preset, str) and preset in PRESETS else preset
     runs = plan(preset, out, seeds=seeds, device=device)
     timings = run_all(runs, jobs=jobs, quiet=quiet)
-    return build_paper_report(Path(out), preset, runs, timings)
+    return build_report(Path(out), preset, runs, timings)
 
 
 __all__ = ["DEFAULT_OUT", "EXPERIMENTS", "PRESETS", "QUICK_TRADE_OFFS", "FidelityRun",

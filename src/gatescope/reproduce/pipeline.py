@@ -15,7 +15,8 @@ from typing import Any
 
 from ..experiments import build_settings, get_experiment, run_experiment
 from ..experiments.base import Settings
-from .presets import EXPERIMENTS, PRESETS, FidelityRun, Preset
+from ..paper import EXPERIMENTS
+from .presets import PRESETS, FidelityRun, Preset
 
 DEFAULT_OUT = Path("gatescope-results") / "reproduce"
 

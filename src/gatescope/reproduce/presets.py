@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..paper import EXPERIMENTS, FIDELITY
+from ..paper import FIDELITY
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,20 @@ class FidelityRun:
 
 @dataclass(frozen=True)
 class Preset:
-    """Settings per experiment and the fidelity runs of a preset."""
+    """Settings per experiment and the fidelity runs of a preset.
+
+    Attributes:
+        name: the preset's name.
+        settings: ``{experiment: {setting: value}}`` over the experiments' defaults.
+        fidelity: the fidelity runs.
+        trade_offs: what it gives up against the paper's protocol, one line each (the
+            report repeats them).
+    """
 
     name: str
     settings: dict[str, dict[str, Any]]
     fidelity: tuple[FidelityRun, ...]
+    trade_offs: tuple[str, ...] = ()
 
 
 QUICK_TRADE_OFFS = (
@@ -81,6 +90,7 @@ PRESETS = {
                            "gradient_examples": 128},
         },
         _FIDELITY_QUICK,
+        QUICK_TRADE_OFFS,
     ),
     "paper": Preset(
         "paper",
