@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
 from gatescope.cli import main
 from gatescope.experiments import SettingsError
-from gatescope.reproduce import FidelityRun, Preset, plan, reproduce
+from gatescope.reproduce import PRESETS, FidelityRun, Preset, plan, reproduce
+from gatescope.reproduce.report_inputs import STAMP, results_stamp, up_to_date
 
 TINY = Preset(
     "tiny",
@@ -28,8 +30,22 @@ TINY = Preset(
 )
 
 
-def test_tiny_reproduce_writes_everything_and_resumes(tmp_path):
-    report = reproduce(TINY, tmp_path, quiet=True)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A finished tiny reproduction (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("built")
+    reproduce(TINY, out, quiet=True)
+    return out
+
+
+def report_outputs(out):
+    """The files the report step wrote, as its stamp records them (REPORT.md first)."""
+    return [out / name for name in json.loads((out / STAMP).read_text())["outputs"]]
+
+
+def test_tiny_reproduce_writes_everything_and_resumes(built):
+    tmp_path = built
+    report = tmp_path / "REPORT.md"
     text = report.read_text()
     for claim in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"):
         assert f"### {claim}:" in text
@@ -68,10 +84,61 @@ def test_tiny_reproduce_writes_everything_and_resumes(tmp_path):
     assert "untimed" not in text
 
     stamp = (tmp_path / "report_stamp.json").read_text()
-    before = report.stat().st_mtime_ns
+    before = {path: path.stat().st_mtime_ns for path in report_outputs(tmp_path)}
     assert reproduce(TINY, tmp_path, quiet=True) == report  # everything resumed
-    assert report.stat().st_mtime_ns == before and stamp == \
+    # an untouched rerun rebuilds nothing: no output of the report step is written again
+    assert {path: path.stat().st_mtime_ns for path in before} == before and stamp == \
         (tmp_path / "report_stamp.json").read_text()
+
+
+def test_the_stamp_records_every_file_the_report_step_writes(built):
+    """Guards the up-to-date check's coverage (defect 4): it can only notice a deleted output
+    that the stamp lists, so the stamp must list REPORT.md, report.html, verdicts.json and
+    every figure's PNG and PDF -- every file outside the run folders."""
+    runs = {run.folder for run in plan(TINY, built)}
+    written = {path for path in built.rglob("*") if path.is_file()
+               and not any(folder in path.parents for folder in runs)} - {built / STAMP}
+    outputs = report_outputs(built)
+    assert outputs[0] == built / "REPORT.md" and set(outputs) == written
+    assert {built / "report.html", built / "verdicts.json"} <= written
+    assert {p.suffix for p in written if p.parent == built / "figures"} == {".png", ".pdf"}
+
+
+def test_the_report_is_stale_without_any_one_of_its_outputs(built, tmp_path):
+    """Guards defect 4: the up-to-date check covers every output, one missing at a time."""
+    out = shutil.copytree(built, tmp_path / "out")
+    stamp = results_stamp(plan(TINY, out), TINY)
+    assert up_to_date(out, stamp) == out / "REPORT.md"
+    for path in report_outputs(out):
+        kept = path.read_bytes()
+        path.unlink()
+        assert up_to_date(out, stamp) is None, path.name
+        path.write_bytes(kept)
+    assert up_to_date(out, stamp) == out / "REPORT.md"
+    assert up_to_date(out, "other results") is None
+
+
+@pytest.mark.parametrize("name", ["verdicts.json", "figures/expansion_error.png",
+                                  "figures/profiles_fit.pdf"])
+def test_a_deleted_output_is_rebuilt(built, tmp_path, name):
+    """Guards defect 4: reproduce rebuilt nothing when an output was deleted but the results
+    were unchanged; now the deleted file comes back."""
+    out = shutil.copytree(built, tmp_path / "out")
+    (out / name).unlink()
+    assert reproduce(TINY, out, quiet=True) == out / "REPORT.md"
+    assert (out / name).is_file()
+    assert all(path.is_file() for path in report_outputs(out))
+
+
+def test_the_cli_rebuilds_a_deleted_report_html_it_names(built, tmp_path, monkeypatch, capsys):
+    """Guards defect 4 as reported: after deleting report.html a rerun exited 0 and named
+    report.html as written, but it did not exist."""
+    out = shutil.copytree(built, tmp_path / "out")
+    (out / "report.html").unlink()
+    monkeypatch.setitem(PRESETS, "quick", TINY)
+    assert main(["reproduce", "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    assert str(out / "report.html") in capsys.readouterr().out
+    assert (out / "report.html").read_text().count("data:image/png;base64") >= 8
 
 
 def test_numbers_follow_the_settings(tmp_path):
