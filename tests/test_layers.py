@@ -110,9 +110,12 @@ def test_the_import_contracts_hold(tmp_path):
 def test_gated_cells_come_from_the_cells_trait():
     """"Which cells are gated" is each built-in cell's own ``gated`` declaration, no list of
     names in the report."""
-    for name in gs.list_cells():
+    builtin = ("plain", "leaky", "scalar_gate", "multi_gate", "gru", "lstm")
+    for name in builtin:
         assert "gated" in vars(gs.cell_class(name)), name
-    assert gated_cells() == ("scalar_gate", "multi_gate", "gru", "lstm")
+    # other tests may leave cells of their own registered
+    assert [c for c in gated_cells() if c in builtin] == ["scalar_gate", "multi_gate", "gru",
+                                                          "lstm"]
 
 
 def test_a_users_gated_cell_counts_as_gated():
