@@ -2,7 +2,8 @@
 
 Every run goes through :func:`gatescope.experiments.run_experiment`, so a rerun into the same
 folder skips finished groups and resumes interrupted ones; the report is rebuilt only when
-the results it reads have changed.
+the results it reads have changed or a file it wrote is missing
+(:mod:`~gatescope.reproduce.report_inputs`).
 """
 
 from __future__ import annotations
