@@ -18,9 +18,10 @@ from .registry import experiment_class, get_experiment, list_experiments, regist
 from . import train, profiles, anisotropy, expansion  # noqa: F401
 
 # isort: on
+from ..results import read_rows
 from .runner import RunError, RunResult, run_experiment
 from .settings import SettingsError, build_settings, load_toml, parse_assignments
-from .storage import RunLocked, read_rows
+from .storage import RunLocked
 
 __all__ = [
     "RESULT_COLUMNS",

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..results import ResultsTable, Spread
 from .anisotropy_verdicts import arm_name, last_step
 from .profiles_verdicts import CONTROL, GATED_CELLS
 from .report import Section
-from .table import ResultsTable, Spread
 
 #: The fidelity switches, the experiment each one changes, and its headline metrics with
 #: the columns that tell their rows apart.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..results import ResultsTable, Spread
 from .anisotropy_verdicts import arm_name, last_step
 from .style import (
     bands,
@@ -25,7 +26,6 @@ from .style import (
     save_all,
     styles_for,
 )
-from .table import ResultsTable, Spread
 
 
 def arm_series(table: ResultsTable, task: str, metric: str, arms, step: float | None = None

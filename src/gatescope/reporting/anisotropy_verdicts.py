@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..results import ResultsTable, Spread
 from .profiles_verdicts import GATED_CELLS, not_measured
-from .table import ResultsTable, Spread
 from .verdicts import Verdict, combine
 
 PLAIN = "plain"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import ResultsTable
 from .style import band, figure, save, series_styles
-from .table import ResultsTable
 
 
 def expansion_figures(table: ResultsTable, out: Path) -> dict[str, list[Path]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .table import ResultsTable, Spread
+from ..results import ResultsTable, Spread
 from .verdicts import Verdict, combine
 
 SLOPE_RANGE = (1.8, 2.2)

@@ -18,6 +18,7 @@ from ..experiments.base import Group
 from ..experiments.storage import GroupFolder, GroupTiming, wall_span
 from ..reproduce.pipeline import PlannedRun
 from ..reproduce.presets import QUICK_TRADE_OFFS, Preset
+from ..results import ResultsTable
 from .analogies import analogy_sections, fidelity_section
 from .anisotropy_figures import anisotropy_figures
 from .anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
@@ -26,7 +27,6 @@ from .expansion_verdicts import judge_c8
 from .profiles_figures import profiles_figures
 from .profiles_verdicts import judge_c1, judge_c2, judge_c3
 from .report import Section, write_report
-from .table import ResultsTable
 
 STAMP = "report_stamp.json"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import ResultsTable
 from .analogies import kernel, leak_alpha, step_size
 from .profiles_verdicts import CONTROL, GATED_CELLS, PROFILE_CELLS, R2_MIN
 from .style import (
@@ -30,7 +31,6 @@ from .style import (
     save_all,
     styles_for,
 )
-from .table import ResultsTable
 
 PREDICTION_METRICS = (("predicted_profile", "fitted"), ("zeroth_order_profile", "zeroth order"))
 

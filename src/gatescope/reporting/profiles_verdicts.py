@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .table import ResultsTable, Spread
+from ..results import ResultsTable, Spread
 from .verdicts import MIXED, NOT_MEASURED, SUPPORTED, Verdict, combine
 
 #: The cells C1 names, in report order.
