@@ -11,13 +11,13 @@ import math
 
 import numpy as np
 import pytest
+from gatescope.reporting.table import ResultsTable, Spread
 
 from gatescope.reporting.analogies import analogy_sections, fidelity_section
 from gatescope.reporting.anisotropy_figures import anisotropy_figures
 from gatescope.reporting.anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
 from gatescope.reporting.profiles_figures import profiles_figures
 from gatescope.reporting.profiles_verdicts import judge_c1, judge_c2, judge_c3
-from gatescope.reporting.table import ResultsTable, Spread
 from gatescope.reporting.verdicts import MIXED, NOT_MEASURED, NOT_SUPPORTED, SUPPORTED
 
 SEEDS = (0, 1, 2)

@@ -11,7 +11,8 @@ Importing this package registers the built-in experiments.
 """
 
 # isort: off
-from .base import RESULT_COLUMNS, Experiment, Group, Progress, Settings
+from ..results import RESULT_COLUMNS
+from .base import Experiment, Group, Progress, Settings
 from .registry import experiment_class, get_experiment, list_experiments, register_experiment
 
 # Importing the experiment modules registers them.
