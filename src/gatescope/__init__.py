@@ -39,6 +39,7 @@ from .measures import (
     transport_alignment,
     update_anisotropy,
 )
+from .metrics import Metric, declare_metric, get_metric, list_metrics
 from .model import SequenceModel
 from .probes import (
     Probe,
@@ -57,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EnsembleTrainer",
     "Expansion",
+    "Metric",
     "Probe",
     "ProbeResults",
     "RecurrentCell",
@@ -67,6 +69,7 @@ __all__ = [
     "Trajectory",
     "__version__",
     "cell_class",
+    "declare_metric",
     "describe_tasks",
     "effective_learning_rates",
     "envelope",
@@ -75,6 +78,7 @@ __all__ = [
     "from_torch",
     "gate_product",
     "gates_vs_optimizer",
+    "get_metric",
     "jacobian_split",
     "jacobian_split_autograd",
     "jacobians",
@@ -82,6 +86,7 @@ __all__ = [
     "lag_gradients",
     "list_cells",
     "list_experiments",
+    "list_metrics",
     "list_optimizers",
     "list_quantities",
     "list_tasks",
