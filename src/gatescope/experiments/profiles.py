@@ -76,7 +76,7 @@ class ProfilesExperiment(Experiment):
         trainer = settings.trainer(
             group, {"alpha": settings.alpha} if group.cell == "leaky" else None)
         probe_u, probe_y = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
-                                                 for s in trainer.seeds], settings.probe_batch)
+                                                 for s in trainer.seeds], settings.probe_batch)[:2]
 
         plan = plan_with(PLAN, settings.extra_quantities)
 

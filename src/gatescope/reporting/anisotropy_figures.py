@@ -106,7 +106,7 @@ def draw_gradcov_training(table: ResultsTable, styles: dict):
             bands(ax, arm_series(table, task, metric, arms), "step", styles, log=log)
             ax.set_title(task, fontsize=8)
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"gradient-covariance {metric.split('_')[1].upper()}_r")
+            ax.set_ylabel(f"gradient-covariance {metric.name.split('_')[1].upper()}_r")
         legend(axes[i, 0])
     return fig
 
