@@ -49,17 +49,17 @@ def train_with_probe(out: Path) -> None:
     h = results.history
     print(f"recorded steps {results.steps.tolist()}; {len(h)} arrays -> {json_path.name}, "
           f"{npz_path.name} (reloaded, identical)")
-    print(f"probe loss {h['loss/loss'][0]:.4f} -> {h['loss/loss'][-1]:.4f} "
+    print(f"probe loss {h['probe_loss'][0]:.4f} -> {h['probe_loss'][-1]:.4f} "
           f"(chance level {task.baseline_loss:.4f})")
-    print(f"mean retention {h['gates/retention'][0].mean():.3f} -> "
-          f"{h['gates/retention'][-1].mean():.3f}; "
-          f"envelope f(16) {h['effective_rates/envelope'][-1, -1]:.2e}")
-    print(f"Adam step sizes: cv {h['optimizer_steps/cv'][-1]:.2f}, "
-          f"AI_10 {h['optimizer_steps/ai'][-1]:.2f} (skipped at step 0: "
+    print(f"mean retention {h['retention_per_neuron'][0].mean():.3f} -> "
+          f"{h['retention_per_neuron'][-1].mean():.3f}; "
+          f"envelope f(16) {h['envelope'][-1, -1]:.2e}")
+    print(f"Adam step sizes: cv {h['step_cv'][-1]:.2f}, "
+          f"AI_10 {h['step_ai'][-1]:.2f} (skipped at step 0: "
           f"{list(results.notes.get('optimizer_steps', {}))})")
-    print(f"profile fit slope s: update {h['profile/update_slope'][-1]:.3f}, "
-          f"retention {h['profile/retention_slope'][-1]:.3f}; "
-          f"update anisotropy AI_10 {h['update_anisotropy/ai'][-1]:.2f}")
+    print(f"profile fit slope s: update {h['fit_slope'][-1, 0]:.3f}, "
+          f"retention {h['fit_slope'][-1, 1]:.3f}; "
+          f"update anisotropy AI_10 {h['gradcov_ai'][-1]:.2f}")
     print(f"figures: {', '.join(sorted(figures))} in {out / 'figures'}")
 
 

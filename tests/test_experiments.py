@@ -7,10 +7,11 @@ import torch
 from conftest import random_cell, random_inputs
 
 import gatescope as gs
+from gatescope.dynamics.transport import ordered_sensitivities
 from gatescope.experiments import SettingsError, build_settings
 from gatescope.experiments.anisotropy import AnisotropyExperiment, AnisotropySettings
 from gatescope.experiments.expansion import ExpansionExperiment, ExpansionSettings
-from gatescope.experiments.paper_code import gate_split, ordered_sensitivities
+from gatescope.experiments.paper_code import gate_split
 from gatescope.experiments.profiles import ProfilesExperiment, ProfilesSettings
 
 
@@ -74,7 +75,7 @@ def test_profiles_rows(tmp_path):
     leaky, scalar = (exp.run_group(settings, g, tmp_path / g.key, _quiet)
                      for g in exp.groups(settings))
     expected = {"sensitivity_profile", "predicted_profile", "zeroth_order_profile",
-                "fit_slope", "fit_r2", "envelope", "rate_cv", "rate_cv_order0",
+                "fit_slope", "fit_r2", "envelope", "rate_cv_order1", "rate_cv_order0",
                 "schedule_multiplier", "retention_mean", "loss"}
     assert _metrics(scalar) == expected
     assert {r["step"] for r in scalar if r["metric"] == "fit_r2"} == {0, 4}
@@ -106,7 +107,7 @@ def test_anisotropy_designs_and_rows(tmp_path):
     rows = exp.run_group(factorial.model_copy(update={"fixed_batch": True}),
                          exp.groups(factorial)[5], tmp_path, _quiet)
     assert _metrics(rows) == {"jacobian_ai", "jacobian_ce", "alignment", "alignment_baseline",
-                              "gradcov_ai", "gradcov_ce", "step_cv", "step_ai", "rate_cv",
+                              "gradcov_ai", "gradcov_ce", "step_cv", "step_ai", "rate_cv_order0",
                               "loss"}
     assert {r["step"] for r in rows if r["metric"] == "step_cv"} == {3}  # Adam: after a step
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gatescope.reporting.table import ResultsTable
 
 import gatescope as gs
 from gatescope import paper
@@ -24,7 +25,6 @@ from gatescope.reporting.analogies import fidelity_section
 from gatescope.reporting.anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
 from gatescope.reporting.expansion_verdicts import judge_c8
 from gatescope.reporting.profiles_verdicts import judge_c1, judge_c2, judge_c3
-from gatescope.reporting.table import ResultsTable
 from gatescope.reproduce import PRESETS
 from gatescope.reproduce.report_inputs import gated_cells
 

@@ -12,6 +12,7 @@ import torch
 from conftest import random_cell, random_inputs
 
 import gatescope as gs
+from gatescope import metrics
 from gatescope.measures import lag_medians, time_scales
 from gatescope.probes import (
     Probe,
@@ -51,7 +52,8 @@ def _train(model, opt, steps=2):
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """Quantities registered inside the test are gone afterwards."""
-    monkeypatch.setattr(registry, "_QUANTITIES", dict(registry._QUANTITIES))
+    monkeypatch.setattr(registry, "_QUANTITIES", registry._QUANTITIES.copy())
+    monkeypatch.setattr(metrics, "_CATALOGUE", dict(metrics._CATALOGUE))
 
 
 # ---------------------------------------------------------------- schedules
@@ -113,9 +115,9 @@ def test_probe_records_only_on_schedule():
     returned = [probe(step) for step in range(10)]
     assert [s for s, r in enumerate(returned) if r is not None] == [0, 3, 6, 9]
     assert probe.steps.tolist() == [0, 3, 6, 9] and probe.steps.dtype == np.int64
-    assert set(returned[3]) == {"loss/loss"}
+    assert set(returned[3]) == {"probe_loss"}
     assert probe(10) is None and probe.step(10, force=True) is not None
-    assert probe.history["loss/loss"].shape == (5,)
+    assert probe.history["probe_loss"].shape == (5,)
     at = Probe(model, u, y, quantities=["loss"], schedule=Schedule.at([2, 5]))
     for step in range(8):
         at(step)
@@ -125,7 +127,8 @@ def test_probe_records_only_on_schedule():
 def test_presets_are_cost_ordered():
     cheap = [q.name for q in Probe(*_setup(), quantities="cheap").quantities]
     full = [q.name for q in Probe(*_setup(), quantities="full").quantities]
-    assert cheap == ["loss", "gates", "optimizer_steps", "effective_rates"]
+    assert cheap == ["loss", "gates", "optimizer_steps", "zeroth_order_rates", "schedule",
+                                "effective_rates"]
     assert full == list_quantities() and full[: len(cheap)] == cheap
     assert full[-1] == "profile"
     picked = Probe(*_setup(), quantities=["profile", "loss"]).quantities
@@ -147,36 +150,38 @@ def test_recorded_values_equal_the_measures():
         ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
         np.testing.assert_allclose(rec[key], ref, rtol=1e-10, atol=1e-14, err_msg=key)
 
-    close("loss/loss", model.loss(u, y))
-    close("gates/gate", traj.gates.mean((0, 1)))
-    close("gates/retention", 1 - traj.gates.mean((0, 1)))
+    close("probe_loss", model.loss(u, y))
+    close("gate_per_neuron", traj.gates.mean((0, 1)))
+    close("retention_per_neuron", 1 - traj.gates.mean((0, 1)))
     mu = gs.effective_learning_rates(cell, traj, LAGS)
-    close("effective_rates/envelope", gs.envelope(mu))
-    close("effective_rates/neuron_cv", gs.gates_vs_optimizer(mu, opt).gates.cv)
-    close("effective_rates/time_scales", time_scales(cell, traj))
+    close("envelope", gs.envelope(mu))
+    close("rate_cv_order1", gs.gates_vs_optimizer(mu, opt).gates.cv)
+    close("time_scales", time_scales(cell, traj))
     disp = gs.step_size_dispersion(gs.optimizer_step_sizes(opt), r=10)
     for field in ("cv", "ai", "ce", "participation_ratio", "effective_rank", "quantiles"):
-        close(f"optimizer_steps/{field}", getattr(disp, field))
+        close(f"step_{field}", getattr(disp, field))
     prop = gs.propagation_anisotropy(J, LAGS, samples_per_lag=16, r=10).stats
     G = gs.per_example_gradients(model, u, y)
     upd = gs.update_anisotropy(G, r=min(10, *G.shape))
     for field in ("ai", "ce", "participation_ratio", "effective_rank"):
-        close(f"propagation_anisotropy/{field}", np.median(getattr(prop, field).numpy(), -1))
-        close(f"update_anisotropy/{field}", getattr(upd, field))
+        close(f"jacobian_{field}", np.median(getattr(prop, field).numpy(), -1))
+        close(f"gradcov_{field}", getattr(upd, field))
     # δ_T of each example's MSE loss, up to its scale: W_outᵀ (prediction - target)
     W, b = model.readout.weight, model.readout.bias
     delta = (traj.states[:, -1] @ W.T + b - y) @ W
     align = gs.transport_alignment(J, delta, [T - lag for lag in LAGS], r=10)
-    close("alignment/alignment", align.alignment.mean(0))
-    close("alignment/baseline", 10 / N)
+    close("alignment", align.alignment.mean(0))
+    close("alignment_baseline", 10 / N)
     S = gs.sensitivities(J)
     fit = gs.profile_fit(traj, S)
-    close("profile/sensitivity", lag_medians(S)[:-1] / lag_medians(S)[0])
-    for kind, pred in fit.predictors.items():
-        close(f"profile/{kind}_slope", pred.fit.slope)
-        close(f"profile/{kind}_r2", pred.fit.r2)
-        close(f"profile/{kind}_zeroth", pred.zeroth_order)
-        close(f"profile/{kind}_fitted", pred.fitted)
+    rec_predictors = probe.metadata()["coords"]["predictor"]
+    assert rec_predictors == ["update", "retention"]
+    close("sensitivity_profile", lag_medians(S)[:-1] / lag_medians(S)[0])
+    preds = [fit.predictors[kind] for kind in rec_predictors]
+    close("fit_slope", [p.fit.slope for p in preds])
+    close("fit_r2", [p.fit.r2 for p in preds])
+    close("zeroth_order_profile", torch.stack([p.zeroth_order for p in preds]))
+    close("predicted_profile", torch.stack([p.fitted for p in preds]))
     assert all(v.dtype == np.float64 for v in rec.values())
 
 
@@ -192,14 +197,14 @@ def test_full_preset_on_every_cell(cell_name):
                   quantities="full", samples_per_lag=4)
     assert probe.lags == (1, 2, 4, 8)
     rec = probe(0)
-    assert ("gates/gate" in rec) == (cell_name not in ("plain", "leaky"))
-    shapes = {"gates/retention": (n,), "effective_rates/envelope": (4,),
-              "effective_rates/time_scales": (n,), "propagation_anisotropy/ai": (4,),
-              "alignment/alignment": (4,), "update_anisotropy/ce": (),
-              "profile/sensitivity": (8,), "optimizer_steps/quantiles": (7,)}
+    assert ("gate_per_neuron" in rec) == (cell_name not in ("plain", "leaky"))
+    shapes = {"retention_per_neuron": (n,), "envelope": (4,),
+              "time_scales": (n,), "jacobian_ai": (4,),
+              "alignment": (4,), "gradcov_ce": (),
+              "sensitivity_profile": (8,), "step_quantiles": (7,)}
     assert {k: rec[k].shape for k in shapes} == shapes
-    assert np.isfinite(rec["loss/loss"]) and np.isfinite(rec["alignment/alignment"]).all()
-    assert rec["alignment/baseline"] == min(10, model.cell.state_size) / model.cell.state_size
+    assert np.isfinite(rec["probe_loss"]) and np.isfinite(rec["alignment"]).all()
+    assert rec["alignment_baseline"] == min(10, model.cell.state_size) / model.cell.state_size
 
 
 @pytest.mark.parametrize("make", [
@@ -214,7 +219,7 @@ def test_optimizer_steps_equals_the_step_size_dispersion(make):
     rec = Probe(model, u, y, optimizer=opt, quantities=["optimizer_steps"], rank=4)(0)
     disp = gs.step_size_dispersion(gs.optimizer_step_sizes(opt), r=4)
     for field in ("cv", "ai", "ce", "participation_ratio", "effective_rank", "quantiles"):
-        np.testing.assert_allclose(rec[f"optimizer_steps/{field}"],
+        np.testing.assert_allclose(rec[f"step_{field}"],
                                    getattr(disp, field).numpy(), rtol=1e-12)
 
 
@@ -224,7 +229,7 @@ def test_optimizer_steps_is_skipped_with_a_note():
     none(0)
     none(1)
     assert none.notes == {"optimizer_steps": {"no optimizer given": [0, 1]}}
-    assert list(none.history) == ["loss/loss"]
+    assert list(none.history) == ["probe_loss"]
     adagrad = Probe(model, u, y, optimizer=torch.optim.Adagrad(model.parameters()),
                     quantities=["optimizer_steps"])
     adagrad(0)
@@ -236,14 +241,15 @@ def test_optimizer_steps_is_skipped_with_a_note():
     adam(0)
     _train(model, opt, steps=1)
     adam(1)
-    cv = adam.history["optimizer_steps/cv"]
+    cv = adam.history["step_cv"]
     assert np.isnan(cv[0]) and np.isfinite(cv[1])
-    assert adam.history["optimizer_steps/quantiles"].shape == (2, 7)
+    assert adam.history["step_quantiles"].shape == (2, 7)
     assert adam.notes["optimizer_steps"] == {"the optimizer has not taken a step yet": [0]}
 
 
 def test_probe_leaves_parameters_grads_optimizer_and_rng_untouched(isolated_registry):
-    @register_quantity("draws_noise", cost=0)
+    @register_quantity("draws_noise", cost=0,
+                       metrics=[gs.declare_metric("noise", "three normal draws", ("neuron",))])
     def draws_noise(ctx):
         return {"noise": torch.randn(3)}
 
@@ -258,7 +264,7 @@ def test_probe_leaves_parameters_grads_optimizer_and_rng_untouched(isolated_regi
     opt_state = copy.deepcopy(opt.state_dict())
     torch.manual_seed(123)
     rng = torch.get_rng_state()
-    first = probe(0)["draws_noise/noise"]
+    first = probe(0)["noise"]
     assert torch.equal(torch.get_rng_state(), rng)
     for p, old, g in zip(model.parameters(), params, grads, strict=True):
         assert torch.equal(p.detach(), old) and p.requires_grad
@@ -267,23 +273,25 @@ def test_probe_leaves_parameters_grads_optimizer_and_rng_untouched(isolated_regi
     assert after["param_groups"] == opt_state["param_groups"]
     for key, state in opt_state["state"].items():
         assert all(torch.equal(v, after["state"][key][k]) for k, v in state.items())
-    np.testing.assert_array_equal(probe(10)["draws_noise/noise"], first)  # same forked draws
+    np.testing.assert_array_equal(probe(10)["noise"], first)  # same forked draws
 
 
 def test_probe_copies_the_probe_batch():
     model, u, y = _setup()
     probe = Probe(model, u, y, quantities=["loss"], schedule=Schedule.every(1))
-    before = probe(0)["loss/loss"]
+    before = probe(0)["probe_loss"]
     u.add_(1.0)
-    np.testing.assert_array_equal(probe(1)["loss/loss"], before)
+    np.testing.assert_array_equal(probe(1)["probe_loss"], before)
 
 
 def test_user_registered_quantity(isolated_registry):
-    @register_quantity("state_norm", cost=1, axes={"per_neuron": "neuron"},
-                       description="mean |h| per neuron")
+    @register_quantity("state_norm", cost=1, description="mean |h| per neuron", metrics=[
+        gs.declare_metric("state_norm_mean", "mean ‖h_t‖ over the batch and time"),
+        gs.declare_metric("state_abs_per_neuron", "mean |h_t| per neuron", ("neuron",))])
     def state_norm(ctx):
         states = ctx.trajectory.states[:, 1:]
-        return {"mean": states.norm(dim=-1).mean(), "per_neuron": states.abs().mean((0, 1))}
+        return {"state_norm_mean": states.norm(dim=-1).mean(),
+                "state_abs_per_neuron": states.abs().mean((0, 1))}
 
     assert "state_norm" in list_quantities()
     model, u, y = _setup()
@@ -291,31 +299,32 @@ def test_user_registered_quantity(isolated_registry):
     assert "state_norm" in [q.name for q in probe.quantities]
     rec = probe(0)
     states = model.cell.unroll(u).states[:, 1:].detach()
-    np.testing.assert_allclose(rec["state_norm/mean"], states.norm(dim=-1).mean().item())
-    assert rec["state_norm/per_neuron"].shape == (N,)
-    assert probe.metadata()["axes"]["state_norm/per_neuron"] == "neuron"
+    np.testing.assert_allclose(rec["state_norm_mean"], states.norm(dim=-1).mean().item())
+    assert rec["state_abs_per_neuron"].shape == (N,)
+    assert probe.metadata()["axes"]["state_abs_per_neuron"] == ["neuron"]
 
-    @register_quantity("sometimes", cost=0)
+    @register_quantity("sometimes", cost=0, metrics=[gs.declare_metric("sometimes_x", "step")])
     def sometimes(ctx):
         if ctx.step == 1:
             raise SkipQuantity("not at step 1")
-        return {"x": float(ctx.step)}
+        return {"sometimes_x": float(ctx.step)}
 
     skip = Probe(model, u, y, quantities=["sometimes"], schedule=Schedule.every(1))
     for step in range(3):
         skip(step)
-    np.testing.assert_array_equal(skip.history["sometimes/x"], [0.0, np.nan, 2.0])
+    np.testing.assert_array_equal(skip.history["sometimes_x"], [0.0, np.nan, 2.0])
 
 
 def test_a_quantity_changing_shape_is_an_error(isolated_registry):
-    @register_quantity("growing", cost=0)
+    @register_quantity("growing", cost=0,
+                       metrics=[gs.declare_metric("growing_x", "grows", ("neuron",))])
     def growing(ctx):
-        return {"x": np.zeros(ctx.step + 1)}
+        return {"growing_x": np.zeros(ctx.step + 1)}
 
     model, u, y = _setup()
     probe = Probe(model, u, y, quantities=["growing"], schedule=Schedule.every(1))
     probe(0)
-    with pytest.raises(ValueError, match="growing/x"):
+    with pytest.raises(ValueError, match="growing_x"):
         probe(1)
     assert probe.steps.tolist() == [0]
 
@@ -349,9 +358,10 @@ def test_save_load_round_trip(tmp_path):
             np.testing.assert_array_equal(loaded[key], value)
         assert loaded.metadata == probe.metadata()
     loaded = Probe.load(json_path)
-    assert np.isnan(loaded["optimizer_steps/cv"][0])
-    assert loaded.quantities == ["loss", "gates", "optimizer_steps", "effective_rates"]
-    assert set(loaded.quantity("gates")) == {"gate", "retention"}
+    assert np.isnan(loaded["step_cv"][0])
+    assert loaded.quantities == ["loss", "gates", "optimizer_steps", "zeroth_order_rates",
+                                 "schedule", "effective_rates"]
+    assert set(loaded.quantity("gates")) == {"gate_per_neuron", "retention_per_neuron"}
     assert loaded.metadata["lags"] == list(LAGS)
     assert Schedule.from_dict(loaded.metadata["schedule"]) == Schedule.every(2)
     assert loaded.metadata["versions"]["gatescope"] == gs.__version__
@@ -372,12 +382,14 @@ def test_load_refuses_mismatched_or_foreign_files(tmp_path):
 
 
 def test_plot_probe_writes_png_and_pdf(tmp_path, isolated_registry):
-    @register_quantity("matrix_and_many", cost=0)
+    @register_quantity("matrix_and_many", cost=0, metrics=[
+        gs.declare_metric("matrix", "a 2 x 2 x 2 array", ("predictor", "lag", "neuron")),
+        gs.declare_metric("many", "a long vector", ("neuron",))])
     def matrix_and_many(ctx):
-        return {"matrix": np.ones((2, 2)), "many": np.arange(20.0) + ctx.step}
+        return {"matrix": np.ones((2, 2, 2)), "many": np.arange(20.0) + ctx.step}
 
     # every way of drawing: scalars, lags, levels (with a skipped step), neurons, the profile
-    # against the lag, a long unlabelled vector; a 2-D key is left out
+    # against the lag (one panel per predictor), a long vector; a 3-axis metric is left out
     quantities = ["loss", "gates", "optimizer_steps", "effective_rates", "profile",
                   "matrix_and_many"]
     probe = _recorded_probe(quantities)
@@ -431,16 +443,28 @@ def test_probe_call_and_registration_reject_bad_arguments(isolated_registry):
     with pytest.raises(ValueError, match="step must increase"):
         probe(3)
     with pytest.raises(ValueError, match="name"):
-        register_quantity("a/b", cost=0)
+        register_quantity("a/b", cost=0, metrics=[metrics.PROBE_LOSS])
     with pytest.raises(ValueError, match="cost"):
-        register_quantity("ok", cost=-1)
+        register_quantity("ok", cost=-1, metrics=[metrics.PROBE_LOSS])
+    with pytest.raises(ValueError, match="metrics"):
+        register_quantity("ok", cost=0, metrics=[])
+    word = gs.declare_metric("word", "a word")
 
-    @register_quantity("text", cost=0)
+    @register_quantity("text", cost=0, metrics=[word])
     def text(ctx):
         return {"word": "hello"}
 
-    with pytest.raises(ValueError, match="text/word"):
+    with pytest.raises(ValueError, match="word"):
         Probe(*_setup(), quantities=["text"])(0)
+
+    @register_quantity("undeclared", cost=0, metrics=[word])
+    def undeclared(ctx):
+        return {"other": 1.0}
+
+    with pytest.raises(ValueError, match="does not declare"):
+        Probe(*_setup(), quantities=["undeclared"])(0)
+    with pytest.raises(ValueError, match="already declared"):
+        gs.declare_metric("word", "another meaning")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -19,8 +19,8 @@ from gatescope.reporting.anisotropy_figures import anisotropy_figures
 from gatescope.reporting.anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
 from gatescope.reporting.profiles_figures import profiles_figures
 from gatescope.reporting.profiles_verdicts import judge_c1, judge_c2, judge_c3
-from gatescope.reporting.table import ResultsTable, Spread
 from gatescope.reporting.verdicts import MIXED, NOT_MEASURED, NOT_SUPPORTED, SUPPORTED
+from gatescope.results import ResultsTable, Spread
 
 SEEDS = (0, 1, 2)
 STEPS = (0, 10, 20)
@@ -53,7 +53,7 @@ def profile_values(**override):
         "zeroth_order_profile": lambda c, st, s, lag, p, t: math.exp(-0.6 * (lag - 1)),
         "fit_slope": lambda c, st, s, lag, p, t: 0.5 * jitter(s),
         "fit_r2": lambda c, st, s, lag, p, t: 0.99,
-        "rate_cv": lambda c, st, s, lag, p, t: 0.3 * jitter(s),
+        "rate_cv_order1": lambda c, st, s, lag, p, t: 0.3 * jitter(s),
         "rate_cv_order0": lambda c, st, s, lag, p, t: 1.0 * jitter(s) if c == "multi_gate"
         else 0.0,
         "envelope": lambda c, st, s, lag, p, t: math.exp(-lag),
@@ -89,7 +89,7 @@ def profiles_table(values=None, cells=PROFILE_CELLS, steps=STEPS, lags=range(1, 
                     add(cell, step, seed, "fit_slope", predictor=p)
                     add(cell, step, seed, "fit_r2", predictor=p)
                 for lag in (1, 2, 4, 8):
-                    for metric in ("rate_cv", "rate_cv_order0", "envelope"):
+                    for metric in ("rate_cv_order1", "rate_cv_order0", "envelope"):
                         add(cell, step, seed, metric, lag)
                 for lag in (1, 5):
                     for t in range(lag, T + 1):
@@ -114,7 +114,7 @@ def anisotropy_values(**override):
         "gradcov_ce": lambda k, c, o, st, s, lag: (0.95 if gated(c) else 0.8) * jitter(s),
         "step_cv": lambda k, c, o, st, s, lag: 1.5 * jitter(s) if o == "adam" else 0.0,
         "step_ai": lambda k, c, o, st, s, lag: 2.0 * jitter(s) if o == "adam" else 1.0,
-        "rate_cv": lambda k, c, o, st, s, lag: 0.5 * lag * jitter(s) if c == "multi_gate"
+        "rate_cv_order0": lambda k, c, o, st, s, lag: 0.5 * lag * jitter(s) if c == "multi_gate"
         else 0.0,
         "loss": lambda k, c, o, st, s, lag: 0.1,
     }
@@ -141,7 +141,7 @@ def anisotropy_table(values=None, arms=FACTORIAL, tasks=("adding", "narma10"), s
                         for metric in ("jacobian_ai", "jacobian_ce", "alignment"):
                             add(task, arm, step, seed, metric, lag)
                         if arm[0] in GATED:
-                            add(task, arm, step, seed, "rate_cv", lag)
+                            add(task, arm, step, seed, "rate_cv_order0", lag)
                     for metric in ("alignment_baseline", "gradcov_ai", "gradcov_ce", "loss"):
                         add(task, arm, step, seed, metric)
                     if arm[1] == "sgd" or step > 0:  # Adam has no step sizes before a step
@@ -226,7 +226,7 @@ def test_c2_not_measured_with_one_checkpoint():
 def test_c3_supported_when_multi_gate_disperses_and_scalar_gate_is_zero():
     v = judge_c3(profiles_table())
     assert v.verdict == SUPPORTED
-    assert any("rate_cv at step" in line for line in v.evidence)  # first order reported
+    assert any("rate_cv_order1 at step" in line for line in v.evidence)  # first order reported
 
 
 def test_c3_does_not_pass_a_lag_without_its_scalar_gate_comparator():

@@ -27,6 +27,11 @@ from gatescope.experiments import (
 )
 from gatescope.experiments.rows import RowWriter
 from gatescope.experiments.storage import GroupFolder, GroupTiming, wall_span
+from gatescope.metrics import declare_metric
+
+#: The one metric of the test experiments below (workers import this module too).
+TEST_METRIC = declare_metric("m", "a constant written by the test experiments")
+SURVIVES = declare_metric("survives", "1 if a subnormal float survived arithmetic, else 0")
 
 #: A tiny, fast grid: 2 groups × 2 seeds, float64 so reruns are bit-identical.
 TINY = {"cells": ["leaky", "multi_gate"], "seeds": 2, "steps": 12, "seq_len": 6,
@@ -167,7 +172,7 @@ class OneGroupFails(Experiment):
     def run_group(self, settings, group, workdir, progress):
         if group.cell == "b":
             raise RuntimeError("boom")
-        return _one_row(self.name, group, "m", 1.0)
+        return _one_row(self.name, group, TEST_METRIC, 1.0)
 
 
 def test_a_failing_group_does_not_stop_the_grid(tmp_path):
@@ -224,7 +229,7 @@ class SlowGroup(Experiment):
 
     def run_group(self, settings, group, workdir, progress):
         time.sleep(0.2)
-        return _one_row(self.name, group, "m", 1.0)
+        return _one_row(self.name, group, TEST_METRIC, 1.0)
 
 
 def test_the_marker_records_the_group_wall_time(tmp_path):
@@ -254,7 +259,7 @@ class SeesDenormals(Experiment):
 
     def run_group(self, settings, group, workdir, progress):
         subnormal = torch.tensor([1e-39], dtype=torch.float32)  # below 1.2e-38
-        return _one_row(self.name, group, "survives", (subnormal * 1.0).item() != 0)
+        return _one_row(self.name, group, SURVIVES, (subnormal * 1.0).item() != 0)
 
 
 def test_groups_run_with_subnormals_flushed_and_the_mode_is_restored(tmp_path):

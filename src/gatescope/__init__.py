@@ -42,6 +42,7 @@ from .measures import (
     transport_alignment,
     update_anisotropy,
 )
+from .metrics import Metric, declare_metric, get_metric, list_metrics
 from .model import SequenceModel
 from .probes import (
     Probe,
@@ -77,6 +78,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "EnsembleTrainer",
     "Expansion",
+    "Metric",
     "Probe",
     "ProbeResults",
     "RecurrentCell",
@@ -87,6 +89,7 @@ __all__ = [
     "Trajectory",
     "__version__",
     "cell_class",
+    "declare_metric",
     "describe_tasks",
     "effective_learning_rates",
     "envelope",
@@ -95,6 +98,7 @@ __all__ = [
     "from_torch",
     "gate_product",
     "gates_vs_optimizer",
+    "get_metric",
     "jacobian_split",
     "jacobian_split_autograd",
     "jacobians",
@@ -102,6 +106,7 @@ __all__ = [
     "lag_gradients",
     "list_cells",
     "list_experiments",
+    "list_metrics",
     "list_optimizers",
     "list_quantities",
     "list_tasks",

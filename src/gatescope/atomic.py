@@ -8,6 +8,7 @@ killed mid-write leaves at most a stray ``.*.tmp`` file, which later writes igno
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -37,7 +38,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (nested dicts, lists, tuples):
+    gatescope's one JSON convention, so every file is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON (NaN written as ``NaN``) atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Write ``obj`` as indented, key-sorted, strict JSON atomically; non-finite numbers
+    are written as ``null`` (:func:`json_safe`)."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode())

@@ -99,11 +99,29 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="cells, tasks (with baselines), optimizers, experiments")
+    p = sub.add_parser("list", help="cells, tasks (with baselines), optimizers, experiments; "
+                       "`list metrics`: every metric with its definition")
+    p.add_argument("what", nargs="?", choices=("metrics",),
+                   help="metrics: every metric name, its axes, unit and definition")
     p.set_defaults(handler=_list)
 
 
+def _list_metrics() -> int:
+    from .metrics import list_metrics
+    from .probes import get_quantity, list_quantities
+
+    source = {m.name: q for q in map(get_quantity, list_quantities()) for m in q.metrics}
+    print("metrics (results.csv `metric`, probe record keys); axes fill the named columns:")
+    for m in list_metrics():
+        axes = f"[{', '.join(m.axes)}]" if m.axes else "scalar"
+        where = f"quantity {source[m.name].name}" if m.name in source else "experiment rows"
+        print(f"  {m.name:<30} {axes:<24} unit {m.unit:<5} ({where})\n      {m.definition}")
+    return EXIT_OK
+
+
 def _list(args: argparse.Namespace) -> int:
+    if args.what == "metrics":
+        return _list_metrics()
     from .cells import cell_class, list_cells
     from .experiments import experiment_class, list_experiments
     from .experiments.settings import describe_settings

@@ -5,14 +5,16 @@ L. Livi, "Time-Scale Coupling Between States and Parameters in Recurrent Neural 
 its code that ``reproduce`` switches on one at a time (DESIGN §6). The presets, the
 experiments and the report read these names; nothing else repeats them.
 
-A leaf module: it imports nothing of gatescope and no third-party package, so every layer
-may read it.
+A leaf module: it imports only the metric catalogue (:mod:`gatescope.metrics`, itself a
+leaf) and no third-party package, so every layer may read it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from . import metrics as M
 
 #: How the report cites the paper.
 CITATION = ("L. Livi, \"Time-Scale Coupling Between States and Parameters in Recurrent Neural "
@@ -81,11 +83,11 @@ class FidelitySwitch:
 FIDELITY = {s.name: s for s in (
     FidelitySwitch("product_order", "profiles", "reversed",
                    "transport products multiplied in reversed order",
-                   (("fit_slope", ("cell", "predictor")), ("fit_r2", ("cell", "predictor")))),
+                   ((M.FIT_SLOPE, ("cell", "predictor")), (M.FIT_R2, ("cell", "predictor")))),
     FidelitySwitch("gate_term", "expansion", "updated",
                    "the gate term uses the post-update state",
-                   (("error_slope", ("cell",)), ("correction_ratio_median", ("cell",)))),
+                   ((M.ERROR_SLOPE, ("cell",)), (M.CORRECTION_RATIO_MEDIAN, ("cell",)))),
     FidelitySwitch("fixed_batch", "anisotropy", True,
                    "§VII-B trains on one fixed batch",
-                   (("gradcov_ai", ("task", "cell", "optimizer")),)),
+                   ((M.GRADCOV_AI, ("task", "cell", "optimizer")),)),
 )}

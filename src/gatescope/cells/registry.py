@@ -29,7 +29,7 @@ def list_cells() -> list[str]:
 
 def cell_class(name: str) -> type[RecurrentCell]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    return _CELLS.get_class(name)
+    return _CELLS.lookup(name)
 
 
 def make_cell(

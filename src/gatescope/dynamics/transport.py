@@ -94,3 +94,24 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
                 P = P / norm.to(P.dtype).view(count, Bsz, 1, 1)
                 log_scale = log_scale + norm.log()
     return S
+
+
+#: Transport product orders: the chain rule, or the paper code's reversed products.
+PRODUCT_ORDERS = ("chain", "reversed")
+
+
+def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
+    """:func:`~gatescope.sensitivities` of chain-rule or reversed products.
+
+    The reversed product ``J_{k+1} ⋯ J_t`` is the chain-rule product of the time-reversed
+    stack ``J'_s = J_{T+1-s}`` over the window ``(T-t, T-k]``, so
+    ``S_rev[:, t, k] = S'[:, T-k, T-t]``.
+
+    Returns:
+        ``(B, T+1, T+1)`` as :func:`~gatescope.sensitivities`.
+    """
+    if order == "chain":
+        return sensitivities(J)
+    if order != "reversed":
+        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
+    return sensitivities(J.flip(1)).flip(1, 2).transpose(1, 2)

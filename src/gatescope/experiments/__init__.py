@@ -11,16 +11,18 @@ Importing this package registers the built-in experiments.
 """
 
 # isort: off
-from .base import RESULT_COLUMNS, Experiment, Group, Progress, Settings
+from ..results import RESULT_COLUMNS
+from .base import Experiment, Group, Progress, Settings
 from .registry import experiment_class, get_experiment, list_experiments, register_experiment
 
 # Importing the experiment modules registers them.
 from . import train, profiles, anisotropy, expansion  # noqa: F401
 
 # isort: on
+from ..results import read_rows
 from .runner import RunError, RunResult, run_experiment
 from .settings import SettingsError, build_settings, load_toml, parse_assignments
-from .storage import RunLocked, read_rows
+from .storage import RunLocked
 
 __all__ = [
     "RESULT_COLUMNS",

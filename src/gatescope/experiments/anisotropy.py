@@ -8,10 +8,12 @@ Designs:
 * ``"factorial"`` — every cell with every optimizer, which separates what the cell does from
   what the optimizer does (claim C6). It contains the paper's arms, and starts them first.
 
-At each checkpoint every live seed is measured by
-:func:`~gatescope.experiments.probes.record_anisotropy` on its fixed probe batch (stream
-``"probe"``) and its fixed batch of ``gradient_examples`` sequences for per-example gradients
-(stream ``"gradients"``).
+At each checkpoint every live seed is measured by the quantities of :data:`PLAN` on its fixed
+probe batch (stream ``"probe"``) and its fixed batch of ``gradient_examples`` sequences for
+per-example gradients (stream ``"gradients"``): propagation anisotropy and transport–loss
+alignment per lag, the anisotropy of per-example gradients, the optimizer's step-size
+dispersion (from its first step on) and the gates' zeroth-order rate dispersion (cells with
+retention).
 """
 
 from __future__ import annotations
@@ -21,24 +23,36 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
+from .. import metrics as M
 from ..measures import optimizer_step_sizes
 from ..paper import PAPER_ARMS
+from ..probes import ProbeContext
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
-from .probes import record_anisotropy
+from .measurements import plan_with, record_measurements
 from .registry import register_experiment
 from .rows import RowWriter
 from .settings import (
     CellNames,
     LearningRates,
     OptimizerNames,
+    QuantityNames,
     Seeds,
     Steps,
     TaskNames,
     check_lr_covers,
 )
+
+#: The quantities measured at each checkpoint, and the metrics kept of each.
+PLAN = {
+    "propagation_anisotropy": (M.JACOBIAN_AI, M.JACOBIAN_CE),
+    "alignment": None,
+    "update_anisotropy": (M.GRADCOV_AI, M.GRADCOV_CE),
+    "optimizer_steps": (M.STEP_CV, M.STEP_AI),
+    "zeroth_order_rates": None,
+}
 
 
 class AnisotropySettings(GridSettings):
@@ -69,6 +83,8 @@ class AnisotropySettings(GridSettings):
     log_every: PositiveInt = Field(10, description="record the training loss every k steps")
     fixed_batch: bool = Field(False, description="train on one fixed batch (the paper code's "
                               "§VII-B defect)")
+    extra_quantities: QuantityNames = Field(
+        (), description="more registered quantities measured at each checkpoint")
 
     @field_validator("lags")
     @classmethod
@@ -118,19 +134,21 @@ class AnisotropyExperiment(Experiment):
         grads = trainer.sample_batch([stream_generator(s, "gradients") for s in trainer.seeds],
                                      settings.gradient_examples)
 
+        plan = plan_with(PLAN, settings.extra_quantities)
+
         def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
             writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
             idx, seeds, models = live_models(t)
             steps = optimizer_step_sizes(t.optimizer)
-            if models:
-                record_anisotropy(
-                    writer, seeds, t.steps_done, models,
-                    [(probe[0][k], probe[1][k]) for k in idx],
-                    [(grads[0][k], grads[1][k]) for k in idx],
-                    [{p: v[k] for p, v in steps.items()} for k in idx],
-                    lags=settings.lags, samples_per_lag=settings.samples_per_lag,
-                    r=settings.rank, ce_denominator=settings.ce_denominator,
-                    rate_lags=settings.rate_lags)
+            contexts = (ProbeContext(
+                model, probe[0][k], probe[1][k], None, None, lags=settings.lags,
+                rank=settings.rank, samples_per_lag=settings.samples_per_lag,
+                step=t.steps_done, rate_lags=settings.rate_lags,
+                gradient_batch=(grads[0][k], grads[1][k]),
+                step_sizes={p: v[k] for p, v in steps.items()}, sampling_seed=seed,
+                ce_denominator=settings.ce_denominator)
+                for k, seed, model in zip(idx, seeds, models, strict=True))
+            record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows
 
         rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),

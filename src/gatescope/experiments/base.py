@@ -20,11 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .summary import seed_aggregates
-
-#: The columns every results row has (DESIGN §8); experiments may add more (``eps``, ...).
-RESULT_COLUMNS = ("experiment", "task", "cell", "optimizer", "seed", "step", "metric", "lag",
-                  "value")
+from ..results import seed_aggregates
 
 
 class Settings(BaseModel):
@@ -91,5 +87,5 @@ class Experiment(ABC):
 
     def summarize(self, settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Aggregates across seeds for ``summary.json`` (default: median, quartiles and count
-        of every quantity, :func:`~gatescope.experiments.summary.seed_aggregates`)."""
+        of every quantity, :func:`~gatescope.results.seed_aggregates`)."""
         return {"experiment": self.name, "quantities": seed_aggregates(rows)}

@@ -5,7 +5,8 @@ setting asks for the paper code's behaviour, so a report can say how much each o
 numbers.
 
 * ``product_order="reversed"``: the code multiplies ``J_{k+1} ⋯ J_t`` (earlier factors on the
-  left) instead of the chain-rule ``J_t ⋯ J_{k+1}``.
+  left) instead of the chain-rule ``J_t ⋯ J_{k+1}``
+  (:func:`gatescope.dynamics.transport.ordered_sensitivities`).
 * ``gate_term="updated"``: the gate-induced part uses ``φ(a_t) - h_t`` (the state after the
   update) instead of ``φ(a_t) - h_{t-1}``.
 * ``fixed_batch=True`` (§VII-B): training on one fixed batch instead of fresh batches.
@@ -17,27 +18,8 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory, scale_rows
 from ..dynamics.jacobians import jacobian_split
-from ..dynamics.transport import sensitivities
 
-PRODUCT_ORDERS = ("chain", "reversed")
 GATE_TERMS = ("previous", "updated")
-
-
-def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
-    """:func:`~gatescope.sensitivities` of chain-rule or reversed products.
-
-    The reversed product ``J_{k+1} ⋯ J_t`` is the chain-rule product of the time-reversed
-    stack ``J'_s = J_{T+1-s}`` over the window ``(T-t, T-k]``, so
-    ``S_rev[:, t, k] = S'[:, T-k, T-t]``.
-
-    Returns:
-        ``(B, T+1, T+1)`` as :func:`~gatescope.sensitivities`.
-    """
-    if order == "chain":
-        return sensitivities(J)
-    if order != "reversed":
-        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
-    return sensitivities(J.flip(1)).flip(1, 2).transpose(1, 2)
 
 
 def gate_split(cell: RecurrentCell, traj: Trajectory, gate_term: str = "previous"

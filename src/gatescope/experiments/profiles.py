@@ -2,11 +2,11 @@
 predictors over training.
 
 Each group trains one cell over all seeds with fresh batches each step; at every checkpoint
-each seed's fixed probe batch (stream ``"probe"`` of the seed) is unrolled and measured by
-:func:`~gatescope.experiments.probes.record_profiles`: the sensitivity profile
-``μ̃_eff(ℓ)``, both gate-product predictors with their fitted power ``s`` and ``R²``, the
-effective rates' envelope and across-neuron dispersion, and the quantities behind the
-schedule and momentum analogies. Rows also carry the training ``loss``.
+each seed's fixed probe batch (stream ``"probe"`` of the seed) is measured by the quantities
+of :data:`PLAN`: the sensitivity profile ``μ̃_eff(ℓ)``, both gate-product predictors with
+their fitted power ``s`` and ``R²``, the effective rates' envelope and across-neuron
+dispersion (first and zeroth order), and the quantities behind the schedule and momentum
+analogies. Rows also carry the training ``loss``.
 """
 
 from __future__ import annotations
@@ -17,17 +17,27 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 
+from .. import metrics as M
 from ..cells import cell_class
+from ..probes import ProbeContext
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
-from .probes import record_profiles
+from .measurements import plan_with, record_measurements
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, Seeds, Steps, lr_for
+from .settings import CellNames, QuantityNames, Seeds, Steps, lr_for
 
 PROBE_STREAM = "probe"
+
+#: The quantities measured at each checkpoint, and the metrics kept of each.
+PLAN = {
+    "profile": None,
+    "effective_rates": (M.ENVELOPE, M.RATE_CV_ORDER1),
+    "zeroth_order_rates": None,
+    "schedule": None,
+}
 
 
 class ProfilesSettings(GridSettings):
@@ -47,6 +57,8 @@ class ProfilesSettings(GridSettings):
     log_every: PositiveInt = Field(10, description="record the training loss every k steps")
     product_order: Literal["chain", "reversed"] = Field(
         "chain", description="transport product order; reversed = the paper code's defect")
+    extra_quantities: QuantityNames = Field(
+        (), description="more registered quantities measured at each checkpoint")
 
 
 def cell_options(cell: str, alpha: float) -> dict[str, Any] | None:
@@ -71,17 +83,20 @@ class ProfilesExperiment(Experiment):
                   progress: Progress) -> list[dict[str, Any]]:
         lr = lr_for(settings.lr, group.optimizer)
         trainer = settings.trainer(group, cell_options(group.cell, settings.alpha))
-        probe_u = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
-                                        for s in trainer.seeds], settings.probe_batch)[0]
+        probe_u, probe_y = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
+                                                 for s in trainer.seeds], settings.probe_batch)[:2]
+
+        plan = plan_with(PLAN, settings.extra_quantities)
 
         def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
             writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
             idx, seeds, models = live_models(t)
-            if models:
-                record_profiles(writer, seeds, t.steps_done, models, [probe_u[k] for k in idx],
-                                lr=lr, trim=settings.trim, rate_lags=settings.rate_lags,
-                                schedule_lags=settings.schedule_lags,
-                                product_order=settings.product_order)
+            contexts = (ProbeContext(
+                model, probe_u[k], probe_y[k], None, None, lags=settings.rate_lags, rank=10,
+                samples_per_lag=1, step=t.steps_done, schedule_lags=settings.schedule_lags,
+                lr=lr, product_order=settings.product_order, trim=settings.trim)
+                for k, model in zip(idx, models, strict=True))
+            record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows
 
         rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),

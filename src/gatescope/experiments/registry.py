@@ -29,7 +29,7 @@ def list_experiments() -> list[str]:
 
 def experiment_class(name: str) -> type[Experiment]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    return _EXPERIMENTS.get_class(name)
+    return _EXPERIMENTS.lookup(name)
 
 
 def get_experiment(name: str) -> Experiment:

@@ -35,11 +35,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_write_json
+from ..results import read_rows
 from ..training import flush_denormals
 from .base import Experiment, Group, Progress, Settings
 from .registry import get_experiment
 from .settings import build_settings, settings_hash
-from .storage import GroupFolder, GroupTiming, assemble_results, read_rows, run_lock, write_json
+from .storage import GroupFolder, GroupTiming, assemble_results, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
     with run_lock(out):
         for stale in ("results.csv", "summary.json"):  # they described the previous settings
             (out / stale).unlink(missing_ok=True)
-        write_json(out / "config.json", {
+        atomic_write_json(out / "config.json", {
             "experiment": name, "settings": settings.model_dump(mode="json"),
             "settings_hash": digest, "groups": [g.key for g in groups],
             "gatescope_version": __version__, "torch_version": torch.__version__,
@@ -143,7 +145,7 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
         rows = read_rows(out / "results.csv")
         result.rows = len(rows)
         result.summary = experiment.summarize(settings, rows)
-        write_json(out / "summary.json", result.summary)
+        atomic_write_json(out / "summary.json", result.summary)
     return result
 
 

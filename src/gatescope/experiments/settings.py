@@ -33,6 +33,7 @@ import torch
 from pydantic import BeforeValidator, ValidationError
 
 from ..cells import list_cells
+from ..probes import list_quantities
 from ..tasks import list_tasks, make_task
 from ..training import check_learning_rate, list_optimizers
 from .base import Settings
@@ -184,12 +185,13 @@ def _seeds(value: Any) -> tuple[int, ...]:
     return seeds
 
 
-def _names(kind: str, registered: Callable[[], list[str]]) -> Callable[[Any], tuple[str, ...]]:
+def _names(kind: str, registered: Callable[[], list[str]], allow_empty: bool = False
+           ) -> Callable[[Any], tuple[str, ...]]:
     def check(value: Any) -> tuple[str, ...]:
         names = tuple(str(v) for v in _as_list(value))
         choices = registered()
         bad = [n for n in names if n not in choices]
-        if not names or bad or len(set(names)) != len(names):
+        if (not names and not allow_empty) or bad or len(set(names)) != len(names):
             problem = f"unknown {kind} {bad}" if bad else f"give distinct {kind} names"
             raise ValueError(f"{problem}; allowed: {', '.join(choices)}")
         return names
@@ -241,6 +243,10 @@ Seeds = Annotated[tuple[int, ...], BeforeValidator(_seeds)]
 TaskNames = Annotated[tuple[str, ...], BeforeValidator(_names("task(s)", list_tasks))]
 #: ``cells``: registered cell names.
 CellNames = Annotated[tuple[str, ...], BeforeValidator(_names("cell(s)", list_cells))]
+#: ``extra_quantities``: registered quantity names (:func:`gatescope.list_quantities`), maybe
+#: none.
+QuantityNames = Annotated[tuple[str, ...],
+                          BeforeValidator(_names("quantity(-ies)", list_quantities, True))]
 #: ``optimizers``: names from :func:`gatescope.training.list_optimizers`.
 OptimizerNames = Annotated[tuple[str, ...],
                            BeforeValidator(_names("optimizer(s)", list_optimizers))]

@@ -17,9 +17,8 @@ or missing file is redone, never trusted. ``rows.csv`` is written before the mar
 crash between the two also leads to a redo. ``work/`` is tagged with the settings hash and
 wiped when the settings change, so checkpoints of other settings are never resumed.
 
-CSV conventions: ``None`` is an empty cell, floats are written with ``repr`` (exact round
-trip, ``nan``/``inf`` included). Columns are ``RESULT_COLUMNS`` then the experiment's extra
-columns (``eps``, ``predictor``, ...) sorted by name; a row lacking one leaves it empty.
+Columns, types and the CSV and JSON conventions are the results schema of
+:mod:`gatescope.results`.
 """
 
 from __future__ import annotations
@@ -31,14 +30,14 @@ import hashlib
 import io
 import json
 import logging
-import math
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes, atomic_write_json
-from .base import RESULT_COLUMNS, Group
+from ..results import columns_of, read_table, rows_to_csv
+from .base import Group
 
 try:
     import fcntl
@@ -46,80 +45,6 @@ except ImportError:  # pragma: no cover - Windows: no run lock
     fcntl = None
 
 logger = logging.getLogger(__name__)
-
-#: Columns always read back as text; other columns read back as int, float or text.
-TEXT_COLUMNS = ("experiment", "task", "cell", "optimizer", "metric")
-
-
-# ---------------------------------------------------------------------- CSV rows
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _parse(column: str, text: str) -> Any:
-    if column in TEXT_COLUMNS:
-        return text
-    if text == "":
-        return None
-    if column == "value":
-        return float(text)
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def columns_of(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """``RESULT_COLUMNS`` followed by every other key of ``rows``, sorted."""
-    extra = {key for row in rows for key in row} - set(RESULT_COLUMNS)
-    return [*RESULT_COLUMNS, *sorted(extra)]
-
-
-def rows_to_csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
-    """The CSV bytes of ``rows`` under ``columns`` (header first)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([_cell(row.get(c)) for c in columns] for row in rows)
-    return buf.getvalue().encode()
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a results CSV with typed values (see the module docstring)."""
-    with open(path, newline="") as f:
-        return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _table(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="") as f:
-        lines = list(csv.reader(f))
-    return (lines[0], lines[1:]) if lines else ([], [])
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomic JSON with non-finite floats written as ``null`` (strict JSON)."""
-    return atomic_write_json(path, _finite(obj))
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
 
 # ---------------------------------------------------------------------- one group
 
@@ -176,7 +101,7 @@ class GroupFolder:
             return self.OTHER_SETTINGS
         try:
             data = self.rows_path.read_bytes()
-            _, body = _table(self.rows_path)
+            _, body = read_table(self.rows_path)
         except (OSError, csv.Error, UnicodeDecodeError) as err:
             return f"results unreadable ({err})"
         if hashlib.sha256(data).hexdigest() != marker.get("sha256") or len(body) != marker.get(
@@ -200,7 +125,7 @@ class GroupFolder:
         """Write ``rows.csv`` and then the marker; returns the row count."""
         data = rows_to_csv(rows, columns_of(rows))
         atomic_write_bytes(self.rows_path, data)
-        write_json(self.marker_path, {"settings_hash": settings_hash,
+        atomic_write_json(self.marker_path, {"settings_hash": settings_hash,
                                       "sha256": hashlib.sha256(data).hexdigest(),
                                       "rows": len(rows), "group": self.group.key,
                                       **dataclasses.asdict(timing)})
@@ -224,7 +149,7 @@ def assemble_results(out: str | Path, folders: list[GroupFolder]) -> Path:
 
     Cells are copied as text, so values are exactly those the groups wrote.
     """
-    tables = [_table(f.rows_path) for f in folders]
+    tables = [read_table(f.rows_path) for f in folders]
     columns = columns_of({c: None} for header, _ in tables for c in header)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

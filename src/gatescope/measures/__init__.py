@@ -9,6 +9,7 @@ from .anisotropy import (
     Alignment,
     PropagationAnisotropy,
     SpectrumStats,
+    coefficient_of_variation,
     final_state_gradient,
     per_example_gradients,
     propagation_anisotropy,
@@ -34,7 +35,7 @@ from .profiles import (
     profile_fit,
     sensitivity_profile,
 )
-from .rates import effective_learning_rates, envelope, time_scales
+from .rates import effective_learning_rates, envelope, neuron_cv, time_scales
 
 __all__ = [
     "Alignment",
@@ -45,6 +46,7 @@ __all__ = [
     "ProfileFit",
     "PropagationAnisotropy",
     "SpectrumStats",
+    "coefficient_of_variation",
     "dispersion",
     "effective_learning_rates",
     "envelope",
@@ -53,6 +55,7 @@ __all__ = [
     "gate_product",
     "gates_vs_optimizer",
     "lag_medians",
+    "neuron_cv",
     "optimizer_step_sizes",
     "per_example_gradients",
     "profile_fit",

@@ -81,6 +81,19 @@ class SpectrumStats:
     effective_rank: Tensor
 
 
+def coefficient_of_variation(x: Tensor) -> Tensor:
+    """``std/mean`` of ``|x|`` along the last dimension (population std), float64.
+
+    Args:
+        x: ``(..., K)`` values (step sizes, effective rates of ``K`` neurons...).
+
+    Returns:
+        ``(...)``; NaN where every entry is zero or NaN.
+    """
+    a = x.detach().double().abs()
+    return a.std(-1, correction=0) / a.mean(-1)
+
+
 def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:
     """Anisotropy statistics of singular values.
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._quantile import quantile
-from .anisotropy import spectrum_stats
+from .anisotropy import coefficient_of_variation, spectrum_stats
 
 #: Quantile levels reported by the dispersion functions.
 DEFAULT_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -114,7 +114,7 @@ class Dispersion:
 def _shape(a: Tensor, r: int) -> dict[str, Tensor]:
     """The scale-invariant fields of :class:`Dispersion` for magnitudes ``a`` ``(..., K)``."""
     stats = spectrum_stats(a, r)
-    return {"cv": a.std(-1, correction=0) / a.mean(-1), "ai": stats.ai, "ce": stats.ce,
+    return {"cv": coefficient_of_variation(a), "ai": stats.ai, "ce": stats.ce,
             "participation_ratio": stats.participation_ratio,
             "effective_rank": stats.effective_rank}
 

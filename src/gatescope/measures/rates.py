@@ -45,6 +45,8 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
+from ._quantile import quantile
+from .anisotropy import coefficient_of_variation
 
 
 def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
@@ -148,6 +150,20 @@ def envelope(mu: Tensor) -> Tensor:
         ``(L,)``; NaN for a lag longer than the sequence.
     """
     return mu.abs().nanmean((0, 1, 3))
+
+
+def neuron_cv(mu: Tensor) -> Tensor:
+    """How unequal the effective rates are across neurons: the coefficient of variation of
+    ``|μ_{t,ℓ,·}|`` over the ``n`` neurons, median over examples and end times ``t ≥ ℓ``.
+
+    Args:
+        mu: ``(B, T+1, L, n)`` from :func:`effective_learning_rates` (NaN where ``ℓ > t``).
+
+    Returns:
+        ``(L,)`` float64.
+    """
+    cv = coefficient_of_variation(mu)  # (B, T+1, L), NaN where ℓ > t
+    return quantile(cv.flatten(0, 1), 0.5, dim=0)
 
 
 def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:

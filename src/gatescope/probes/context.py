@@ -1,8 +1,10 @@
-"""What a probe quantity sees: the model, the probe batch, the optimizer, and the expensive
-intermediates, each computed on first use and shared by every quantity of one probe call."""
+"""What a quantity sees: the model, the probe batch, the optimizer, the measurement settings,
+and the expensive intermediates, each computed on first use and shared by every quantity of
+one measurement."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -11,17 +13,20 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
-from ..dynamics.transport import sensitivities
+from ..dynamics.transport import ordered_sensitivities
 from ..measures.anisotropy import final_state_gradient, per_example_gradients
+from ..measures.optimizer_steps import DEFAULT_LEVELS, optimizer_step_sizes
+from ..measures.profiles import PREDICTORS
 from ..measures.rates import effective_learning_rates
 from ..model import SequenceModel
 
 
 @dataclass
 class ProbeContext:
-    """One probe call's inputs and lazily cached intermediates.
+    """One measurement's inputs and lazily cached intermediates.
 
-    A new context is made for every call, so nothing is shared across training steps.
+    A new context is made for every measurement (a probe call, or one seed at one checkpoint
+    of an experiment), so nothing is shared across training steps.
 
     Attributes:
         model: the model being trained.
@@ -29,10 +34,21 @@ class ProbeContext:
         y: the probe targets, as for :meth:`~gatescope.SequenceModel.loss`.
         mask: optional ``(B, T)`` step weights.
         optimizer: the training optimizer, or ``None``.
-        lags: the probe lags, each in ``1..T``.
+        lags: the lags of transport quantities, each in ``1..T``.
         rank: the ``r`` of ``AI_r``/``CE_r`` (see :meth:`spectrum_rank`).
         samples_per_lag: transport products sampled per lag for propagation anisotropy.
         step: the training step being recorded.
+        rate_lags: the lags of the effective-rate quantities (``None``: ``lags``).
+        schedule_lags: the lags of the implied global schedule (``()``: not measured).
+        lr: the SGD step ``η`` of the implied schedule (``None``: the optimizer's first
+            group's ``lr``).
+        gradient_batch: ``(u, y)`` for per-example gradients (``None``: the probe batch).
+        step_sizes: the optimizer's per-parameter step sizes
+            (:func:`~gatescope.optimizer_step_sizes`; ``None``: read from ``optimizer``).
+        sampling_seed: seed of the ``(b, t, k)`` sampling of propagation anisotropy.
+        product_order: ``"chain"`` or the paper code's ``"reversed"`` transport products.
+        trim: the quantile cut of the profile's power fit.
+        ce_denominator: ``CE_r`` over ``"all"`` singular values or the top ``16``.
     """
 
     model: SequenceModel
@@ -44,6 +60,15 @@ class ProbeContext:
     rank: int
     samples_per_lag: int
     step: int
+    rate_lags: tuple[int, ...] | None = None
+    schedule_lags: tuple[int, ...] = ()
+    lr: float | None = None
+    gradient_batch: tuple[Tensor, Tensor] | None = None
+    step_sizes: Mapping[Tensor, Tensor] | None = None
+    sampling_seed: int = 0
+    product_order: str = "chain"
+    trim: float = 0.01
+    ce_denominator: str | int = "all"
 
     @property
     def cell(self) -> RecurrentCell:
@@ -53,6 +78,22 @@ class ProbeContext:
     def spectrum_rank(self, size: int) -> int:
         """``min(rank, size)``: the ``r`` used for a spectrum of ``size`` values."""
         return min(self.rank, size)
+
+    def coords(self) -> dict[str, list]:
+        """``{axis: coordinates}`` of every axis (:data:`gatescope.metrics.AXIS_COLUMNS`) a
+        quantity's metric may have here."""
+        T = self.u.shape[1]
+        return {
+            "lag": list(self.lags), "rate_lag": list(self.effective_rate_lags),
+            "schedule_lag": list(self.schedule_lags), "profile_lag": list(range(1, T)),
+            "time": list(range(1, T + 1)), "predictor": list(PREDICTORS),
+            "neuron": list(range(self.cell.hidden_size)), "level": list(DEFAULT_LEVELS),
+        }
+
+    @property
+    def effective_rate_lags(self) -> tuple[int, ...]:
+        """``rate_lags``, or ``lags`` when not given."""
+        return self.lags if self.rate_lags is None else self.rate_lags
 
     @cached_property
     def trajectory(self) -> Trajectory:
@@ -67,19 +108,30 @@ class ProbeContext:
 
     @cached_property
     def sensitivities(self) -> Tensor:
-        """``(B, T+1, T+1)`` transport norms (:func:`gatescope.sensitivities`)."""
-        return sensitivities(self.jacobians)
+        """``(B, T+1, T+1)`` transport norms (:func:`gatescope.sensitivities`) of products
+        in ``product_order``."""
+        return ordered_sensitivities(self.jacobians, self.product_order)
 
     @cached_property
     def rates(self) -> Tensor:
-        """``(B, T+1, L, n)`` first-order effective learning rates at the probe lags."""
-        return effective_learning_rates(self.cell, self.trajectory, self.lags, order=1,
-                                        J=self.jacobians)
+        """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags."""
+        return effective_learning_rates(self.cell, self.trajectory, self.effective_rate_lags,
+                                        order=1, J=self.jacobians)
+
+    @cached_property
+    def optimizer_steps(self) -> Mapping[Tensor, Tensor] | None:
+        """``step_sizes``, else those of ``optimizer``; ``None`` without either."""
+        if self.step_sizes is not None or self.optimizer is None:
+            return self.step_sizes
+        return optimizer_step_sizes(self.optimizer)
 
     @cached_property
     def per_example_gradients(self) -> Tensor:
-        """``(B, P)`` per-example gradients (:func:`gatescope.per_example_gradients`)."""
-        return per_example_gradients(self.model, self.u, self.y, self.mask)
+        """``(M, P)`` per-example gradients (:func:`gatescope.per_example_gradients`) of the
+        gradient batch, else of the probe batch."""
+        if self.gradient_batch is None:
+            return per_example_gradients(self.model, self.u, self.y, self.mask)
+        return per_example_gradients(self.model, *self.gradient_batch)
 
     @cached_property
     def final_adjoint(self) -> Tensor:

@@ -20,26 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..model import SequenceModel
 from ..tasks._validate import as_int, as_int_tuple
 from .context import ProbeContext
-from .registry import SkipQuantity, resolve_quantities
+from .measure import measure
+from .registry import resolve_quantities
 from .results import ProbeResults
 from .schedule import Schedule
 
 #: The lags a probe uses when given none (those up to the sequence length).
 DEFAULT_LAGS = (1, 2, 4, 8, 16)
-
-
-def _as_array(key: str, value: Any) -> np.ndarray:
-    """A recorded value as a float64 numpy array on the CPU (always a copy)."""
-    if isinstance(value, Tensor):
-        value = value.detach().to("cpu", torch.float64).numpy()
-    try:
-        return np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"quantity value {key!r} is not numeric: {value!r}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -132,7 +122,7 @@ class Probe:
             force: record even when ``step`` is not on the schedule.
 
         Returns:
-            The new record ``{"<quantity>/<key>": array}``, or ``None`` when not recording.
+            The new record ``{metric name: array}``, or ``None`` when not recording.
         """
         step = as_int("step", step, minimum=0)
         if not force and step not in self.schedule:
@@ -157,21 +147,14 @@ class Probe:
 
     def _compute(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Every quantity at ``step``: the record and ``{quantity: why it was skipped}``."""
-        ctx = ProbeContext(self.model, self.u, self.y, self.mask, self.optimizer, self.lags,
-                           self.rank, self.samples_per_lag, step)
+        ctx = self._context(step)
         devices = [self.u.device] if self.u.device.type == "cuda" else []
-        record, skipped = {}, {}
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for quantity in self.quantities:
-                try:
-                    values = quantity.function(ctx)
-                except SkipQuantity as reason:
-                    skipped[quantity.name] = str(reason)
-                    continue
-                for key, value in values.items():
-                    name = f"{quantity.name}/{key}"
-                    record[name] = _as_array(name, value)
-        return record, skipped
+        with torch.random.fork_rng(devices=devices):
+            return measure(ctx, self.quantities)
+
+    def _context(self, step: int) -> ProbeContext:
+        return ProbeContext(self.model, self.u, self.y, self.mask, self.optimizer, self.lags,
+                            self.rank, self.samples_per_lag, step)
 
     @property
     def steps(self) -> np.ndarray:
@@ -180,7 +163,7 @@ class Probe:
 
     @property
     def history(self) -> dict[str, np.ndarray]:
-        """``{"<quantity>/<key>": (R, ...) float64}`` stacked over the recorded steps, NaN at
+        """``{metric name: (R, ...) float64}`` stacked over the recorded steps, NaN at
         the steps where the quantity was skipped."""
         return {key: np.stack([rec.get(key, np.full(shape, np.nan)) for rec in self._records])
                 for key, shape in self._shapes.items()}
@@ -193,11 +176,14 @@ class Probe:
     def metadata(self) -> dict[str, Any]:
         """The JSON-ready description saved beside the arrays (see :class:`ProbeResults`)."""
         cell, (B, T, m) = self.model.cell, self.u.shape
-        axes = {f"{q.name}/{key}": axis for q in self.quantities for key, axis in q.axes.items()
-                if f"{q.name}/{key}" in self._shapes}
+        recorded = {q.name: [x.name for x in q.metrics if x.name in self._shapes]
+                    for q in self.quantities}
+        axes = {x.name: list(x.axes) for q in self.quantities for x in q.metrics
+                if x.name in self._shapes}
         return {
             "quantities": [q.name for q in self.quantities],
             "costs": {q.name: q.cost for q in self.quantities},
+            "metrics": recorded,
             "lags": list(self.lags),
             "schedule": self.schedule.to_dict(),
             "settings": {
@@ -211,8 +197,7 @@ class Probe:
             "versions": _versions(),
             "notes": self.notes,
             "axes": axes,
-            "coords": {"lag": list(self.lags), "neuron": list(range(cell.hidden_size)),
-                       "level": list(DEFAULT_LEVELS), "profile_lag": list(range(1, T))},
+            "coords": self._context(0).coords(),
         }
 
     def results(self) -> ProbeResults:

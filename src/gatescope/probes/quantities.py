@@ -1,141 +1,181 @@
-"""The built-in probe quantities, cheapest first (cost ranks in
-:mod:`gatescope.probes.registry`). Each is a thin reduction of a :mod:`gatescope.measures`
-function to a few arrays per step; the docstrings give each key's per-step shape."""
+"""The built-in quantities, cheapest first (cost ranks in :mod:`gatescope.probes.registry`).
+
+Each is a thin reduction of :mod:`gatescope.measures` functions to the arrays of its declared
+metrics (:mod:`gatescope.metrics`); the metric's axes give each array's shape. The same
+functions serve a :class:`~gatescope.Probe` and the paper's experiments.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from .. import metrics as M
 from ..measures._quantile import quantile
 from ..measures.anisotropy import propagation_anisotropy, transport_alignment, update_anisotropy
-from ..measures.optimizer_steps import optimizer_step_sizes, step_size_dispersion
+from ..measures.optimizer_steps import step_size_dispersion
 from ..measures.profiles import profile_fit
-from ..measures.rates import envelope, neuron_retention, time_scales
+from ..measures.rates import (
+    effective_learning_rates,
+    envelope,
+    neuron_cv,
+    neuron_retention,
+    time_scales,
+)
 from .context import ProbeContext
 from .registry import SkipQuantity, register_quantity
 
-#: The scale-invariant anisotropy statistics every spectrum quantity records.
+#: The scale-invariant spectrum statistics (fields of ``SpectrumStats``/``Dispersion``).
 SPECTRUM_FIELDS = ("ai", "ce", "participation_ratio", "effective_rank")
 
 
-def _fields(stats: object, reduce=None) -> dict[str, Tensor]:
-    """``{field: getattr(stats, field)}`` over :data:`SPECTRUM_FIELDS`, each reduced."""
-    return {f: getattr(stats, f) if reduce is None else reduce(getattr(stats, f))
-            for f in SPECTRUM_FIELDS}
+def _spectrum(stats: object, metrics: tuple[M.Metric, ...], reduce=None) -> dict[str, Tensor]:
+    """``{metric name: field of stats}`` for the four :data:`SPECTRUM_FIELDS`, each reduced."""
+    return {m.name: getattr(stats, f) if reduce is None else reduce(getattr(stats, f))
+            for f, m in zip(SPECTRUM_FIELDS, metrics, strict=True)}
 
 
-@register_quantity("loss", cost=0, description="loss on the probe batch")
+@register_quantity("loss", cost=0, metrics=[M.PROBE_LOSS], description="loss on the probe batch")
 def loss(ctx: ProbeContext) -> dict[str, Tensor]:
-    """``loss``: ``()`` the model's loss on the probe batch."""
-    return {"loss": ctx.model.loss_from_states(ctx.trajectory.states, ctx.y, ctx.mask)}
+    """``probe_loss``: the model's loss on the probe batch."""
+    return {M.PROBE_LOSS.name: ctx.model.loss_from_states(ctx.trajectory.states, ctx.y,
+                                                          ctx.mask)}
 
 
-@register_quantity("gates", cost=0, axes={"gate": "neuron", "retention": "neuron"},
+@register_quantity("gates", cost=0, metrics=[M.GATE_PER_NEURON, M.RETENTION_PER_NEURON],
                    description="mean update gate and retention per neuron")
 def gates(ctx: ProbeContext) -> dict[str, Tensor]:
-    """``gate``: ``(n,)`` mean update gate per neuron over batch and time (absent for cells
-    without a learned gate; a scalar gate repeated); ``retention``: ``(n,)`` mean retention."""
+    """``gate_per_neuron`` (absent for cells without a learned gate) and
+    ``retention_per_neuron``, means over the batch and time."""
     traj, n = ctx.trajectory, ctx.cell.hidden_size
-    out = {} if traj.gates is None else {"gate": traj.gates.double().mean((0, 1)).expand(n)}
-    out["retention"] = neuron_retention(ctx.cell, traj).mean((0, 1))
+    out = {} if traj.gates is None else \
+        {M.GATE_PER_NEURON.name: traj.gates.double().mean((0, 1)).expand(n)}
+    out[M.RETENTION_PER_NEURON.name] = neuron_retention(ctx.cell, traj).mean((0, 1))
     return out
 
 
-@register_quantity("optimizer_steps", cost=0, axes={"quantiles": "level"},
+STEP_METRICS = (M.STEP_AI, M.STEP_CE, M.STEP_PARTICIPATION_RATIO, M.STEP_EFFECTIVE_RANK)
+
+
+@register_quantity("optimizer_steps", cost=0,
+                   metrics=[M.STEP_CV, *STEP_METRICS, M.STEP_QUANTILES],
                    description="dispersion of the optimizer's per-parameter step sizes")
 def optimizer_steps(ctx: ProbeContext) -> dict[str, Tensor]:
-    """:func:`~gatescope.step_size_dispersion` of :func:`~gatescope.optimizer_step_sizes`.
+    """:func:`~gatescope.step_size_dispersion` of the optimizer's step sizes.
 
-    ``cv``, ``ai``, ``ce``, ``participation_ratio``, ``effective_rank``: ``()``;
-    ``quantiles``: ``(Q,)`` at the levels ``DEFAULT_LEVELS`` of
-    :mod:`gatescope.measures.optimizer_steps`. Skipped without an optimizer, for an
-    unsupported one, and before its first step (Adam has no step size then).
+    Skipped without an optimizer, for an unsupported one, and before its first step (Adam
+    has no step size then).
     """
-    if ctx.optimizer is None:
+    if ctx.optimizer is None and ctx.step_sizes is None:
         raise SkipQuantity("no optimizer given")
     try:
-        steps = optimizer_step_sizes(ctx.optimizer)
+        steps = ctx.optimizer_steps
     except TypeError as err:
         raise SkipQuantity(str(err)) from None
     count = sum(int((~s.isnan()).sum()) for s in steps.values())
     if count == 0:
         raise SkipQuantity("the optimizer has not taken a step yet")
     d = step_size_dispersion(steps, r=ctx.spectrum_rank(count))
-    return {"cv": d.cv, **_fields(d), "quantiles": d.quantiles}
+    return {M.STEP_CV.name: d.cv, **_spectrum(d, STEP_METRICS),
+            M.STEP_QUANTILES.name: d.quantiles}
+
+
+@register_quantity("zeroth_order_rates", cost=0, metrics=[M.RATE_CV_ORDER0],
+                   description="across-neuron dispersion of the gates' rates μ⁰")
+def zeroth_order_rates(ctx: ProbeContext) -> dict[str, Tensor]:
+    """``rate_cv_order0`` at the rate lags (:func:`~gatescope.measures.neuron_cv` of
+    ``μ⁰``). Skipped for a cell without retention (``r = 0``: ``μ⁰ = 0``, no dispersion)."""
+    traj = ctx.trajectory
+    if not bool(traj.retention.ne(0).any()):
+        raise SkipQuantity("the cell has no retention (μ⁰ = 0)")
+    mu0 = effective_learning_rates(ctx.cell, traj, lags=ctx.effective_rate_lags, order=0)
+    return {M.RATE_CV_ORDER0.name: neuron_cv(mu0)}
+
+
+@register_quantity("schedule", cost=0, metrics=[M.SCHEDULE_MULTIPLIER, M.RETENTION_MEAN],
+                   description="the global step the gates imply along time, mean retention")
+def schedule(ctx: ProbeContext) -> dict[str, Tensor]:
+    """``schedule_multiplier``: ``(L_s, T)`` ``η μ⁰`` averaged over examples and neurons at
+    the schedule lags and ``t = 1..T`` (NaN where ``ℓ > t``; measured only with schedule
+    lags and a step size); ``retention_mean``: ``(T,)`` the mean retention ``β_t = r_t``."""
+    traj = ctx.trajectory
+    out = {M.RETENTION_MEAN.name: traj.retention.double().mean((0, 2))}
+    lr = ctx.lr if ctx.lr is not None or ctx.optimizer is None else \
+        float(ctx.optimizer.param_groups[0]["lr"])
+    if ctx.schedule_lags and lr is not None:
+        mu0 = effective_learning_rates(ctx.cell, traj, lags=ctx.schedule_lags, order=0)
+        out[M.SCHEDULE_MULTIPLIER.name] = (lr * mu0.mean((0, 3)))[1:].T  # (L_s, T)
+    return out
 
 
 @register_quantity("effective_rates", cost=1,
-                   axes={"envelope": "lag", "neuron_cv": "lag", "time_scales": "neuron"},
-                   description="effective learning rates μ at the probe lags, time scales")
+                   metrics=[M.ENVELOPE, M.RATE_CV_ORDER1, M.TIME_SCALES],
+                   description="first-order effective learning rates μ at the rate lags")
 def effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
-    """First-order ``μ`` (:func:`~gatescope.effective_learning_rates`) at the probe lags.
-
-    ``envelope``: ``(L,)`` :func:`~gatescope.envelope`; ``neuron_cv``: ``(L,)`` the coefficient
-    of variation of ``|μ_{t,ℓ,·}|`` across neurons, median over examples and ``t ≥ ℓ`` (the
-    gates' side of :func:`~gatescope.gates_vs_optimizer`); ``time_scales``: ``(n,)``
-    ``τ_q = -1/log r̄_q``.
-    """
-    a = ctx.rates.abs()
-    cv = a.std(-1, correction=0) / a.mean(-1)  # (B, T+1, L), NaN where ℓ > t
-    return {"envelope": envelope(ctx.rates), "neuron_cv": quantile(cv.flatten(0, 1), 0.5, dim=0),
-            "time_scales": time_scales(ctx.cell, ctx.trajectory)}
+    """First-order ``μ`` (:func:`~gatescope.effective_learning_rates`) at the rate lags:
+    ``envelope`` and ``rate_cv_order1`` per lag, ``time_scales`` per neuron."""
+    return {M.ENVELOPE.name: envelope(ctx.rates), M.RATE_CV_ORDER1.name: neuron_cv(ctx.rates),
+            M.TIME_SCALES.name: time_scales(ctx.cell, ctx.trajectory)}
 
 
-@register_quantity("propagation_anisotropy", cost=2, axes=dict.fromkeys(SPECTRUM_FIELDS, "lag"),
+JACOBIAN_METRICS = (M.JACOBIAN_AI, M.JACOBIAN_CE, M.JACOBIAN_PARTICIPATION_RATIO,
+                    M.JACOBIAN_EFFECTIVE_RANK)
+
+
+@register_quantity("propagation_anisotropy", cost=2, metrics=JACOBIAN_METRICS,
                    description="anisotropy of sampled transport products per lag")
 def propagation(ctx: ProbeContext) -> dict[str, Tensor]:
-    """:func:`~gatescope.propagation_anisotropy` at the probe lags, with its default fixed
-    sampling seed (the same ``(b, t, k)`` at every step).
-
-    ``ai``, ``ce``, ``participation_ratio``, ``effective_rank``: ``(L,)`` medians over the
-    sampled products.
-    """
+    """:func:`~gatescope.propagation_anisotropy` at the lags: medians over the sampled
+    products (sampled with ``ctx.sampling_seed``, the same ``(b, t, k)`` at every step)."""
     J = ctx.jacobians
     res = propagation_anisotropy(J, ctx.lags, ctx.samples_per_lag,
-                                 r=ctx.spectrum_rank(J.shape[-1]))
-    return _fields(res.stats, lambda x: quantile(x, 0.5))
+                                 torch.Generator().manual_seed(ctx.sampling_seed),
+                                 ctx.spectrum_rank(J.shape[-1]), ctx.ce_denominator)
+    return _spectrum(res.stats, JACOBIAN_METRICS, lambda x: quantile(x, 0.5))
 
 
-@register_quantity("alignment", cost=2, axes={"alignment": "lag"},
-                   description="transport-loss alignment a_r at the probe lags")
+@register_quantity("alignment", cost=2, metrics=[M.ALIGNMENT, M.ALIGNMENT_BASELINE],
+                   description="transport-loss alignment a_r at the lags")
 def alignment(ctx: ProbeContext) -> dict[str, Tensor | float]:
-    """:func:`~gatescope.transport_alignment` of ``δ_T`` with ``M_{T,T-ℓ}`` at the probe lags.
-
-    ``alignment``: ``(L,)`` ``a_r`` averaged over the probe batch; ``baseline``: ``()`` ``r/N``.
-    """
+    """:func:`~gatescope.transport_alignment` of ``δ_T`` with ``M_{T,T-ℓ}``: ``alignment``
+    averaged over the probe batch per lag, and its random-direction ``alignment_baseline``."""
     J = ctx.jacobians
     T = J.shape[1]
     res = transport_alignment(J, ctx.final_adjoint, [T - lag for lag in ctx.lags],
                               r=ctx.spectrum_rank(J.shape[-1]))
-    return {"alignment": res.alignment.nanmean(0), "baseline": res.baseline}
+    return {M.ALIGNMENT.name: res.alignment.nanmean(0), M.ALIGNMENT_BASELINE.name: res.baseline}
 
 
-@register_quantity("update_anisotropy", cost=3,
+GRADCOV_METRICS = (M.GRADCOV_AI, M.GRADCOV_CE, M.GRADCOV_PARTICIPATION_RATIO,
+                   M.GRADCOV_EFFECTIVE_RANK)
+
+
+@register_quantity("update_anisotropy", cost=3, metrics=GRADCOV_METRICS,
                    description="anisotropy of the per-example gradients")
 def update(ctx: ProbeContext) -> dict[str, Tensor]:
-    """:func:`~gatescope.update_anisotropy` of the probe batch's per-example gradients.
-
-    ``ai``, ``ce``, ``participation_ratio``, ``effective_rank``: ``()``.
-    """
+    """:func:`~gatescope.update_anisotropy` of the per-example gradients (of the gradient
+    batch when the context has one, else of the probe batch)."""
     G = ctx.per_example_gradients
-    return _fields(update_anisotropy(G, r=ctx.spectrum_rank(min(G.shape))))
+    return _spectrum(update_anisotropy(G, ctx.spectrum_rank(min(G.shape)), ctx.ce_denominator),
+                     GRADCOV_METRICS)
 
 
 @register_quantity("profile", cost=4,
-                   axes={"sensitivity": "profile_lag", "update_zeroth": "profile_lag",
-                         "update_fitted": "profile_lag", "retention_zeroth": "profile_lag",
-                         "retention_fitted": "profile_lag"},
+                   metrics=[M.SENSITIVITY_PROFILE, M.PREDICTED_PROFILE, M.ZEROTH_ORDER_PROFILE,
+                            M.FIT_SLOPE, M.FIT_R2],
                    description="sensitivity profile and both gate-product predictors")
-def profile(ctx: ProbeContext) -> dict[str, Tensor | float]:
-    """:func:`~gatescope.profile_fit` (every transport norm: the most expensive quantity).
+def profile(ctx: ProbeContext) -> dict[str, Tensor]:
+    """:func:`~gatescope.profile_fit` (every transport norm: the most expensive quantity):
+    the profile per lag ``1..T-1``, and per predictor the fitted and zeroth-order
+    predictions and the power fit's slope and ``R²``."""
+    fit = profile_fit(ctx.trajectory, ctx.sensitivities, ctx.trim)
+    preds = list(fit.predictors.values())  # in PREDICTORS order
 
-    ``sensitivity``: ``(T-1,)`` ``μ̃_eff(ℓ)`` for ``ℓ = 1..T-1``; per predictor ``k`` in
-    ``update``, ``retention``: ``k_slope``, ``k_r2``: ``()`` the power fit;
-    ``k_zeroth``, ``k_fitted``: ``(T-1,)`` the zeroth-order and fitted predictions.
-    """
-    fit = profile_fit(ctx.trajectory, ctx.sensitivities)
-    out: dict[str, Tensor | float] = {"sensitivity": fit.sensitivity}
-    for kind, pred in fit.predictors.items():
-        out |= {f"{kind}_slope": pred.fit.slope, f"{kind}_r2": pred.fit.r2,
-                f"{kind}_zeroth": pred.zeroth_order, f"{kind}_fitted": pred.fitted}
-    return out
+    def stack(get) -> Tensor:
+        return torch.stack([torch.as_tensor(get(p), dtype=torch.float64) for p in preds])
+
+    return {M.SENSITIVITY_PROFILE.name: fit.sensitivity,
+            M.PREDICTED_PROFILE.name: stack(lambda p: p.fitted),
+            M.ZEROTH_ORDER_PROFILE.name: stack(lambda p: p.zeroth_order),
+            M.FIT_SLOPE.name: stack(lambda p: p.fit.slope),
+            M.FIT_R2.name: stack(lambda p: p.fit.r2)}

@@ -1,17 +1,23 @@
-"""A name -> probe-quantity registry that users extend with their own quantities.
+"""The quantity registry: what a probe, an experiment and ``gatescope list`` can measure.
 
-A quantity is a function ``(context) -> {key: array}`` of a
-:class:`~gatescope.probes.context.ProbeContext`; a probe records each returned value under
-``"<quantity>/<key>"``. Every quantity has a cost rank, and the presets are cost cuts:
-``"cheap"`` takes the quantities of rank ``<= CHEAP_COST`` and ``"full"`` all of them, both in
-cost order (ties in registration order).
+A quantity is a function ``(context) -> {metric name: array}`` of a
+:class:`~gatescope.probes.context.ProbeContext`, declared once with the
+:class:`~gatescope.metrics.Metric` s it produces. The same declaration serves a probe in a
+user's training loop (one array per metric and step), the experiments' ``results.csv`` (one
+row per metric entry, see :mod:`gatescope.probes.rows`) and ``gatescope list metrics``. Every
+quantity has a cost rank, and the presets are cost cuts: ``"cheap"`` takes the quantities of
+rank ``<= CHEAP_COST`` and ``"full"`` all of them, both in cost order (ties in registration
+order). See ``docs/adding-a-quantity.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ..metrics import Metric
+from ..registry import Registry
 
 #: The highest cost rank in the ``"cheap"`` preset. Ranks used by the built-ins: ``0`` reads
 #: the forward pass or the optimizer state, ``1`` needs the per-step Jacobians, ``2`` products
@@ -31,54 +37,66 @@ class SkipQuantity(Exception):
 
 @dataclass(frozen=True)
 class Quantity:
-    """A registered probe quantity.
+    """A registered quantity.
 
     Attributes:
-        name: registry name, the prefix of its recorded keys.
-        function: ``(context) -> {key: value}``.
+        name: registry name.
+        function: ``(context) -> {metric name: value}``, a subset of ``metrics`` (a metric
+            that does not apply, such as a gate for a cell without one, is left out).
         cost: cost rank (see :data:`CHEAP_COST`).
-        axes: ``{key: axis}`` naming the axis of a key whose per-step value is a vector:
-            ``"lag"`` (the probe's lags), ``"neuron"``, ``"level"`` (quantile levels) or
-            ``"profile_lag"`` (``1..T-1``); keys not listed are scalars or unlabelled.
+        metrics: the metrics it produces, each declared once in :mod:`gatescope.metrics`.
         description: one line for listings.
     """
 
     name: str
     function: QuantityFunction
     cost: int
-    axes: Mapping[str, str] = field(default_factory=dict)
+    metrics: tuple[Metric, ...]
     description: str = ""
 
+    def metric(self, name: str) -> Metric:
+        """The declared metric ``name`` of this quantity."""
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise ValueError(f"quantity {self.name!r} returned {name!r}, which it does not "
+                         f"declare; declared: {[m.name for m in self.metrics]}")
 
-_QUANTITIES: dict[str, Quantity] = {}
+
+_QUANTITIES: Registry[Quantity] = Registry("quantity", Quantity, instances=True)
 
 
-def register_quantity(name: str, *, cost: int, axes: Mapping[str, str] | None = None,
+def register_quantity(name: str, *, cost: int, metrics: Sequence[Metric],
                       description: str = "") -> Callable[[QuantityFunction], QuantityFunction]:
-    """Decorator that makes a quantity function available to probes by ``name``.
+    """Decorator that makes a quantity function available to probes and experiments.
 
     Registering a name again replaces the earlier quantity.
 
     Example:
-        >>> @gs.register_quantity("state_norm", cost=0)
+        >>> @gs.register_quantity("state_norm", cost=0, metrics=[gs.declare_metric(
+        ...     "state_norm_mean", "mean ‖h_t‖ over the probe batch and time")])
         ... def state_norm(ctx):
-        ...     return {"mean": ctx.trajectory.states.norm(dim=-1).mean()}
+        ...     return {"state_norm_mean": ctx.trajectory.states.norm(dim=-1).mean()}
 
     Args:
         name: registry name; must not contain ``"/"``.
         cost: cost rank ``>= 0``; ``<= CHEAP_COST`` puts it in the ``"cheap"`` preset.
-        axes: see :class:`Quantity`.
+        metrics: the declared metrics (:func:`~gatescope.declare_metric`) it returns.
         description: one line for listings.
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
         raise ValueError(f"cost must be an integer >= 0, got {cost!r}")
+    metrics = tuple(metrics) if not isinstance(metrics, Metric | str) else None
+    if not metrics or not all(isinstance(m, Metric) for m in metrics):
+        raise ValueError(f"metrics must be a non-empty list of declared metrics "
+                         f"(gatescope.declare_metric), got {metrics!r}")
 
     def decorate(function: QuantityFunction) -> QuantityFunction:
         if not callable(function):
             raise ValueError(f"register_quantity({name!r}) expects a function, got {function!r}")
-        _QUANTITIES[name] = Quantity(name, function, cost, dict(axes or {}), description)
+        _QUANTITIES.add(name, Quantity(name, function, cost, metrics, description))
         return function
 
     return decorate
@@ -91,10 +109,7 @@ def list_quantities() -> list[str]:
 
 def get_quantity(name: str) -> Quantity:
     """The quantity registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    try:
-        return _QUANTITIES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown quantity {name!r}; choose from {list_quantities()}") from None
+    return _QUANTITIES.lookup(name)
 
 
 def resolve_quantities(quantities: str | Sequence[str]) -> list[Quantity]:

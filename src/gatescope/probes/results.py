@@ -1,9 +1,10 @@
 """Recorded probe values as plain arrays, saved as a JSON + NPZ pair and loaded without a model.
 
-Files: ``<stem>.npz`` holds one array per recorded key (``"<quantity>/<key>"``, shape
-``(R, ...)`` over the ``R`` recorded steps, float64, NaN where a quantity was skipped);
-``<stem>.json`` holds the steps and the metadata (quantities, lags, schedule, settings,
-versions, notes, axes) and the SHA-256 of the NPZ file, so a JSON file never silently pairs
+Files: ``<stem>.npz`` holds one array per recorded metric (its name in
+:mod:`gatescope.metrics`, shape ``(R, ...)`` over the ``R`` recorded steps and the metric's
+axes, float64, NaN where a quantity was skipped); ``<stem>.json`` holds the steps and the
+metadata (quantities, their metrics, lags, schedule, settings, versions, notes, axes,
+coords) and the SHA-256 of the NPZ file, so a JSON file never silently pairs
 with another run's arrays. Each file is written to a temporary file and renamed into place,
 the NPZ first, so a reader never sees a half-written file.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 
 FORMAT = "gatescope-probe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arrays keyed by metric name
 _SUFFIXES = (".json", ".npz")
 
 
@@ -41,11 +42,12 @@ class ProbeResults:
 
     Attributes:
         steps: ``(R,)`` int64, the recorded training steps, ascending.
-        history: ``{"<quantity>/<key>": (R, ...) float64}``.
-        metadata: JSON-ready description: ``quantities`` (in cost order), ``costs``, ``lags``,
-            ``schedule``, ``settings``, ``versions``, ``notes`` (``{quantity: {message:
-            [steps]}}`` for skipped calls), ``axes`` (``{key: axis name}`` for vector
-            keys) and ``coords`` (``{axis name: values}``).
+        history: ``{metric name: (R, ...) float64}``.
+        metadata: JSON-ready description: ``quantities`` (in cost order), ``costs``,
+            ``metrics`` (``{quantity: [metric names recorded]}``), ``lags``, ``schedule``,
+            ``settings``, ``versions``, ``notes`` (``{quantity: {message: [steps]}}`` for
+            skipped calls), ``axes`` (``{metric: [axis names]}``) and ``coords``
+            (``{axis name: values}``).
     """
 
     steps: np.ndarray
@@ -66,9 +68,8 @@ class ProbeResults:
         return self.history[key]
 
     def quantity(self, name: str) -> dict[str, np.ndarray]:
-        """The arrays of one quantity, keyed without the ``"<name>/"`` prefix."""
-        prefix = f"{name}/"
-        return {k[len(prefix):]: v for k, v in self.history.items() if k.startswith(prefix)}
+        """The arrays of one quantity's recorded metrics, by metric name."""
+        return {k: self.history[k] for k in self.metadata["metrics"].get(name, [])}
 
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``<stem>.npz`` then ``<stem>.json`` atomically (see the module notes).

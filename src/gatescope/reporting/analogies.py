@@ -12,11 +12,12 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
+from .. import metrics as M
 from ..paper import FIDELITY
+from ..results import ResultsTable, Spread
 from .anisotropy_verdicts import arm_name, last_step
 from .profiles_verdicts import CONTROL
 from .report import Section
-from .table import ResultsTable, Spread
 
 
 def leak_alpha(table: ResultsTable | None, alpha: float | None = None) -> float | None:
@@ -25,7 +26,7 @@ def leak_alpha(table: ResultsTable | None, alpha: float | None = None) -> float 
         return float(alpha)
     if table is None:
         return None
-    beta = table.select(cell=CONTROL, metric="retention_mean").spread().median
+    beta = table.select(cell=CONTROL, metric=M.RETENTION_MEAN).spread().median
     return None if np.isnan(beta) else 1.0 - beta
 
 
@@ -41,7 +42,7 @@ def step_size(table: ResultsTable | None, lr: float | Mapping | None = None,
     alpha = leak_alpha(table, alpha)
     if table is None or alpha is None or alpha >= 1:
         return None
-    rows = table.select(cell=CONTROL, metric="schedule_multiplier")
+    rows = table.select(cell=CONTROL, metric=M.SCHEDULE_MULTIPLIER)
     if not len(rows):
         return None
     lag = rows.unique("lag")[0]
@@ -53,7 +54,7 @@ def kernel(table: ResultsTable, cell: str, step: float, eta: float | None
     """The cell's zeroth-order lag kernel ``mean μ⁰(ℓ)``: per seed, the median over time of
     the implied multiplier ``η μ⁰_{t,ℓ}`` divided by ``η`` (kept as ``η μ⁰`` if ``η`` is
     unknown). Returns ``(lags, values (seeds, lags))``."""
-    rows = table.select(cell=cell, metric="schedule_multiplier", step=step)
+    rows = table.select(cell=cell, metric=M.SCHEDULE_MULTIPLIER, step=step)
     lags, values = rows.per_seed_series("lag")
     return lags, values / (eta or 1.0)
 
@@ -70,7 +71,7 @@ def schedule_section(table: ResultsTable | None, lr=None) -> Section:
     """Schedule analogy: scalar_gate's implied global multiplier ``η μ⁰_{t,ℓ}`` along ``t``."""
     s = Section("Analogy: gates as a learning-rate schedule", figures=["analogy_schedule"])
     rows = None if table is None else table.select(cell="scalar_gate",
-                                                   metric="schedule_multiplier")
+                                                   metric=M.SCHEDULE_MULTIPLIER)
     if rows is None or not len(rows):
         s.lines.append("not measured: no schedule_multiplier rows for scalar_gate")
         return s
@@ -95,7 +96,7 @@ def momentum_section(table: ResultsTable | None, alpha=None, lr=None, *,
     data-dependent retention ``β_t`` of the cells in ``gated`` (the gated cells, in report
     order)."""
     s = Section("Analogy: leaky integration as momentum", figures=["analogy_momentum"])
-    if table is None or not len(table.select(metric="retention_mean")):
+    if table is None or not len(table.select(metric=M.RETENTION_MEAN)):
         s.lines.append("not measured: no retention_mean rows")
         return s
     alpha, eta = leak_alpha(table, alpha), step_size(table, lr, alpha)
@@ -103,7 +104,7 @@ def momentum_section(table: ResultsTable | None, alpha=None, lr=None, *,
         s.lines.append(f"leaky's lag kernel (1-α)^ℓ with α = {alpha:.3g} is heavy-ball "
                        f"momentum's weighting β^ℓ of past gradients with β = 1-α = "
                        f"{1 - alpha:.3g}")
-    leaky = table.select(cell=CONTROL, metric="retention_mean")
+    leaky = table.select(cell=CONTROL, metric=M.RETENTION_MEAN)
     if len(leaky):
         s.lines.append(f"leaky: measured retention β_t {Spread.of(leaky.per_seed())} (per "
                        "seed, median over t and checkpoints)")
@@ -114,7 +115,7 @@ def momentum_section(table: ResultsTable | None, alpha=None, lr=None, *,
             s.lines.append(f"leaky, step {step:g}, ℓ = {lag:g}: measured kernel mean μ⁰ "
                            f"{Spread.of(k[:, j])}{expected}")
     for cell in [c for c in gated if c in table.unique("cell")]:
-        rows = table.select(cell=cell, metric="retention_mean")
+        rows = table.select(cell=cell, metric=M.RETENTION_MEAN)
         if not len(rows):
             continue
         step = rows.checkpoints()[-1]
@@ -138,18 +139,18 @@ def adam_section(table: ResultsTable | None) -> Section:
     dispersion, at the last checkpoint."""
     s = Section("Analogy: per-neuron gates as Adam-like preconditioning",
                 figures=["analogy_adam"])
-    if table is None or not len(table.select(metric="rate_cv")) or \
-            not len(table.select(metric="step_cv")):
-        s.lines.append("not measured: needs rate_cv rows (gated cells) and step_cv rows "
-                       "(optimizer step sizes)")
+    if table is None or not len(table.select(metric=M.RATE_CV_ORDER0)) or \
+            not len(table.select(metric=M.STEP_CV)):
+        s.lines.append("not measured: needs rate_cv_order0 rows (cells with retention) and "
+                       "step_cv rows (optimizer step sizes)")
         return s
-    step = last_step(table, "step_cv")
+    step = last_step(table, M.STEP_CV)
     for task in table.unique("task"):
-        gated = table.select(task=task, metric="rate_cv").combos("cell", "optimizer")
-        rates = [f"{arm_name(a)} {_arm(table, task, a, 'rate_cv', step)}" for a in gated]
-        steps = [f"{arm_name(a)} CV {_arm(table, task, a, 'step_cv', step)}, AI "
-                 f"{_arm(table, task, a, 'step_ai', step)}"
-                 for a in table.select(task=task, metric="step_cv").combos("cell", "optimizer")]
+        gated = table.select(task=task, metric=M.RATE_CV_ORDER0).combos("cell", "optimizer")
+        rates = [f"{arm_name(a)} {_arm(table, task, a, M.RATE_CV_ORDER0, step)}" for a in gated]
+        steps = [f"{arm_name(a)} CV {_arm(table, task, a, M.STEP_CV, step)}, AI "
+                 f"{_arm(table, task, a, M.STEP_AI, step)}"
+                 for a in table.select(task=task, metric=M.STEP_CV).combos("cell", "optimizer")]
         s.lines.append(f"{task}, step {step:g}: gate-induced per-neuron rate CV (median over "
                        f"lags) — {'; '.join(rates)}")
         s.lines.append(f"{task}, step {step:g}: optimizer per-parameter step η/(√v̂+ε) "

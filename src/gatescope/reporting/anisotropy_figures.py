@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import metrics as M
+from ..results import ResultsTable, Spread
 from .anisotropy_verdicts import arm_name, last_step
 from .style import (
     bands,
@@ -25,7 +27,6 @@ from .style import (
     save_all,
     styles_for,
 )
-from .table import ResultsTable, Spread
 
 
 def arm_series(table: ResultsTable, task: str, metric: str, arms, step: float | None = None
@@ -69,20 +70,20 @@ def lag_panels(table: ResultsTable, metrics: list[tuple[str, str, bool]], styles
 
 def draw_jacobian(table: ResultsTable, styles: dict):
     """Jacobian-product AI (log) and CE against lag, per task."""
-    drawn = lag_panels(table, [("jacobian_ai", "Jacobian-product AI_r = σ₁/σ_r", True),
-                               ("jacobian_ce", "Jacobian-product CE_r", False)], styles)
+    drawn = lag_panels(table, [(M.JACOBIAN_AI, "Jacobian-product AI_r = σ₁/σ_r", True),
+                               (M.JACOBIAN_CE, "Jacobian-product CE_r", False)], styles)
     return None if drawn is None else drawn[0]
 
 
 def draw_gradcov(table: ResultsTable, styles: dict):
     """Gradient-covariance AI (log) and CE as grouped bars: tasks × arms."""
-    step = last_step(table, "gradcov_ai")
+    step = last_step(table, M.GRADCOV_AI)
     if step is None:
         return None
-    tasks = table.select(metric="gradcov_ai").unique("task")
+    tasks = table.select(metric=M.GRADCOV_AI).unique("task")
     fig, axes = figure(2, width=5.0, layout="constrained")
-    for ax, metric, label, log in ((axes[0, 0], "gradcov_ai", "gradient-covariance AI_r", True),
-                                   (axes[0, 1], "gradcov_ce", "gradient-covariance CE_r", False)):
+    for ax, metric, label, log in ((axes[0, 0], M.GRADCOV_AI, "gradient-covariance AI_r", True),
+                                   (axes[0, 1], M.GRADCOV_CE, "gradient-covariance CE_r", False)):
         arms = table.select(metric=metric).combos("cell", "optimizer")
         grouped_bars(ax, tasks, {arm_name(a): [spread_of(table, t, a, metric, step)
                                                for t in tasks] for a in arms}, log=log)
@@ -94,31 +95,31 @@ def draw_gradcov(table: ResultsTable, styles: dict):
 
 def draw_gradcov_training(table: ResultsTable, styles: dict):
     """Gradient-covariance AI (log) and CE over the checkpoints, per task and arm."""
-    tasks = table.select(metric="gradcov_ai").unique("task")
+    tasks = table.select(metric=M.GRADCOV_AI).unique("task")
     if not tasks:
         return None
     fig, axes = figure(2, len(tasks), layout="constrained")
     for i, task in enumerate(tasks):
-        for ax, metric, log in ((axes[i, 0], "gradcov_ai", True),
-                                (axes[i, 1], "gradcov_ce", False)):
+        for ax, metric, log in ((axes[i, 0], M.GRADCOV_AI, True),
+                                (axes[i, 1], M.GRADCOV_CE, False)):
             arms = table.select(metric=metric).combos("cell", "optimizer")
             bands(ax, arm_series(table, task, metric, arms), "step", styles, log=log)
             ax.set_title(task, fontsize=8)
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"gradient-covariance {metric.split('_')[1].upper()}_r")
+            ax.set_ylabel(f"gradient-covariance {metric.name.split('_')[1].upper()}_r")
         legend(axes[i, 0])
     return fig
 
 
 def draw_alignment(table: ResultsTable, styles: dict):
     """Alignment ``a_r`` against lag per arm, with the random baseline ``r/N``."""
-    drawn = lag_panels(table, [("alignment", "alignment a_r = ‖U_rᵀδ_T‖²/‖δ_T‖²", False)],
+    drawn = lag_panels(table, [(M.ALIGNMENT, "alignment a_r = ‖U_rᵀδ_T‖²/‖δ_T‖²", False)],
                        styles)
     if not drawn:
         return None
     fig, axes, tasks, step = drawn
     for i, task in enumerate(tasks):
-        base = table.select(task=task, metric="alignment_baseline", step=step).spread()
+        base = table.select(task=task, metric=M.ALIGNMENT_BASELINE, step=step).spread()
         reference_line(axes[i, 0], base.median, f"random baseline r/N = {base.median:.3g}")
         legend(axes[i, 0])
     return fig
@@ -127,24 +128,24 @@ def draw_alignment(table: ResultsTable, styles: dict):
 def draw_adam(table: ResultsTable, styles: dict):
     """Per task: the gated arms' per-neuron rate CV against lag; beside it, per arm, the
     optimizer's per-parameter step CV next to the lag-median gate-rate CV, and the step AI."""
-    rate_arms = table.select(metric="rate_cv").combos("cell", "optimizer")
-    step = last_step(table, "step_cv")
+    rate_arms = table.select(metric=M.RATE_CV_ORDER0).combos("cell", "optimizer")
+    step = last_step(table, M.STEP_CV)
     if not rate_arms or step is None:
         return None
-    tasks = table.select(metric="step_cv").unique("task")
-    arms = table.select(metric="step_cv").combos("cell", "optimizer")
+    tasks = table.select(metric=M.STEP_CV).unique("task")
+    arms = table.select(metric=M.STEP_CV).combos("cell", "optimizer")
     groups = [arm_name(a).replace("+", "\n") for a in arms]
     fig, axes = figure(3, len(tasks), layout="constrained")
     for i, task in enumerate(tasks):
-        bands(axes[i, 0], arm_series(table, task, "rate_cv", rate_arms, step), "lag", styles)
+        bands(axes[i, 0], arm_series(table, task, M.RATE_CV_ORDER0, rate_arms, step), "lag", styles)
         axes[i, 0].set_xlabel("lag ℓ")
         axes[i, 0].set_ylabel("gate-induced per-neuron rate CV (μ⁰)")
         per_arm = {metric: [spread_of(table, task, a, metric, step) for a in arms]
-                   for metric in ("step_cv", "rate_cv", "step_ai")}
-        grouped_bars(axes[i, 1], groups, {"optimizer step CV, η/(√v̂+ε)": per_arm["step_cv"],
-                                          "gate rate CV, median over ℓ": per_arm["rate_cv"]})
+                   for metric in (M.STEP_CV, M.RATE_CV_ORDER0, M.STEP_AI)}
+        grouped_bars(axes[i, 1], groups, {"optimizer step CV, η/(√v̂+ε)": per_arm[M.STEP_CV],
+                                          "gate rate CV, median over ℓ": per_arm[M.RATE_CV_ORDER0]})
         axes[i, 1].set_ylabel("coefficient of variation")
-        grouped_bars(axes[i, 2], groups, {"optimizer step AI": per_arm["step_ai"]})
+        grouped_bars(axes[i, 2], groups, {"optimizer step AI": per_arm[M.STEP_AI]})
         axes[i, 2].set_ylabel("anisotropy index of the step sizes")
         for ax in axes[i]:
             ax.set_title(f"{task}, step {step:g}", fontsize=8)

@@ -14,15 +14,16 @@ from collections.abc import Collection
 
 import numpy as np
 
+from .. import metrics as M
+from ..results import ResultsTable, Spread
 from .profiles_verdicts import not_measured
-from .table import ResultsTable, Spread
 from .verdicts import Verdict, combine
 
 PLAIN = "plain"
 #: C5's arms: multi-gate with SGD against the plain cell with Adam.
 C5_GATED, C5_ADAM = ("multi_gate", "sgd"), ("plain", "adam")
 #: C5's metrics: update anisotropy and (lag-median) propagation anisotropy.
-C5_METRICS = ("gradcov_ai", "jacobian_ai")
+C5_METRICS = (M.GRADCOV_AI, M.JACOBIAN_AI)
 #: C6: the optimizer moves gradient-covariance anisotropy "far more" than Jacobian-product
 #: anisotropy when its effect is at least this many times larger.
 FAR = 2.0
@@ -98,23 +99,23 @@ def judge_c4(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         "Jacobian-product AI_r and CE_r higher at most lags, gradient-covariance AI_r and CE_r "
         "higher (medians over seeds)",
         figures=["anisotropy_jacobian", "anisotropy_gradcov", "anisotropy_gradcov_training"])
-    step = last_step(table, "jacobian_ai")
-    arms = gated_arms(table, "jacobian_ai", gated)
-    if step is None or not arms or comparator(table, arms[0], "jacobian_ai")[0] is None:
+    step = last_step(table, M.JACOBIAN_AI)
+    arms = gated_arms(table, M.JACOBIAN_AI, gated)
+    if step is None or not arms or comparator(table, arms[0], M.JACOBIAN_AI)[0] is None:
         return not_measured(v, "jacobian_ai rows for a gated cell and for plain")
     checks = []
-    for task in table.select(metric="jacobian_ai").unique("task"):
+    for task in table.select(metric=M.JACOBIAN_AI).unique("task"):
         for arm in arms:
-            plain, same = comparator(table, arm, "jacobian_ai")
+            plain, same = comparator(table, arm, M.JACOBIAN_AI)
             parts = []
-            for metric in ("jacobian_ai", "jacobian_ce"):
+            for metric in (M.JACOBIAN_AI, M.JACOBIAN_CE):
                 k, n = lags_above(at_arm(table, task, arm, metric, step),
                                   at_arm(table, task, plain, metric, step))
                 if n:  # an arm missing for this task is not a failed check
                     checks.append(majority(k, n))
                 parts.append(f"{metric} higher at {k}/{n} lags" if n else
                              f"{metric} not measured for both arms")
-            for metric in ("gradcov_ai", "gradcov_ce"):
+            for metric in (M.GRADCOV_AI, M.GRADCOV_CE):
                 g = at_arm(table, task, arm, metric, step).spread()
                 p = at_arm(table, task, plain, metric, step).spread()
                 if g.n and p.n:
@@ -231,18 +232,18 @@ def judge_c6(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         f"is ≥ {FAR:g} × its effect on the lag-median Jacobian AI; the cell's effect (gated vs "
         "plain, same optimizer) exceeds the seed noise on both",
         figures=["anisotropy_gradcov", "anisotropy_jacobian"])
-    arms = table.select(metric="gradcov_ai").combos("cell", "optimizer")
+    arms = table.select(metric=M.GRADCOV_AI).combos("cell", "optimizer")
     both_opts = {c for c, o in arms if o == "sgd" and (c, "adam") in arms}
     same_opt_plain = {o for c, o in arms if c in gated and (PLAIN, o) in arms}
     if not both_opts or not same_opt_plain:
         return not_measured(v, "the factorial design (a cell trained with both SGD and Adam, "
                                "and plain beside a gated cell under one optimizer); arms: "
                                + ", ".join(arm_name(a) for a in arms))
-    step = last_step(table, "gradcov_ai")
+    step = last_step(table, M.GRADCOV_AI)
     checks = []
-    for task in table.select(metric="gradcov_ai").unique("task"):
-        g_opt, g_cell, g_noise = effects(table, task, "gradcov_ai", step, gated)
-        j_opt, j_cell, j_noise = effects(table, task, "jacobian_ai", step, gated)
+    for task in table.select(metric=M.GRADCOV_AI).unique("task"):
+        g_opt, g_cell, g_noise = effects(table, task, M.GRADCOV_AI, step, gated)
+        j_opt, j_cell, j_noise = effects(table, task, M.JACOBIAN_AI, step, gated)
         updates = g_opt > g_noise and g_opt >= FAR * j_opt
         both = g_cell > g_noise and j_cell > j_noise
         checks += [bool(updates), bool(both)]
@@ -253,8 +254,8 @@ def judge_c6(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
             f"gradcov AI {g_cell:.3g}, on Jacobian AI {j_cell:.3g} → "
             f"{'cell shapes both' if both else 'not borne out'}")
         for arm in arms:
-            g = Spread.of(seed_values(table, task, arm, "gradcov_ai", step))
-            j = Spread.of(seed_values(table, task, arm, "jacobian_ai", step))
+            g = Spread.of(seed_values(table, task, arm, M.GRADCOV_AI, step))
+            j = Spread.of(seed_values(table, task, arm, M.JACOBIAN_AI, step))
             v.evidence.append(f"{task}, {arm_name(arm)}: gradcov AI {g}; lag-median "
                               f"Jacobian AI {j}")
     v.verdict = combine(checks)
@@ -280,16 +281,16 @@ def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         "r/N at most lags, and above plain's (same optimizer where the design allows) at most "
         "lags, for every gated arm and task",
         figures=["anisotropy_alignment"])
-    step = last_step(table, "alignment")
-    arms = gated_arms(table, "alignment", gated)
-    if step is None or not arms or not len(table.select(metric="alignment_baseline")):
+    step = last_step(table, M.ALIGNMENT)
+    arms = gated_arms(table, M.ALIGNMENT, gated)
+    if step is None or not arms or not len(table.select(metric=M.ALIGNMENT_BASELINE)):
         return not_measured(v, "alignment rows for a gated cell and alignment_baseline rows")
     checks = []
-    for task in table.select(metric="alignment").unique("task"):
-        flat = table.select(task=task, metric="alignment_baseline", step=step)
+    for task in table.select(metric=M.ALIGNMENT).unique("task"):
+        flat = table.select(task=task, metric=M.ALIGNMENT_BASELINE, step=step)
         base = flat.spread()
         for arm in arms:
-            mine = at_arm(table, task, arm, "alignment", step)
+            mine = at_arm(table, task, arm, M.ALIGNMENT, step)
             above = _versus_baseline(mine, flat)
             if not above[1]:
                 v.evidence.append(f"{task}, {arm_name(arm)}: alignment not measured")
@@ -298,9 +299,9 @@ def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
             line = (f"{task}, step {step:g}, {arm_name(arm)}: a_r above r/N = {base.median:.3g}"
                     f" at {above[0]}/{above[1]} lags (lag-median a_r "
                     f"{Spread.of(mine.per_seed())})")
-            plain, same = comparator(table, arm, "alignment")
+            plain, same = comparator(table, arm, M.ALIGNMENT)
             if plain is not None:
-                theirs = at_arm(table, task, plain, "alignment", step)
+                theirs = at_arm(table, task, plain, M.ALIGNMENT, step)
                 k, n = lags_above(mine, theirs)
                 if n:
                     checks.append(majority(k, n))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import metrics as M
+from ..results import ResultsTable
 from .style import band, figure, save, series_styles
-from .table import ResultsTable
 
 
 def expansion_figures(table: ResultsTable, out: Path) -> dict[str, list[Path]]:
@@ -18,14 +19,14 @@ def expansion_figures(table: ResultsTable, out: Path) -> dict[str, list[Path]]:
 
     fig, axes = figure(2)
     for cell, style in zip(cells, series_styles(), strict=False):
-        for ax, metric in zip(axes[0], ("truncation_error", "remainder_c2"), strict=True):
+        for ax, metric in zip(axes[0], (M.TRUNCATION_ERROR, M.REMAINDER_C2), strict=True):
             eps, vals = table.select(cell=cell, metric=metric).by_seed("eps")
             band(ax, eps, vals, cell, style, log=True)
             ax.set_xscale("log")
             ax.set_xlabel("ε")
     eps = np.array(table.unique("eps"))
     if eps.size:
-        ref = table.select(metric="truncation_error").by_seed("eps")[1]
+        ref = table.select(metric=M.TRUNCATION_ERROR).by_seed("eps")[1]
         anchor = np.nanmedian(ref[:, 0]) if ref.size else 1.0
         axes[0, 0].plot(eps, anchor * (eps / eps[0]) ** 2, color="0.5", linewidth=0.8,
                         linestyle=(0, (1, 3)), label="slope 2")
@@ -37,7 +38,7 @@ def expansion_figures(table: ResultsTable, out: Path) -> dict[str, list[Path]]:
 
     fig, axes = figure(2)
     for cell, style in zip(cells, series_styles(), strict=False):
-        sel = table.select(cell=cell, metric="correction_ratio")
+        sel = table.select(cell=cell, metric=M.CORRECTION_RATIO)
         colour, linestyle, _ = style
         axes[0, 0].hist(sel.columns["value"], bins=40, histtype="step", color=colour,
                         linestyle=linestyle, label=cell)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .table import ResultsTable, Spread
+from .. import metrics as M
+from ..results import ResultsTable, Spread
 from .verdicts import Verdict, combine
 
 SLOPE_RANGE = (1.8, 2.2)
@@ -22,11 +23,11 @@ def judge_c8(table: ResultsTable) -> Verdict:
     )
     checks = []
     for cell in table.unique("cell"):
-        slope = table.select(cell=cell, metric="error_slope").spread()
-        rho = table.select(cell=cell, metric="correction_ratio_median").spread()
+        slope = table.select(cell=cell, metric=M.ERROR_SLOPE).spread()
+        rho = table.select(cell=cell, metric=M.CORRECTION_RATIO_MEDIAN).spread()
         checks += [SLOPE_RANGE[0] <= slope.median <= SLOPE_RANGE[1], rho.median < 1]
         v.evidence.append(f"{cell}: slope {slope}; median ρ_j {rho}")
-        c2 = table.select(cell=cell, metric="remainder_c2", eps=1.0)
+        c2 = table.select(cell=cell, metric=M.REMAINDER_C2, eps=1.0)
         if len(c2):
             v.evidence.append(f"{cell}: C₂(1) {Spread.of(c2.columns['value'])}")
     v.verdict = combine(checks)

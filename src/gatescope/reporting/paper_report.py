@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paper import CITATION, PAPER_ARMS
+from ..results import ResultsTable
 from .analogies import analogy_sections, fidelity_section
 from .anisotropy_figures import anisotropy_figures
 from .anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
@@ -24,7 +25,6 @@ from .expansion_verdicts import judge_c8
 from .profiles_figures import profiles_figures
 from .profiles_verdicts import judge_c1, judge_c2, judge_c3
 from .report import Section, write_report
-from .table import ResultsTable
 from .verdicts import Verdict
 
 

@@ -1,7 +1,7 @@
 """Figures of a probe's recordings: one figure per quantity, one panel per recorded key,
 drawn over the training steps.
 
-How a key is drawn follows its per-step shape and the axis its quantity declared
+How a metric is drawn follows its per-step shape and its declared axes
 (``results.metadata["axes"]``):
 
 * a scalar: one line over the steps;
@@ -14,8 +14,8 @@ How a key is drawn follows its per-step shape and the axis its quantity declared
   (at most :data:`MAX_LINES`, evenly chosen), darker for later steps.
 
 The y axis is logarithmic where the positive values span at least two decades. Steps where a
-quantity was skipped are gaps, explained in the figure's title. Keys with more than one
-dimension per step are not drawn.
+quantity was skipped are gaps, explained in the figure's title. A metric with two axes (a
+predictor, then lags) gets one panel per coordinate of the first; larger ones are not drawn.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LiveProbe(Protocol):
 
 #: The most lines one panel draws (longer vectors show evenly spaced entries).
 MAX_LINES = 12
-_LABELS = {"lag": "ℓ={}", "level": "q={}"}
+_LABELS = {"lag": "ℓ={}", "rate_lag": "ℓ={}", "level": "q={}"}
 
 
 def _evenly(count: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def _profile_per_step(ax, steps, values, lags) -> None:
 
 
 def _draw(ax, steps, values, axis, coords) -> None:
-    """Draw one key ``(R,)`` or ``(R, K)`` into ``ax``."""
+    """Draw one panel's values ``(R,)`` or ``(R, K)`` into ``ax``."""
     if values.ndim == 1:
         _lines_over_steps(ax, steps, values[:, None], [None])
     elif axis == "profile_lag":
@@ -111,6 +111,18 @@ def _draw(ax, steps, values, axis, coords) -> None:
         ax.legend(fontsize=6)
 
 
+def _panels(name: str, values: np.ndarray, axes: list[str], coords: dict
+            ) -> dict[str, tuple[np.ndarray, str | None]]:
+    """``{panel title: ((R,) or (R, K) values, axis)}`` of one metric: one panel, or one per
+    coordinate of a leading axis (a predictor) when it has two axes; none beyond that."""
+    if values.ndim <= 2:
+        return {name: (values, axes[0] if axes else None)}
+    if values.ndim == 3 and len(axes) == 2:
+        labels = coords.get(axes[0], range(values.shape[1]))
+        return {f"{name}[{label}]": (values[:, i], axes[1]) for i, label in enumerate(labels)}
+    return {}
+
+
 def plot_probe(results: ProbeRecord | LiveProbe, out_dir: str | os.PathLike,
                ncols: int = 3) -> dict[str, list[Path]]:
     """Draw every recorded quantity over the training steps (see the module notes).
@@ -122,8 +134,8 @@ def plot_probe(results: ProbeRecord | LiveProbe, out_dir: str | os.PathLike,
         ncols: panels per row.
 
     Returns:
-        ``{"probe_<quantity>": [png, pdf]}`` for each recorded quantity with a key of at
-        most one dimension per step.
+        ``{"probe_<quantity>": [png, pdf]}`` for each recorded quantity with a drawable
+        metric.
     """
     snapshot = getattr(results, "results", None)
     if callable(snapshot):  # a live Probe
@@ -131,13 +143,15 @@ def plot_probe(results: ProbeRecord | LiveProbe, out_dir: str | os.PathLike,
     axes_of, coords = results.metadata["axes"], results.metadata["coords"]
     figures = {}
     for quantity in results.quantities:
-        keys = {k: v for k, v in results.quantity(quantity).items() if v.ndim <= 2}
+        keys = {}
+        for name, values in results.quantity(quantity).items():
+            keys |= _panels(name, values, axes_of.get(name, []), coords)
         if not keys:
             continue
         fig, grid = figure(min(ncols, len(keys)), math.ceil(len(keys) / ncols))
         panels = grid.flatten()
-        for (key, values), ax in zip(keys.items(), panels, strict=False):
-            _draw(ax, results.steps, values, axes_of.get(f"{quantity}/{key}"), coords)
+        for (key, (values, axis)), ax in zip(keys.items(), panels, strict=False):
+            _draw(ax, results.steps, values, axis, coords)
             ax.set_title(f"{quantity}: {key}", fontsize=8)
         for ax in panels[len(keys):]:
             ax.set_visible(False)

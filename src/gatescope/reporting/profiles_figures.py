@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import metrics as M
+from ..results import ResultsTable
 from .analogies import kernel, leak_alpha, step_size
 from .profiles_verdicts import CONTROL, PROFILE_CELLS, R2_MIN
 from .style import (
@@ -30,9 +32,8 @@ from .style import (
     save_all,
     styles_for,
 )
-from .table import ResultsTable
 
-PREDICTION_METRICS = (("predicted_profile", "fitted"), ("zeroth_order_profile", "zeroth order"))
+PREDICTION_METRICS = ((M.PREDICTED_PROFILE, "fitted"), (M.ZEROTH_ORDER_PROFILE, "zeroth order"))
 
 
 def cells_of(table: ResultsTable, metric: str) -> list[str]:
@@ -43,10 +44,10 @@ def cells_of(table: ResultsTable, metric: str) -> list[str]:
 
 def draw_profiles(table: ResultsTable):
     """Per cell (rows) and checkpoint (columns): the measured profile and every prediction."""
-    cells, steps = cells_of(table, "sensitivity_profile"), table.checkpoints("sensitivity_profile")
+    cells, steps = cells_of(table, M.SENSITIVITY_PROFILE), table.checkpoints(M.SENSITIVITY_PROFILE)
     if not cells:
         return None
-    predictors = table.select(metric="predicted_profile").unique("predictor")
+    predictors = table.select(metric=M.PREDICTED_PROFILE).unique("predictor")
     labels = ["measured μ̃_eff"] + [f"{name}, {p}" for _, name in PREDICTION_METRICS
                                    for p in predictors]
     styles = styles_for(labels)
@@ -54,7 +55,7 @@ def draw_profiles(table: ResultsTable):
     for i, cell in enumerate(cells):
         for j, step in enumerate(steps):
             at = table.select(cell=cell, step=step)
-            series = {labels[0]: at.select(metric="sensitivity_profile")}
+            series = {labels[0]: at.select(metric=M.SENSITIVITY_PROFILE)}
             series |= {f"{name}, {p}": at.select(metric=metric, predictor=p)
                        for metric, name in PREDICTION_METRICS for p in predictors}
             ax = axes[i, j]
@@ -83,8 +84,8 @@ def log_profile_quartiles(rows: ResultsTable, lags: np.ndarray) -> np.ndarray:
 def draw_heatmap(table: ResultsTable):
     """Lag × checkpoint of the median profile per cell (top) and its IQR across seeds in
     decades (bottom)."""
-    rows = table.select(metric="sensitivity_profile")
-    cells, steps, lags = cells_of(table, "sensitivity_profile"), rows.checkpoints(), \
+    rows = table.select(metric=M.SENSITIVITY_PROFILE)
+    cells, steps, lags = cells_of(table, M.SENSITIVITY_PROFILE), rows.checkpoints(), \
         np.array(rows.unique("lag"))
     if not cells:
         return None
@@ -106,15 +107,15 @@ def draw_heatmap(table: ResultsTable):
 
 def draw_fit(table: ResultsTable):
     """The fitted power ``s`` and its ``R²`` over training, per cell and predictor."""
-    cells = cells_of(table, "fit_slope")
+    cells = cells_of(table, M.FIT_SLOPE)
     if not cells:
         return None
-    predictors = table.select(metric="fit_slope").unique("predictor")
+    predictors = table.select(metric=M.FIT_SLOPE).unique("predictor")
     keys = [f"{c}, {p}" for c in cells for p in predictors]
     styles = styles_for(keys)
     fig, axes = figure(2, layout="constrained")
-    for ax, metric, label in ((axes[0, 0], "fit_slope", "fitted power s"),
-                              (axes[0, 1], "fit_r2", "R² of the fit")):
+    for ax, metric, label in ((axes[0, 0], M.FIT_SLOPE, "fitted power s"),
+                              (axes[0, 1], M.FIT_R2, "R² of the fit")):
         bands(ax, {f"{c}, {p}": table.select(cell=c, predictor=p, metric=metric)
                    for c in cells for p in predictors}, "step", styles)
         ax.set_xlabel("training step")
@@ -128,13 +129,13 @@ def draw_fit(table: ResultsTable):
 def draw_rate_dispersion(table: ResultsTable):
     """At the last checkpoint, per cell against lag: the across-neuron CV of ``μ⁰`` and of
     ``μ`` (first order), and the envelope ``f(ℓ)``."""
-    panels = (("rate_cv_order0", "across-neuron CV of μ⁰ (zeroth order)"),
-              ("rate_cv", "across-neuron CV of μ (first order)"),
-              ("envelope", "envelope f(ℓ) = mean |μ|"))
-    cells = cells_of(table, "rate_cv")
+    panels = ((M.RATE_CV_ORDER0, "across-neuron CV of μ⁰ (zeroth order)"),
+              (M.RATE_CV_ORDER1, "across-neuron CV of μ (first order)"),
+              (M.ENVELOPE, "envelope f(ℓ) = mean |μ|"))
+    cells = cells_of(table, M.RATE_CV_ORDER1)
     if not cells:
         return None
-    step = table.checkpoints("rate_cv")[-1]
+    step = table.checkpoints(M.RATE_CV_ORDER1)[-1]
     styles = styles_for(cells)
     fig, axes = figure(len(panels), layout="constrained")
     for ax, (metric, label) in zip(axes[0], panels, strict=True):
@@ -152,7 +153,7 @@ def draw_rate_dispersion(table: ResultsTable):
 def draw_schedule(table: ResultsTable, lr=None):
     """scalar_gate's implied global multiplier ``η μ⁰_{t,ℓ}`` along ``t``: one panel per lag,
     one line per checkpoint."""
-    rows = table.select(cell="scalar_gate", metric="schedule_multiplier")
+    rows = table.select(cell="scalar_gate", metric=M.SCHEDULE_MULTIPLIER)
     if not len(rows):
         return None
     lags, steps = rows.unique("lag"), rows.checkpoints()
@@ -179,21 +180,21 @@ def draw_momentum(table: ResultsTable, alpha=None, lr=None, *, gated: Collection
     measured kernel ``mean μ⁰(ℓ)``. Right: the retention ``β_t`` along time of the cells in
     ``gated`` (the gated cells) at the first and last checkpoint, with leaky's constant
     ``β``."""
-    if not len(table.select(metric="retention_mean")):
+    if not len(table.select(metric=M.RETENTION_MEAN)):
         return None
     alpha, eta = leak_alpha(table, alpha), step_size(table, lr, alpha)
     fig, axes = figure(2, width=4.6, layout="constrained")
     ax = axes[0, 0]
-    cells = cells_of(table, "schedule_multiplier")
+    cells = cells_of(table, M.SCHEDULE_MULTIPLIER)
     styles = styles_for(cells)
-    lag_max = max(table.select(metric="schedule_multiplier").unique("lag"), default=20)
+    lag_max = max(table.select(metric=M.SCHEDULE_MULTIPLIER).unique("lag"), default=20)
     if alpha is not None:
         ell = np.arange(int(lag_max) + 1)
         ax.plot(ell, (1 - alpha) ** ell, color="0.6", linewidth=4.0, alpha=0.5,
                 label=f"leaky (1-α)^ℓ, α = {alpha:.3g}")
         ax.plot(ell[::2], (1 - alpha) ** ell[::2], linestyle="none", marker="x", color="0.3",
                 label=f"heavy-ball β^ℓ, β = {1 - alpha:.3g}")
-    last = table.checkpoints("schedule_multiplier")[-1:]
+    last = table.checkpoints(M.SCHEDULE_MULTIPLIER)[-1:]
     for cell, step in ((c, s) for c in cells for s in last):
         lags, values = kernel(table, cell, step, eta)
         band(ax, lags, values, f"{cell} measured mean μ⁰ (step {step:g})", styles[cell])
@@ -202,8 +203,8 @@ def draw_momentum(table: ResultsTable, alpha=None, lr=None, *, gated: Collection
     ax.set_ylabel("weight of the lag-ℓ gradient" + ("" if eta else " (× η, η unknown)"))
     legend(ax)
     ax = axes[0, 1]
-    rows = table.select(metric="retention_mean")
-    shown = [c for c in cells_of(table, "retention_mean") if c in gated]
+    rows = table.select(metric=M.RETENTION_MEAN)
+    shown = [c for c in cells_of(table, M.RETENTION_MEAN) if c in gated]
     steps = rows.checkpoints()
     ends = sorted({steps[0], steps[-1]})
     keys = [(c, s) for c in shown for s in ends]

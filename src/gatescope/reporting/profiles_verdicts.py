@@ -11,7 +11,8 @@ from collections.abc import Collection
 
 import numpy as np
 
-from .table import ResultsTable, Spread
+from .. import metrics as M
+from ..results import ResultsTable, Spread
 from .verdicts import MIXED, NOT_MEASURED, SUPPORTED, Verdict, combine
 
 #: The cells C1 names, in report order.
@@ -67,7 +68,7 @@ def judge_c1(table: ResultsTable) -> Verdict:
         f"0) and the fitted gate-product predictor explains it (median R² ≥ {R2_MIN} for the "
         "better predictor) for leaky, scalar_gate and multi_gate at every checkpoint",
         figures=["profiles_profile", "profiles_heatmap", "profiles_fit"])
-    cells = _present(table, PROFILE_CELLS, "fit_r2")
+    cells = _present(table, PROFILE_CELLS, M.FIT_R2)
     if not cells:
         return not_measured(v, "no fit_r2 rows for leaky, scalar_gate or multi_gate")
     if missing := [c for c in PROFILE_CELLS if c not in cells]:
@@ -75,11 +76,11 @@ def judge_c1(table: ResultsTable) -> Verdict:
     checks, per_predictor = [], {}
     for cell in cells:
         mine = table.select(cell=cell)
-        predictors = mine.select(metric="fit_r2").unique("predictor")
-        for step in mine.checkpoints("fit_r2"):
+        predictors = mine.select(metric=M.FIT_R2).unique("predictor")
+        for step in mine.checkpoints(M.FIT_R2):
             at = mine.select(step=step)
-            decay = Spread.of(decay_rates(at.select(metric="sensitivity_profile")))
-            r2 = {p: at.select(metric="fit_r2", predictor=p).spread() for p in predictors}
+            decay = Spread.of(decay_rates(at.select(metric=M.SENSITIVITY_PROFILE)))
+            r2 = {p: at.select(metric=M.FIT_R2, predictor=p).spread() for p in predictors}
             best = max(predictors, key=lambda p: np.nan_to_num(r2[p].median, nan=-np.inf))
             ok = decay.median < 0 and r2[best].median >= R2_MIN
             checks.append(ok)
@@ -88,7 +89,7 @@ def judge_c1(table: ResultsTable) -> Verdict:
             fits = "; ".join(f"R² {p} {r2[p]}" for p in predictors)
             v.evidence.append(f"{cell}, step {step:g}: decay rate d ln μ̃/dℓ {decay}; {fits}"
                               f" → {'holds' if ok else 'fails'}")
-        overall = {p: mine.select(metric="fit_r2", predictor=p).spread() for p in predictors}
+        overall = {p: mine.select(metric=M.FIT_R2, predictor=p).spread() for p in predictors}
         best = max(predictors, key=lambda p: np.nan_to_num(overall[p].median, nan=-np.inf))
         v.evidence.append(f"{cell}: better-fitting predictor {best} (median R² over "
                           "checkpoints and seeds: " +
@@ -166,25 +167,25 @@ def judge_c2(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         "(larger IQR of the two checkpoints) for scalar_gate and multi_gate, and their profile "
         "change exceeds that of leaky, the constant-gate control",
         figures=["profiles_fit", "profiles_heatmap", "profiles_profile"])
-    measured = _present(table, gated, "fit_slope")
+    measured = _present(table, gated, M.FIT_SLOPE)
     if not measured:
         return not_measured(v, "no fit_slope rows for a gated cell")
-    cells = measured + _present(table, (CONTROL,), "fit_slope")
+    cells = measured + _present(table, (CONTROL,), M.FIT_SLOPE)
     changes, checks = {}, []
     for cell in cells:
         mine = table.select(cell=cell)
-        steps = mine.checkpoints("fit_slope")
+        steps = mine.checkpoints(M.FIT_SLOPE)
         if len(steps) < 2:
             v.evidence.append(f"not measured for {cell}: fewer than two checkpoints")
             continue
         first, last, seeds = steps[0], steps[-1], mine.unique("seed")
-        d, w = profile_shift(mine.select(metric="sensitivity_profile"), first, last, seeds)
+        d, w = profile_shift(mine.select(metric=M.SENSITIVITY_PROFILE), first, last, seeds)
         changes[cell] = d
         line = [f"{cell}, step {first:g} → {last:g}: profile median |Δ ln μ̃| {d:.3g} vs "
                 f"spread {w:.3g} ({'beyond' if _beyond(d, w) else 'within'})"]
         slope_checks = []
-        for p in mine.select(metric="fit_slope").unique("predictor"):
-            s = mine.select(metric="fit_slope", predictor=p)
+        for p in mine.select(metric=M.FIT_SLOPE).unique("predictor"):
+            s = mine.select(metric=M.FIT_SLOPE, predictor=p)
             a, b = s.select(step=first), s.select(step=last)
             c, sp = shift(a.per_seed(seeds), b.per_seed(seeds))
             slope_checks.append(_beyond(c, sp))
@@ -213,7 +214,7 @@ def judge_c3(table: ResultsTable) -> Verdict:
     row (|CV| ≤ 1e-9), and at every checkpoint and lag multi_gate's median zeroth-order CV
     is at least 10 × max(scalar_gate's median, 1e-3), the floor making "10 × 0" mean a
     CV of at least 0.01. All checks hold: supported; none: not supported; otherwise mixed.
-    The first-order CV (``rate_cv``) is reported beside it.
+    The first-order CV (``rate_cv_order1``) is reported beside it.
     """
     v = Verdict.of(
         "C3",
@@ -221,7 +222,7 @@ def judge_c3(table: ResultsTable) -> Verdict:
         f"multi_gate ≥ {CV_RATIO:g} × max(scalar_gate, {CV_FLOOR:g}) at every checkpoint and "
         "lag (medians over seeds)",
         figures=["profiles_rate_dispersion"])
-    cv0 = table.select(metric="rate_cv_order0")
+    cv0 = table.select(metric=M.RATE_CV_ORDER0)
     missing = [c for c in ("scalar_gate", "multi_gate") if not len(cv0.select(cell=c))]
     if missing:
         return not_measured(v, f"no rate_cv_order0 rows for {', '.join(missing)}")
@@ -242,7 +243,7 @@ def judge_c3(table: ResultsTable) -> Verdict:
             ratios.append(m.median / max(s.median, CV_FLOOR))
     last = multi.checkpoints()[-1]
     for cell in ("multi_gate", "scalar_gate"):
-        for metric in ("rate_cv_order0", "rate_cv"):
+        for metric in (M.RATE_CV_ORDER0, M.RATE_CV_ORDER1):
             at = table.select(cell=cell, metric=metric, step=last)
             per_lag = ", ".join(f"ℓ={lag:g}: {at.select(lag=lag).spread()}"
                                 for lag in at.unique("lag"))

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, atomic_write_json
 from .verdicts import Verdict
 
 
@@ -93,6 +92,5 @@ def write_report(out: Path, title: str, intro: list[str], verdicts: list[Verdict
     atomic_write_bytes(md, render_markdown(title, intro, verdicts, sections, figures, out)
                        .encode())
     atomic_write_bytes(page, render_html(title, intro, verdicts, sections, figures).encode())
-    atomic_write_bytes(verdict_file, json.dumps(
-        [v.__dict__ for v in verdicts], indent=2).encode())
+    atomic_write_json(verdict_file, [v.__dict__ for v in verdicts])
     return md, page, verdict_file

@@ -41,7 +41,7 @@ def list_tasks() -> list[str]:
 
 def task_class(name: str) -> type[Task]:
     """The class registered as ``name``; ``ValueError`` naming the choices otherwise."""
-    return _TASKS.get_class(name)
+    return _TASKS.lookup(name)
 
 
 def make_task(name: str, seq_len: int, input_size: int | None = None, **options: Any) -> Task:

@@ -1,0 +1,42 @@
+"""What the paper's experiments measure at each checkpoint: registered quantities
+(:mod:`gatescope.probes`) computed on each live seed's fixed probe batch, written as rows.
+
+Seeds are measured one after another: each seed's probe batch is already a large batched
+computation (tens of thousands of transport products), and holding every seed's Jacobians at
+once would dominate the memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from ..metrics import Metric
+from ..probes import ProbeContext, get_quantity
+from ..probes.measure import measure
+from .rows import RowWriter
+
+#: ``{quantity name: the metrics an experiment keeps}``; ``None`` keeps all of them.
+MeasurementPlan = Mapping[str, Sequence[Metric] | None]
+
+
+def plan_with(plan: MeasurementPlan, extra: Iterable[str]) -> dict[str, Sequence[Metric] | None]:
+    """``plan`` plus every metric of the ``extra`` quantities (names from a setting)."""
+    return {**plan, **dict.fromkeys(extra)}
+
+
+def record_measurements(writer: RowWriter, seeds: Sequence[int], step: int,
+                        contexts: Iterable[ProbeContext], plan: MeasurementPlan) -> None:
+    """Measure each seed's context with the planned quantities and add their rows.
+
+    Args:
+        seeds: the live seeds, in the order of ``contexts``.
+        contexts: one :class:`~gatescope.probes.ProbeContext` per seed (an iterable, so each
+            is built and released in turn).
+        plan: which quantities, and which of their metrics, become rows.
+    """
+    quantities = [get_quantity(name) for name in plan]
+    for seed, ctx in zip(seeds, contexts, strict=True):
+        record, _ = measure(ctx, quantities)
+        kept = {m.name for q in quantities for m in (plan[q.name] or q.metrics)}
+        writer.add_record(seed, step, {k: v for k, v in record.items() if k in kept},
+                          ctx.coords())

@@ -1,0 +1,182 @@
+"""The catalogue of every measured number gatescope writes: one declaration per metric name.
+
+A :class:`Metric` says what a number is (a one-line definition), its unit, and the axes of
+its per-measurement array. The same declaration serves every road a number travels: a probe
+records the array under the metric's name, an experiment turns it into rows of
+``results.csv`` (each axis filling the column :data:`AXIS_COLUMNS` names), ``gatescope list
+metrics`` prints it, and figures and verdicts select rows by the declared object, never by a
+retyped string. Each name means one thing: declaring a name again with a different meaning
+is an error.
+
+This module is a leaf (standard library only), so every layer, reporting included, may read
+it. See ``docs/adding-a-quantity.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Axis name -> the ``results.csv`` column that carries its coordinate. ``lag``:
+#: the lags a quantity is asked for; ``rate_lag``/``schedule_lag``: the lags of the
+#: effective-rate and schedule quantities; ``profile_lag``: ``1..T-1``; ``time``: ``1..T``;
+#: ``predictor``: a gate-product predictor; ``neuron``: ``0..n-1``; ``level``: quantile
+#: levels; ``eps``: the expansion's bookkeeping parameter.
+AXIS_COLUMNS = {
+    "lag": "lag", "rate_lag": "lag", "schedule_lag": "lag", "profile_lag": "lag",
+    "time": "time", "predictor": "predictor", "neuron": "neuron", "level": "level",
+    "eps": "eps",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured number (or array of numbers) with one meaning.
+
+    Attributes:
+        name: the name in ``results.csv``'s ``metric`` column and a probe's record.
+        definition: one line: what is measured, and how it is reduced.
+        axes: the axis of each dimension of one measurement (keys of :data:`AXIS_COLUMNS`);
+            ``()`` for a scalar.
+        unit: ``"1"`` for a dimensionless number, else what it is measured in.
+        omit_undefined: entries that are NaN by definition (a lag longer than the elapsed
+            time) are not written as rows.
+    """
+
+    name: str
+    definition: str
+    axes: tuple[str, ...] = ()
+    unit: str = "1"
+    omit_undefined: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise ValueError(f"metric name must be an identifier, got {self.name!r}")
+        if not (isinstance(self.definition, str) and self.definition.strip()):
+            raise ValueError(f"metric {self.name!r} needs a one-line definition")
+        unknown = [a for a in self.axes if a not in AXIS_COLUMNS]
+        if unknown:
+            raise ValueError(f"metric {self.name!r}: unknown axes {unknown}; choose from "
+                             f"{sorted(AXIS_COLUMNS)}")
+        columns = [AXIS_COLUMNS[a] for a in self.axes]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"metric {self.name!r}: axes {self.axes} share a results column")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_CATALOGUE: dict[str, Metric] = {}
+
+
+def declare_metric(name: str, definition: str, axes: tuple[str, ...] = (), unit: str = "1",
+                   omit_undefined: bool = False) -> Metric:
+    """Declare a metric (or return the identical earlier declaration).
+
+    Raises:
+        ValueError: if ``name`` is already declared with another definition, axes or unit:
+            one name means one thing.
+    """
+    metric = Metric(name, definition, tuple(axes), unit, omit_undefined)
+    known = _CATALOGUE.get(name)
+    if known is not None and known != metric:
+        raise ValueError(f"metric {name!r} is already declared as {known}; a name means one "
+                         "thing — choose another name")
+    _CATALOGUE[name] = metric
+    return metric
+
+
+def get_metric(name: str) -> Metric:
+    """The metric declared as ``name``; ``ValueError`` naming the choices otherwise."""
+    try:
+        return _CATALOGUE[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown metric {name!r}; declared: {sorted(_CATALOGUE)}") from None
+
+
+def list_metrics() -> list[Metric]:
+    """Every declared metric, in declaration order."""
+    return list(_CATALOGUE.values())
+
+
+# --------------------------------------------------------------- training and runs
+LOSS = declare_metric("loss", "training-batch loss before the update of this step", unit="loss")
+DIVERGED = declare_metric("diverged", "the step at which a seed's loss became NaN/Inf "
+                          "(its later rows are absent)", unit="step")
+EVAL_LOSS = declare_metric("eval_loss", "loss on the seed's fixed evaluation batch",
+                           unit="loss")
+PROBE_LOSS = declare_metric("probe_loss", "loss on the fixed probe batch", unit="loss")
+
+# --------------------------------------------------------------- first-order expansion
+TRUNCATION_ERROR = declare_metric(
+    "truncation_error", "E(ε) = ‖F(ε) − F(0) − εL‖_F of the whole-sequence transport product",
+    axes=("eps",))
+REMAINDER_C2 = declare_metric("remainder_c2", "normalised remainder C₂(ε) = E(ε)/ε²",
+                              axes=("eps",))
+ERROR_SLOPE = declare_metric("error_slope", "log-log slope of E(ε) over the smallest ε "
+                             "(2 for a first-order-exact expansion)")
+CORRECTION_RATIO = declare_metric("correction_ratio", "per-step correction size "
+                                  "ρ_j = ‖B_j‖₂/‖A_j‖₂", axes=("time",))
+CORRECTION_RATIO_MEDIAN = declare_metric("correction_ratio_median",
+                                         "median over steps of ρ_j = ‖B_j‖₂/‖A_j‖₂")
+
+# --------------------------------------------------------------- §VII-A sensitivity profile
+SENSITIVITY_PROFILE = declare_metric(
+    "sensitivity_profile", "μ̃_eff(ℓ) = median over (b, t−k=ℓ) of ‖M_{t,k}‖₂ divided by its "
+    "value at ℓ = 1", axes=("profile_lag",))
+PREDICTED_PROFILE = declare_metric(
+    "predicted_profile", "fitted gate-product prediction (P̄(ℓ)/P̄(1))^s of the sensitivity "
+    "profile", axes=("predictor", "profile_lag"))
+ZEROTH_ORDER_PROFILE = declare_metric(
+    "zeroth_order_profile", "zeroth-order gate-product prediction P̄(ℓ)/P̄(1), P̄ the lag "
+    "median of mean_q ∏ x_{j,q}", axes=("predictor", "profile_lag"))
+FIT_SLOPE = declare_metric("fit_slope", "power s of the least-squares fit of log S on log P "
+                           "over the central [trim, 1−trim] quantiles of P", axes=("predictor",))
+FIT_R2 = declare_metric("fit_r2", "R² of the power fit of log S on log P", axes=("predictor",))
+
+# --------------------------------------------------------------- effective learning rates
+ENVELOPE = declare_metric("envelope", "f(ℓ) = mean over (b, t ≥ ℓ, q) of |μ_{t,ℓ,q}|, first "
+                          "order", axes=("rate_lag",))
+RATE_CV_ORDER1 = declare_metric(
+    "rate_cv_order1", "across-neuron CV of |μ_{t,ℓ,·}| (first order μ⁰ + μ¹), median over "
+    "examples and t ≥ ℓ", axes=("rate_lag",))
+RATE_CV_ORDER0 = declare_metric(
+    "rate_cv_order0", "across-neuron CV of μ⁰_{t,ℓ,·} = ∏ r_j (zeroth order: the gates alone), "
+    "median over examples and t ≥ ℓ", axes=("rate_lag",))
+TIME_SCALES = declare_metric("time_scales", "τ_q = −1/log r̄_q, r̄_q the mean retention of "
+                             "neuron q", axes=("neuron",), unit="step")
+SCHEDULE_MULTIPLIER = declare_metric(
+    "schedule_multiplier", "implied global step η·mean_{b,q} μ⁰_{t,ℓ,q} along time",
+    axes=("schedule_lag", "time"), unit="lr", omit_undefined=True)
+RETENTION_MEAN = declare_metric("retention_mean", "mean retention r_t over examples and "
+                                "neurons, along time", axes=("time",))
+GATE_PER_NEURON = declare_metric("gate_per_neuron", "mean update gate per neuron over "
+                                 "examples and time (a scalar gate repeated)", axes=("neuron",))
+RETENTION_PER_NEURON = declare_metric("retention_per_neuron", "mean retention per neuron "
+                                      "over examples and time", axes=("neuron",))
+
+
+# --------------------------------------------------------------- anisotropy
+def _spectrum(prefix: str, of: str, axes: tuple[str, ...] = ()) -> tuple[Metric, ...]:
+    """The four scale-invariant spectrum statistics of ``of``, named ``prefix_*``."""
+    return (
+        declare_metric(f"{prefix}_ai", f"AI_r = σ₁/σ_r of {of}", axes),
+        declare_metric(f"{prefix}_ce", f"CE_r = Σ_{{i≤r}} σ_i² / Σ σ_i² of {of}", axes),
+        declare_metric(f"{prefix}_participation_ratio", f"(Σσ²)²/Σσ⁴ of {of}", axes),
+        declare_metric(f"{prefix}_effective_rank", f"exp(−Σ p log p), p = σ/Σσ, of {of}", axes),
+    )
+
+
+(JACOBIAN_AI, JACOBIAN_CE, JACOBIAN_PARTICIPATION_RATIO, JACOBIAN_EFFECTIVE_RANK) = _spectrum(
+    "jacobian", "sampled transport products M_{t,t−ℓ}, median over the samples", ("lag",))
+(GRADCOV_AI, GRADCOV_CE, GRADCOV_PARTICIPATION_RATIO, GRADCOV_EFFECTIVE_RANK) = _spectrum(
+    "gradcov", "the per-example gradient matrix (rows unit length, columns centred)")
+(STEP_AI, STEP_CE, STEP_PARTICIPATION_RATIO, STEP_EFFECTIVE_RANK) = _spectrum(
+    "step", "the optimizer's per-parameter step sizes as a diagonal preconditioner")
+STEP_CV = declare_metric("step_cv", "CV (population std / mean) of the optimizer's "
+                         "per-parameter step sizes")
+STEP_QUANTILES = declare_metric("step_quantiles", "quantiles of the optimizer's per-parameter "
+                                "step sizes", axes=("level",), unit="lr")
+ALIGNMENT = declare_metric("alignment", "a_r = ‖U_rᵀ δ_T‖²/‖δ_T‖², U_r the top-r left "
+                           "singular vectors of M_{T,T−ℓ}, mean over examples", axes=("lag",))
+ALIGNMENT_BASELINE = declare_metric("alignment_baseline", "r/N, the alignment of a random "
+                                    "direction")
