@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from gatescope.reporting.table import ResultsTable
 
 import gatescope as gs
 from gatescope import paper
@@ -27,6 +26,7 @@ from gatescope.reporting.expansion_verdicts import judge_c8
 from gatescope.reporting.profiles_verdicts import judge_c1, judge_c2, judge_c3
 from gatescope.reproduce import PRESETS
 from gatescope.reproduce.report_inputs import gated_cells
+from gatescope.results import ResultsTable
 
 SRC = Path(gs.__file__).resolve().parents[1]
 

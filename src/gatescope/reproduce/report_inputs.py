@@ -22,7 +22,7 @@ from ..experiments.base import Group
 from ..experiments.storage import GroupFolder, GroupTiming, wall_span
 from ..paper import PAPER_ARMS, PAPER_ARMS_EXPERIMENT
 from ..reporting.description import ReproductionDescription, RunDescription, TimeSpent
-from ..reporting.table import ResultsTable
+from ..results import ResultsTable
 from .pipeline import PlannedRun
 from .presets import Preset
 
