@@ -23,21 +23,38 @@ PRODUCT_ORDERS = ("chain", "reversed")
 GATE_TERMS = ("previous", "updated")
 
 
+def chain_ordered(factors: Tensor, order: str = "chain") -> Tensor:
+    """The stack whose chain-rule products are the products in ``order``.
+
+    The reversed product ``X_1 X_2 ⋯ X_ℓ`` (earlier factors on the left) is the chain-rule
+    product ``X'_ℓ ⋯ X'_1`` of the time-reversed stack ``X'_j = X_{ℓ+1-j}``; this is the one
+    place the paper code's order is implemented (:func:`ordered_sensitivities` and the
+    ``expansion`` experiment use it).
+
+    Args:
+        factors: ``(..., ℓ, N, N)`` in time order.
+        order: one of :data:`PRODUCT_ORDERS`.
+
+    Returns:
+        ``factors`` itself for ``"chain"``, ``factors`` reversed in time for ``"reversed"``.
+    """
+    if order not in PRODUCT_ORDERS:
+        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
+    return factors if order == "chain" else factors.flip(-3)
+
+
 def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
     """:func:`~gatescope.sensitivities` of chain-rule or reversed products.
 
     The reversed product ``J_{k+1} ⋯ J_t`` is the chain-rule product of the time-reversed
-    stack ``J'_s = J_{T+1-s}`` over the window ``(T-t, T-k]``, so
+    stack ``J'_s = J_{T+1-s}`` (:func:`chain_ordered`) over the window ``(T-t, T-k]``, so
     ``S_rev[:, t, k] = S'[:, T-k, T-t]``.
 
     Returns:
         ``(B, T+1, T+1)`` as :func:`~gatescope.sensitivities`.
     """
-    if order == "chain":
-        return sensitivities(J)
-    if order != "reversed":
-        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
-    return sensitivities(J.flip(1)).flip(1, 2).transpose(1, 2)
+    S = sensitivities(chain_ordered(J, order))
+    return S if order == "chain" else S.flip(1, 2).transpose(1, 2)
 
 
 def gate_split(cell: RecurrentCell, traj: Trajectory, gate_term: str = "previous"
