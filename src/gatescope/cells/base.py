@@ -91,11 +91,12 @@ def _positive_size(name: str, value) -> int:
     """``value`` as an int ``>= 1``; a clear error naming ``name`` otherwise (bools, floats
     and other non-integers are refused rather than truncated)."""
     try:
-        size = None if isinstance(value, bool) else operator.index(value)
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)
     except TypeError:
-        size = None
-    if size is None:
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be an int >= 1, got {value!r} "
+                        f"({type(value).__name__})") from None
     if size < 1:
         raise ValueError(f"{name} must be an int >= 1, got {size}")
     return size

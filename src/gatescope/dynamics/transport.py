@@ -28,8 +28,8 @@ def ordered_product(factors: Tensor) -> Tensor:
     """``X_ℓ ⋯ X_2 X_1`` of a stack ``(..., ℓ, N, N)``, ``ℓ ≥ 1`` (later factors on the left,
     chain-rule order): ``(..., N, N)``.
 
-    The one product of the library: :func:`transport` and the first-order expansion
-    (:mod:`gatescope.dynamics.expansion`) both call it.
+    The product helper :func:`transport` and the first-order expansion
+    (:mod:`gatescope.dynamics.expansion`) share.
     """
     out = factors[..., 0, :, :]
     for j in range(1, factors.shape[-3]):
@@ -128,7 +128,9 @@ def _check_jacobians(J: Tensor) -> None:
     if not (J.is_floating_point() or J.is_complex()):
         raise TypeError(f"J must be a floating point or complex tensor (float32, float64, "
                         f"complex64, complex128); got {J.dtype}")
-    if not torch.isfinite(J).all():
+    # aminmax propagates NaN and keeps ±Inf, without a temporary the size of J
+    lo, hi = torch.aminmax(torch.view_as_real(J) if J.is_complex() else J) if J.numel() else (0, 0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(J)).nonzero()[0].tolist()
         raise ValueError(f"J contains NaN/Inf (first at index {tuple(bad)}); spectral norms "
                          "need finite Jacobians: check the trajectory (e.g. an overflowing "
