@@ -7,7 +7,7 @@ import torch
 from torch.func import jacfwd
 
 import gatescope as gs
-from gatescope.dynamics.expansion import ordered_product
+from gatescope.dynamics.transport import ordered_product
 
 
 def _paper_cell(name, seed=0, T=100, n=64, m=3):

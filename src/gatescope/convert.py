@@ -20,6 +20,9 @@ Conventions to mind when comparing outputs:
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -29,6 +32,9 @@ from .cells.registry import make_cell
 #: Supported torch module types -> gatescope cell name.
 _CELL_NAMES = {nn.GRU: "gru", nn.LSTM: "lstm", nn.RNN: "plain",
                nn.GRUCell: "gru", nn.LSTMCell: "lstm", nn.RNNCell: "plain"}
+
+#: ``nn.Module``'s call machinery, which runs ``forward``.
+_CALL_METHODS = ("__call__", "_call_impl", "_wrapped_call_impl")
 
 
 def from_torch(module: nn.Module) -> RecurrentCell:
@@ -46,10 +52,14 @@ def from_torch(module: nn.Module) -> RecurrentCell:
     module is left unchanged. gatescope is batch first whatever ``module.batch_first`` says:
     see the module docstring for how to feed inputs and initial states and compare outputs.
 
+    A subclass is accepted only when it computes what its torch class does: one that
+    overrides ``forward`` (or a method ``forward`` calls), or a module with forward hooks,
+    is refused, since the cell would silently differ from it.
+
     Args:
         module: a single-layer, unidirectional ``nn.GRU``, ``nn.LSTM`` (``proj_size=0``) or
             tanh ``nn.RNN``, or one of the cells ``nn.GRUCell``, ``nn.LSTMCell``, tanh
-            ``nn.RNNCell``.
+            ``nn.RNNCell`` (or a subclass that keeps their ``forward``).
 
     Returns:
         The cell: ``input_size = m`` and ``hidden_size = n`` as in ``module``; its
@@ -58,7 +68,8 @@ def from_torch(module: nn.Module) -> RecurrentCell:
     Raises:
         NotImplementedError: for a setting gatescope cannot express (``num_layers > 1``,
             ``bidirectional=True``, ``proj_size > 0``, ``nonlinearity="relu"``).
-        TypeError: when ``module`` is not one of the supported types.
+        TypeError: when ``module`` is not one of the supported types, or changes what its
+            ``forward`` computes.
     """
     name = _cell_name(module)
     suffix = "_l0" if isinstance(module, nn.RNNBase) else ""
@@ -85,12 +96,14 @@ def from_torch(module: nn.Module) -> RecurrentCell:
 
 def _cell_name(module: nn.Module) -> str:
     """The gatescope cell name for ``module``, after checking every setting is supported."""
-    name = next((v for k, v in _CELL_NAMES.items() if isinstance(module, k)), None)
-    if name is None:
+    base = next((k for k in _CELL_NAMES if isinstance(module, k)), None)
+    if base is None:
         raise TypeError(
             "from_torch supports nn.GRU, nn.LSTM, nn.RNN, nn.GRUCell, nn.LSTMCell and "
             f"nn.RNNCell, got {type(module).__name__}"
         )
+    _check_forward_is_torchs(module, base)
+    name = _CELL_NAMES[base]
     kind = type(module).__name__
     if isinstance(module, nn.RNNBase):
         if module.num_layers != 1:
@@ -115,3 +128,40 @@ def _cell_name(module: nn.Module) -> str:
             "is supported (it becomes the 'plain' tanh cell)"
         )
     return name
+
+
+@functools.cache
+def _forward_methods(base: type[nn.Module]) -> frozenset[str]:
+    """Names of ``base``'s methods that its ``forward`` runs: ``forward``, what it calls on
+    ``self`` (transitively, read from the code's attribute names) and the call machinery."""
+    seen, todo = set(_CALL_METHODS), ["forward"]
+    while todo:
+        name = todo.pop()
+        attr = inspect.getattr_static(base, name, None)
+        if name in seen or attr is None:
+            continue
+        seen.add(name)
+        code = getattr(attr.fget if isinstance(attr, property) else attr, "__code__", None)
+        todo.extend(code.co_names if code is not None else ())
+    return frozenset(seen)
+
+
+def _check_forward_is_torchs(module: nn.Module, base: type[nn.Module]) -> None:
+    """Refuse a ``module`` whose forward pass is not ``base``'s: a subclass overriding a
+    method ``forward`` runs, an instance attribute shadowing one, or forward hooks."""
+    cls = type(module)
+    for name in sorted(_forward_methods(base)):
+        overridden = (inspect.getattr_static(cls, name, None)
+                      is not inspect.getattr_static(base, name, None))
+        if overridden or name in vars(module):
+            raise TypeError(
+                f"from_torch reproduces nn.{base.__name__}.forward, but {cls.__name__} "
+                f"overrides {name!r}, so the cell could differ from it; convert an "
+                f"nn.{base.__name__} holding the same weights (or register a gatescope cell "
+                "for the new computation)"
+            )
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise TypeError(
+            f"from_torch reproduces nn.{base.__name__}.forward, but this {cls.__name__} has "
+            "forward hooks, which the cell would not run; remove them before converting"
+        )

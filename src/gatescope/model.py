@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -51,9 +52,15 @@ class SequenceModel(nn.Module):
         Args:
             pred: ``(B, out)`` or ``(B, T, out)``.
             y: same shape as ``pred`` for ``mse`` (the trailing ``out = 1`` may be omitted);
-                class indices ``(B,)`` or ``(B, T)`` for ``cross_entropy``.
+                class indices ``(B,)`` or ``(B, T)`` of an integer dtype for ``cross_entropy``.
             mask: optional ``(B, T)`` weights of the steps that count (readout "all").
+
+        Raises:
+            TypeError: for ``cross_entropy`` targets that are not of an integer dtype (a
+                float label such as ``1.7`` is refused, not truncated to class 1).
+            ValueError: for targets or a mask of the wrong shape.
         """
+        self._check_target_dtype(y)
         steps = pred.shape[:-1]  # (B,) or (B, T)
         if mask is not None and (self.readout_kind == "last" or tuple(mask.shape) != steps):
             raise ValueError(f"mask must have shape {tuple(steps)} (one weight per step, "
@@ -77,6 +84,13 @@ class SequenceModel(nn.Module):
         mask = mask.to(per.dtype)
         return (per * mask).sum() / mask.sum().clamp_min(1)
 
+    def _check_target_dtype(self, y: Tensor) -> None:
+        """Class indices must have an integer dtype (not bool, float or complex)."""
+        if self.loss_kind == "cross_entropy" and (
+                y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+            raise TypeError(f"y must hold class indices of an integer dtype (e.g. torch.long) "
+                            f"for loss 'cross_entropy'; got {y.dtype}")
+
     def loss_from_states(self, states: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """Loss from states ``(B, T+1, N)``; what lag-resolved BPTT differentiates."""
         return self.loss_from_predictions(self.predict(states), y, mask)
@@ -84,5 +98,6 @@ class SequenceModel(nn.Module):
     def loss(self, u: Tensor, y: Tensor, mask: Tensor | None = None,
              h0: Tensor | None = None) -> Tensor:
         """Scalar loss of the predictions for ``u`` against ``y`` (see
-        :meth:`loss_from_predictions`)."""
+        :meth:`loss_from_predictions`); ``y``'s dtype is checked before the forward pass."""
+        self._check_target_dtype(y)
         return self.loss_from_predictions(self(u, h0), y, mask)

@@ -14,6 +14,7 @@ Conventions:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ class Trajectory:
             old state: ``1 - g_t``; ``1 - α`` for leaky; ``0`` for plain; the forget gate
             for LSTM).
         cache: per-step intermediates the analytic Jacobians need, each ``(B, T, ...)``.
+        cell_type: the class of the cell that made it (``None`` when built by hand), so an
+            analysis given another cell's trajectory can say so.
     """
 
     inputs: Tensor
@@ -40,6 +43,7 @@ class Trajectory:
     gates: Tensor | None
     retention: Tensor
     cache: dict[str, Tensor] = field(default_factory=dict)
+    cell_type: type | None = field(default=None, repr=False, compare=False)
 
     @property
     def previous_states(self) -> Tensor:
@@ -62,6 +66,7 @@ class Trajectory:
             gates=None if self.gates is None else self.gates.detach(),
             retention=self.retention.detach(),
             cache={k: v.detach() for k, v in self.cache.items()},
+            cell_type=self.cell_type,
         )
 
 
@@ -80,6 +85,21 @@ def add_diagonal_(M: Tensor, v: Tensor) -> Tensor:
     ``(..., n)``. Returns ``M``."""
     M.diagonal(dim1=-2, dim2=-1).add_(v)
     return M
+
+
+def _positive_size(name: str, value) -> int:
+    """``value`` as an int ``>= 1``; a clear error naming ``name`` otherwise (bools, floats
+    and other non-integers are refused rather than truncated)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= 1, got {value!r} "
+                        f"({type(value).__name__})") from None
+    if size < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {size}")
+    return size
 
 
 class RecurrentCell(nn.Module):
@@ -109,12 +129,8 @@ class RecurrentCell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(
-                f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}"
-            )
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size = _positive_size("input_size", input_size)
+        self.hidden_size = _positive_size("hidden_size", hidden_size)
 
     @property
     def state_size(self) -> int:
@@ -157,6 +173,10 @@ class RecurrentCell(nn.Module):
 
         Returns:
             The :class:`Trajectory`, differentiable with respect to the parameters.
+
+        Raises:
+            ValueError: for a wrong shape of ``u`` or ``h0``.
+            TypeError: when ``u`` or ``h0`` has another dtype than the cell's parameters.
         """
         if u.dim() != 3 or u.shape[-1] != self.input_size or u.shape[1] < 1:
             raise ValueError(
@@ -166,6 +186,9 @@ class RecurrentCell(nn.Module):
         if h0 is not None and tuple(h0.shape) != (u.shape[0], self.state_size):
             raise ValueError(f"h0 must have shape (B={u.shape[0]}, state_size="
                              f"{self.state_size}); got {tuple(h0.shape)}")
+        self._check_dtype("u", u)
+        if h0 is not None:
+            self._check_dtype("h0", h0)
         h = self.initial_state(u.shape[0], u) if h0 is None else h0
         states, steps = [h], []
         for t in range(u.shape[1]):
@@ -174,6 +197,16 @@ class RecurrentCell(nn.Module):
             states.append(h)
             steps.append(out)
         return self._assemble(u, states, steps)
+
+    def _check_dtype(self, name: str, x: Tensor) -> None:
+        """Refuse an input whose dtype is neither the parameters' nor its real counterpart."""
+        p = next(self.parameters(), None)
+        if p is not None and x.dtype not in (p.dtype, p.dtype.to_real()):
+            raise TypeError(
+                f"{name} has dtype {x.dtype} but the {type(self).__name__}'s parameters are "
+                f"{p.dtype}: pass {name}.to({p.dtype.to_real()}) or convert the cell with "
+                f"cell.to({x.dtype})"
+            )
 
     def _assemble(self, u: Tensor, states: list[Tensor], steps: list[dict]) -> Trajectory:
         skip = {"state", "held", "gate", "retention"}
@@ -185,6 +218,7 @@ class RecurrentCell(nn.Module):
             gates=stack("gate") if first.get("gate") is not None else None,
             retention=stack("retention"),
             cache={k: stack(k) for k in first if k not in skip},
+            cell_type=type(self),
         )
 
     def analytic_jacobian_split(self, traj: Trajectory) -> tuple[Tensor, Tensor] | None:

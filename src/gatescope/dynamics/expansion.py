@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .spectral import top_singular_values
+from .transport import ordered_product
 
 #: The paper's grid: {1, 3} × 10^{-5..-1} and 1.
 DEFAULT_EPS = tuple(sorted({m * 10.0**e for e in range(-5, 0) for m in (1, 3)} | {1.0}))
@@ -49,14 +50,6 @@ class Expansion:
     remainder: Tensor
     slope: Tensor
     ratios: Tensor
-
-
-def ordered_product(factors: Tensor) -> Tensor:
-    """``X_ℓ ⋯ X_2 X_1`` of a stack ``(..., ℓ, N, N)`` (later factors on the left)."""
-    out = factors[..., 0, :, :]
-    for j in range(1, factors.shape[-3]):
-        out = factors[..., j, :, :] @ out
-    return out
 
 
 def zeroth_and_first_order(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,7 +83,7 @@ def first_order_expansion(A: Tensor, B: Tensor, eps=DEFAULT_EPS, fit_points: int
     """
     if A.shape != B.shape or A.dim() < 3 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A and B must be equal stacks (..., l, N, N), got {A.shape}, {B.shape}")
-    eps_t = torch.as_tensor(sorted(eps), dtype=A.dtype, device=A.device)
+    eps_t = torch.as_tensor(sorted(eps), dtype=A.dtype.to_real(), device=A.device)
     if (eps_t <= 0).any() or not 2 <= fit_points <= eps_t.numel():
         raise ValueError(f"eps must be positive and fit_points in [2, {eps_t.numel()}]")
     zeroth, first = zeroth_and_first_order(A, B)
@@ -111,4 +104,4 @@ def first_order_expansion(A: Tensor, B: Tensor, eps=DEFAULT_EPS, fit_points: int
 
 def _spectral_norms(X: Tensor) -> Tensor:
     flat = X.reshape(-1, *X.shape[-2:])
-    return top_singular_values(flat).values.to(X.dtype).reshape(X.shape[:-2])
+    return top_singular_values(flat).values.to(X.real.dtype).reshape(X.shape[:-2])

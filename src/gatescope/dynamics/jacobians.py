@@ -19,6 +19,28 @@ from ..cells.base import RecurrentCell, Trajectory
 _warned: set[type] = set()
 
 
+def check_trajectory(cell: RecurrentCell, traj: Trajectory) -> None:
+    """Refuse a trajectory that ``cell`` did not make (another cell type, or other sizes),
+    whose cached intermediates and states its Jacobians cannot read.
+
+    Raises:
+        ValueError: naming the trajectory's cell type or sizes and the cell's.
+    """
+    made_by = traj.cell_type
+    if made_by is not None and made_by is not type(cell):
+        raise ValueError(
+            f"traj was made by a {made_by.__name__}, not by this {type(cell).__name__}: pass "
+            f"the cell that unrolled it (traj = cell.unroll(u))"
+        )
+    sizes = (traj.states.shape[-1], traj.inputs.shape[-1])
+    if sizes != (cell.state_size, cell.input_size):
+        raise ValueError(
+            f"traj has state size {sizes[0]} and input size {sizes[1]}, but the "
+            f"{type(cell).__name__} has state_size={cell.state_size} and "
+            f"input_size={cell.input_size}: pass the cell that unrolled it"
+        )
+
+
 def _flat_steps(traj: Trajectory) -> tuple[Tensor, Tensor]:
     """``h_{t-1}`` and ``u_t`` flattened over ``(B, T)``: ``(B*T, N)``, ``(B*T, m)``."""
     h = traj.previous_states.detach()
@@ -35,6 +57,7 @@ def jacobians_autograd(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     Returns:
         ``(B, T, N, N)``.
     """
+    check_trajectory(cell, traj)
     h, u = _flat_steps(traj)
     return _unflatten(vmap(jacrev(cell.step))(h, u), traj)
 
@@ -43,6 +66,7 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
     """``(A, B)`` by ``torch.func``: ``A`` differentiates the step with every gate held at
     the value it took (``compute(..., held=...)``), ``B = J - A``.
     """
+    check_trajectory(cell, traj)
     h, u = _flat_steps(traj)
 
     def held_step(h_, u_, held):
@@ -59,6 +83,7 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
 def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallback):
     """``analytic(traj)`` without autograd, or, when the cell has no closed form (``None``),
     ``fallback(cell, traj)`` by ``torch.func`` with a one-time warning per cell class."""
+    check_trajectory(cell, traj)
     with torch.no_grad():
         result = analytic(traj.detach())
     if result is not None:

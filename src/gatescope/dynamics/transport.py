@@ -1,7 +1,8 @@
 """Transport ``M_{t,k} = J_t J_{t-1} ⋯ J_{k+1}`` and sensitivities ``S_{t,k} = ‖M_{t,k}‖_2``.
 
 Later factors multiply on the **left** (chain-rule order); ``M_{t,t} = I``. ``J`` is the
-``(B, T, N, N)`` stack of :func:`gatescope.jacobians` with ``J[:, t-1] = ∂h_t/∂h_{t-1}``.
+``(B, T, N, N)`` stack of :func:`gatescope.jacobians` with ``J[:, t-1] = ∂h_t/∂h_{t-1}``;
+it may be real or complex (norms use the conjugate transpose).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ _RENORMALISE_BELOW = 1e-12
 MAX_SQUARINGS = 3
 
 
+def ordered_product(factors: Tensor) -> Tensor:
+    """``X_ℓ ⋯ X_2 X_1`` of a stack ``(..., ℓ, N, N)``, ``ℓ ≥ 1`` (later factors on the left,
+    chain-rule order): ``(..., N, N)``.
+
+    The product helper :func:`transport` and the first-order expansion
+    (:mod:`gatescope.dynamics.expansion`) share.
+    """
+    out = factors[..., 0, :, :]
+    for j in range(1, factors.shape[-3]):
+        out = factors[..., j, :, :] @ out
+    return out
+
+
 def transport(J: Tensor, t: int, k: int) -> Tensor:
     """``M_{t,k} = J_t ⋯ J_{k+1}``: ``(B, N, N)``; the identity when ``t == k``.
 
@@ -34,10 +48,9 @@ def transport(J: Tensor, t: int, k: int) -> Tensor:
     T = J.shape[1]
     if not 0 <= k <= t <= T:
         raise ValueError(f"need 0 <= k <= t <= T={T}, got t={t}, k={k}")
-    M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).expand(J.shape[0], -1, -1)
-    for s in range(k + 1, t + 1):
-        M = J[:, s - 1] @ M
-    return M.clone()
+    if t == k:
+        return torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).repeat(J.shape[0], 1, 1)
+    return ordered_product(J[:, k:t]).clone()
 
 
 def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
@@ -52,19 +65,29 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
     flat the previous lag's spectra were. Start times are processed in chunks so peak
     memory stays bounded for long sequences.
 
+    A product that becomes exactly zero (a saturated tanh step has ``J_t = 0``) stays zero:
+    its norm and those of all longer products through it are ``0``.
+
     Args:
-        J: ``(B, T, N, N)``.
+        J: ``(B, T, N, N)`` real (float32/float64) or complex (complex64/complex128) finite
+            Jacobians, ``N ≥ 1``. An empty batch (``B = 0``) gives an empty result.
         rtol: relative tolerance of each norm.
 
     Returns:
         ``(B, T+1, T+1)`` float64 with ``S[:, t, k] = ‖M_{t,k}‖_2`` for ``k ≤ t``
         (``S[:, t, t] = 1``) and NaN above the diagonal.
+
+    Raises:
+        ValueError: when ``J`` is not a ``(B, T, N, N)`` stack or contains NaN/Inf.
+        TypeError: when ``J`` is neither floating point nor complex.
     """
-    if J.dim() != 4 or J.shape[-1] != J.shape[-2]:
-        raise ValueError(f"J must be a (B, T, N, N) stack of Jacobians; got {tuple(J.shape)}")
+    _check_jacobians(J)
     Bsz, T, N, _ = J.shape
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
+    if Bsz == 0:
+        return S
+    tiny = torch.finfo(J.dtype).tiny  # the smallest normal number of J's (real) precision
     chunk = max(1, _PRODUCT_ELEMENTS // (Bsz * N * N))
     Jt = J.transpose(0, 1)  # (T, B, N, N) view: start times lead, so prefixes of P are views
     for k0 in range(0, T, chunk):
@@ -90,7 +113,8 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
             frobenius_sq = frobenius_sq.view(count, Bsz)
             if not ((frobenius_sq > _RENORMALISE_BELOW) & (frobenius_sq < 1 / _RENORMALISE_BELOW)
                     ).all():  # keep the products representable for the next lags
-                norm = frobenius_sq.sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+                # floored at J's own precision: a zero product must stay 0, not become 0/0
+                norm = frobenius_sq.sqrt().clamp_min(tiny)
                 P = P / norm.to(P.dtype).view(count, Bsz, 1, 1)
                 log_scale = log_scale + norm.log()
     return S
@@ -100,18 +124,52 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
 PRODUCT_ORDERS = ("chain", "reversed")
 
 
+def chain_ordered(factors: Tensor, order: str = "chain") -> Tensor:
+    """The stack whose chain-rule products are the products in ``order``.
+
+    The reversed product ``X_1 X_2 ⋯ X_ℓ`` (earlier factors on the left) is the chain-rule
+    product ``X'_ℓ ⋯ X'_1`` of the time-reversed stack ``X'_j = X_{ℓ+1-j}``; this is the one
+    place the paper code's order is implemented (:func:`ordered_sensitivities` and the
+    ``expansion`` experiment use it).
+
+    Args:
+        factors: ``(..., ℓ, N, N)`` in time order.
+        order: one of :data:`PRODUCT_ORDERS`.
+
+    Returns:
+        ``factors`` itself for ``"chain"``, ``factors`` reversed in time for ``"reversed"``.
+    """
+    if order not in PRODUCT_ORDERS:
+        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
+    return factors if order == "chain" else factors.flip(-3)
+
+
 def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
     """:func:`~gatescope.sensitivities` of chain-rule or reversed products.
 
     The reversed product ``J_{k+1} ⋯ J_t`` is the chain-rule product of the time-reversed
-    stack ``J'_s = J_{T+1-s}`` over the window ``(T-t, T-k]``, so
+    stack ``J'_s = J_{T+1-s}`` (:func:`chain_ordered`) over the window ``(T-t, T-k]``, so
     ``S_rev[:, t, k] = S'[:, T-k, T-t]``.
 
     Returns:
         ``(B, T+1, T+1)`` as :func:`~gatescope.sensitivities`.
     """
-    if order == "chain":
-        return sensitivities(J)
-    if order != "reversed":
-        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
-    return sensitivities(J.flip(1)).flip(1, 2).transpose(1, 2)
+    S = sensitivities(chain_ordered(J, order))
+    return S if order == "chain" else S.flip(1, 2).transpose(1, 2)
+
+
+def _check_jacobians(J: Tensor) -> None:
+    """Refuse, before any compute, what :func:`sensitivities` cannot give exact norms of."""
+    if J.dim() != 4 or J.shape[-1] != J.shape[-2] or J.shape[-1] < 1:
+        raise ValueError(f"J must be a (B, T, N, N) stack of Jacobians with N >= 1; "
+                         f"got shape {tuple(J.shape)}")
+    if not (J.is_floating_point() or J.is_complex()):
+        raise TypeError(f"J must be a floating point or complex tensor (float32, float64, "
+                        f"complex64, complex128); got {J.dtype}")
+    # aminmax propagates NaN and keeps ±Inf, without a temporary the size of J
+    lo, hi = torch.aminmax(torch.view_as_real(J) if J.is_complex() else J) if J.numel() else (0, 0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = (~torch.isfinite(J)).nonzero()[0].tolist()
+        raise ValueError(f"J contains NaN/Inf (first at index {tuple(bad)}); spectral norms "
+                         "need finite Jacobians: check the trajectory (e.g. an overflowing "
+                         "input or state)")

@@ -18,6 +18,7 @@ from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 
 from ..cells import make_cell
 from ..dynamics.expansion import DEFAULT_EPS, first_order_expansion
+from ..dynamics.transport import chain_ordered
 from .base import Experiment, Group, Progress, Settings
 from .paper_code import gate_split
 from .registry import register_experiment
@@ -94,8 +95,7 @@ class ExpansionExperiment(Experiment):
                 u = sinusoid_inputs(settings.seq_len, settings.input_size, settings.noise_std,
                                     gen, dtype).to(settings.device)
                 A, B = gate_split(cell, cell.unroll(u), settings.gate_term)
-            if settings.product_order == "reversed":
-                A, B = A.flip(1), B.flip(1)
+            A, B = (chain_ordered(X, settings.product_order) for X in (A, B))
             ex = first_order_expansion(A[0], B[0], settings.eps, settings.fit_points)
             rows.extend(self._rows(group, seed, ex))
             progress(i + 1, len(settings.seeds))

@@ -26,12 +26,13 @@ def gate_split(cell: RecurrentCell, traj: Trajectory, gate_term: str = "previous
                ) -> tuple[Tensor, Tensor]:
     """``(A, B)`` of :func:`~gatescope.jacobian_split`, or with the paper code's post-update
     gate term ``B_t = diag((φ(a_t) - h_t) ⊙ g_t(1-g_t)) W_rg`` (gated tanh cells only)."""
-    A, B = jacobian_split(cell, traj)
-    if gate_term == "previous":
-        return A, B
-    if gate_term != "updated" or not hasattr(cell, "gate_recurrent"):
+    if gate_term not in GATE_TERMS or (gate_term == "updated"
+                                       and not hasattr(cell, "gate_recurrent")):
         raise ValueError(f"gate_term must be one of {GATE_TERMS} (\"updated\" only for "
                          f"scalar_gate/multi_gate), got {gate_term!r} for {cell.name}")
+    A, B = jacobian_split(cell, traj)  # after the check: bad settings fail before compute
+    if gate_term == "previous":
+        return A, B
     g, phi = traj.gates.detach(), traj.cache["phi"].detach()
     h_next = traj.states[:, 1:].detach()
     return A, scale_rows((phi - h_next) * g * (1 - g), cell.gate_recurrent.weight.detach())

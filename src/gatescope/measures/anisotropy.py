@@ -22,19 +22,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ..dynamics.spectral import wide_dtype, widen
 from ..model import SequenceModel
 
 
 def singular_values(X: Tensor) -> Tensor:
     """``torch.linalg.svdvals``, with a fallback for what LAPACK's divide-and-conquer SVD
     refuses (it can fail to converge on very ill-conditioned input): the square roots of the
-    eigenvalues of the smaller Gram matrix, in float64, for the failing matrices only.
+    eigenvalues of the smaller Gram matrix, in float64 (complex128 for complex ``X``), for
+    the failing matrices only.
 
     Args:
-        X: ``(..., p, q)``.
+        X: ``(..., p, q)`` real or complex.
 
     Returns:
-        ``(..., min(p, q))`` descending.
+        ``(..., min(p, q))`` real, descending.
     """
     try:
         return torch.linalg.svdvals(X)
@@ -45,20 +47,21 @@ def singular_values(X: Tensor) -> Tensor:
             try:
                 out.append(torch.linalg.svdvals(chunk))
             except torch.linalg.LinAlgError:
-                Xd = chunk.double()
-                gram = Xd @ Xd.mT if Xd.shape[-2] <= Xd.shape[-1] else Xd.mT @ Xd
-                out.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt().to(X.dtype))
+                Xd = widen(chunk)
+                gram = Xd @ Xd.mH if Xd.shape[-2] <= Xd.shape[-1] else Xd.mH @ Xd
+                out.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
+                           .to(X.dtype.to_real()))
         return torch.cat(out).reshape(*X.shape[:-2], -1)
 
 
 def top_left_singular_vectors(X: Tensor, r: int) -> Tensor:
     """The top-``r`` left singular vectors of each ``(..., N, N)`` matrix: ``(..., N, r)``.
 
-    Computed as the top eigenvectors of ``X Xᵀ`` (a symmetric eigensolve, which always
+    Computed as the top eigenvectors of ``X Xᴴ`` (a Hermitian eigensolve, which always
     converges, unlike the SVD on very ill-conditioned products); accurate for the leading
     directions, which are the ones used.
     """
-    return torch.linalg.eigh(X @ X.mT)[1].flip(-1)[..., :r]
+    return torch.linalg.eigh(X @ X.mH)[1].flip(-1)[..., :r]
 
 
 @dataclass
@@ -105,7 +108,13 @@ def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all"
 
     Returns:
         A :class:`SpectrumStats`. All-zero spectra give NaN (the ratios are undefined).
+
+    Raises:
+        TypeError: for complex ``sigma`` (singular values are real; pass their moduli).
     """
+    if sigma.is_complex():
+        raise TypeError(f"sigma must hold real singular values, got {sigma.dtype}; pass "
+                        "torch.linalg.svdvals(M) (real even for complex M)")
     K = sigma.shape[-1]
     if not 1 <= r <= K:
         raise ValueError(f"r must lie in [1, {K}], got {r}")
@@ -154,13 +163,13 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
 
     For each lag, ``samples_per_lag`` triples are drawn uniformly with replacement: ``b``
     from the batch, ``k`` from ``0..T-lag``, ``t = k + lag``. The products are formed in
-    float64 for all samples at once (one batched matmul per window position; shorter windows
-    are padded with identities), each factor renormalised (the statistics are
-    scale-invariant), and their singular values come from an exact SVD. Singular values
-    below ``σ_1`` times float64's precision are not resolved.
+    float64 (complex128 for complex ``J``) for all samples at once (one batched matmul per
+    window position; shorter windows are padded with identities), each factor renormalised
+    (the statistics are scale-invariant), and their singular values come from an exact SVD.
+    Singular values below ``σ_1`` times float64's precision are not resolved.
 
     Args:
-        J: ``(B, T, N, N)`` Jacobians (:func:`gatescope.jacobians`).
+        J: ``(B, T, N, N)`` real or complex Jacobians (:func:`gatescope.jacobians`).
         lags: lags in ``1..T``.
         samples_per_lag: ``S``.
         generator: CPU generator for the sampling; ``None`` uses a fresh one seeded with 0,
@@ -181,10 +190,10 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
     lag = lags_t.unsqueeze(-1).expand(L, S)
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
-    M = torch.eye(N, dtype=torch.float64, device=J.device).repeat(L * S, 1, 1)
+    M = torch.eye(N, dtype=wide_dtype(J.dtype), device=J.device).repeat(L * S, 1, 1)
     for i in range(int(lags_t.max())):
         act = (lag > i).nonzero().squeeze(-1)  # products still growing: only those multiply
-        Ma = J[b[act], k[act] + i].double() @ M[act]
+        Ma = widen(J[b[act], k[act] + i]) @ M[act]
         M[act] = Ma / torch.linalg.matrix_norm(Ma).clamp_min(
             torch.finfo(Ma.dtype).tiny).view(-1, 1, 1)
     sigma = singular_values(M).reshape(L, S, N)
@@ -276,7 +285,7 @@ def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all")
     the statistics are taken of the singular values of the result (an exact float64 SVD;
     centring leaves one zero singular value when ``M ≤ P``).
     """
-    G = G.double()
+    G = widen(G)
     G = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
     G = G - G.mean(0, keepdim=True)
     sigma = singular_values(G)
@@ -314,15 +323,15 @@ def final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor,
 
 
 def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 10) -> Alignment:
-    """``a_r(k) = ‖U_rᵀ δ_T‖² / ‖δ_T‖²``, ``U_r`` the top-``r`` left singular vectors of
+    """``a_r(k) = ‖U_rᴴ δ_T‖² / ‖δ_T‖²``, ``U_r`` the top-``r`` left singular vectors of
     ``M_{T,k}``.
 
     ``M_{T,k}`` for all requested ``k`` come from one backward sweep
-    ``M_{T,k} = M_{T,k+1} J_{k+1}`` in float64, renormalised at each step (singular vectors
-    are scale-invariant).
+    ``M_{T,k} = M_{T,k+1} J_{k+1}`` in float64 (complex128 when ``J`` or ``δ_T`` is
+    complex), renormalised at each step (singular vectors are scale-invariant).
 
     Args:
-        J: ``(B, T, N, N)`` Jacobians.
+        J: ``(B, T, N, N)`` real or complex Jacobians.
         delta_T: ``(B, N)`` ``∂L/∂h_T`` per example.
         ks: start times in ``0..T-1``.
         r: subspace size, ``1 ≤ r ≤ N``.
@@ -339,8 +348,9 @@ def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 
     if delta_T.shape != (B, N):
         raise ValueError(f"delta_T must have shape {(B, N)}, got {tuple(delta_T.shape)}")
     first = int(ks_t.min())
-    Jd = J[:, first:].double()  # only the steps the products reach
-    M = torch.eye(N, dtype=torch.float64, device=J.device).expand(B, N, N)
+    dtype = wide_dtype(J.dtype, delta_T.dtype)
+    Jd = J[:, first:].to(dtype)  # only the steps the products reach
+    M = torch.eye(N, dtype=dtype, device=J.device).expand(B, N, N)
     wanted, products = set(ks_t.tolist()), {}
     for k in range(T - 1, first - 1, -1):
         M = M @ Jd[:, k - first]  # M_{T,k} = M_{T,k+1} J_{k+1}, J_{k+1} at index k
@@ -348,6 +358,6 @@ def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 
         if k in wanted:
             products[k] = M
     U = top_left_singular_vectors(torch.stack([products[int(k)] for k in ks_t], 1), r)
-    delta = delta_T.double().unsqueeze(1).unsqueeze(-1)  # (B, 1, N, 1)
-    captured = (U.mT @ delta).squeeze(-1).pow(2).sum(-1)
-    return Alignment(ks_t, captured / delta.pow(2).sum((-2, -1)), r / N)
+    delta = delta_T.to(dtype).unsqueeze(1).unsqueeze(-1)  # (B, 1, N, 1)
+    captured = (U.mH @ delta).squeeze(-1).abs().pow(2).sum(-1)
+    return Alignment(ks_t, captured / delta.abs().pow(2).sum((-2, -1)), r / N)

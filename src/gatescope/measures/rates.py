@@ -38,6 +38,7 @@ the ``N``-dimensional state):
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -55,6 +56,8 @@ def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     A scalar-gate retention ``(B, T, 1)`` is repeated across the ``n = hidden_size`` neurons.
     """
     r = traj.retention.detach()
+    if r.is_complex():
+        raise TypeError(f"traj.retention must be real for effective learning rates, got {r.dtype}")
     n = cell.hidden_size
     if r.shape[-1] not in (1, n):
         raise ValueError(f"retention must have 1 or hidden_size={n} columns, got {r.shape}")
@@ -70,6 +73,8 @@ def retained_diagonal(cell: RecurrentCell, traj: Trajectory, J: Tensor | None = 
     given.
     """
     J = jacobians(cell, traj) if J is None else J
+    if J.is_complex():
+        raise TypeError(f"J must be real for effective learning rates, got {J.dtype}")
     N, n = J.shape[-1], cell.hidden_size
     return J.diagonal(dim1=-2, dim2=-1)[..., N - n:].double()
 
@@ -107,7 +112,8 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
     Args:
         cell: the cell that produced ``traj``.
         traj: its trajectory (``cell.unroll(u)``); only detached values are read.
-        lags: the lags ``ℓ ≥ 0`` to report, in the order given; ``None`` for ``0..T``.
+        lags: the lags ``ℓ ≥ 0`` to report, in the order given (ints, or integer tensors
+            of one element); ``None`` for ``0..T``.
         order: ``0`` for ``μ⁰`` (retention products only, no Jacobians), ``1`` for
             ``μ⁰ + μ¹``.
         J: the trajectory's Jacobians ``(B, T, N, N)`` if already computed (order 1 reads
@@ -117,13 +123,15 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
         ``(B, T+1, L, n)`` float64: ``mu[b, t, i, q] = μ_{t, lags[i], q}`` for the window
         ``j = t-ℓ+1..t``, ``t = 0..T`` (tensor index = time); NaN where ``ℓ > t``;
         ``μ_{t,0} = 1``. ``n = hidden_size`` (see the module notes for the LSTM).
+
+    Raises:
+        TypeError: for a lag that is not an integer (a float such as ``1.7``, a bool).
+        ValueError: for a negative lag or an ``order`` other than 0 and 1.
     """
     if order not in (0, 1):
         raise ValueError(f"order must be 0 or 1, got {order!r}")
     T = traj.seq_len
-    lags = list(range(T + 1)) if lags is None else [int(x) for x in lags]
-    if any(x < 0 for x in lags):
-        raise ValueError(f"lags must be >= 0, got {lags}")
+    lags = list(range(T + 1)) if lags is None else integer_lags(lags)
     r = neuron_retention(cell, traj)
     d = retained_diagonal(cell, traj, J) - r if order == 1 else None
     B, n = r.shape[0], r.shape[-1]
@@ -138,6 +146,31 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
         if lag in wanted:
             out[:, lag:, wanted[lag]] = (p if s is None else p + s).unsqueeze(2)
     return out
+
+
+def integer_lags(lags: Sequence[int]) -> list[int]:
+    """``lags`` as a list of ints ``>= 0``, refusing rather than truncating non-integers.
+
+    Accepts Python and NumPy ints and integer-dtype tensors of one element (so an integer
+    tensor of lags works too); refuses floats (``1.7`` is not lag 1), float tensors and bools.
+    """
+    try:
+        out = [_integer(x) for x in lags]
+    except TypeError as err:
+        raise TypeError(f"lags must be a sequence of ints, got {lags!r}: {err}") from None
+    if any(x < 0 for x in out):
+        raise ValueError(f"lags must be >= 0, got {out}")
+    return out
+
+
+def _integer(x) -> int:
+    """``x`` as an int; ``TypeError`` for a bool or anything that is not an integer."""
+    if isinstance(x, bool) or (isinstance(x, Tensor) and x.dtype == torch.bool):
+        raise TypeError(f"{x!r} is a bool, not an integer lag")
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{x!r} ({type(x).__name__}) is not an integer lag") from None
 
 
 def envelope(mu: Tensor) -> Tensor:
