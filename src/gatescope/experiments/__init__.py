@@ -20,12 +20,13 @@ from . import train, profiles, anisotropy, expansion  # noqa: F401
 # isort: on
 from .runner import RunError, RunResult, run_experiment
 from .settings import SettingsError, build_settings, load_toml, parse_assignments
-from .storage import RunLocked, read_rows
+from .storage import OutputFolderError, RunLocked, read_rows
 
 __all__ = [
     "RESULT_COLUMNS",
     "Experiment",
     "Group",
+    "OutputFolderError",
     "Progress",
     "RunError",
     "RunLocked",
