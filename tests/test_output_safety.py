@@ -171,33 +171,41 @@ def test_out_naming_a_file_exits_2(tmp_path, command):
     assert existing.read_text() == "data"
 
 
-@pytest.mark.parametrize("command", [["run", "train"], ["reproduce"]])
-def test_out_in_a_read_only_folder_exits_2(tmp_path, command):
+@pytest.mark.parametrize("command, rerun", [
+    (RUN_ARGS, False),  # a new run folder inside a read-only folder
+    (RUN_ARGS, True),  # a finished run folder made read-only
+    (["reproduce", "--quiet"], False),
+], ids=["new-run-folder", "finished-run-folder", "reproduce"])
+def test_out_in_a_read_only_folder_exits_2(tmp_path, command, rerun):
     """Guards item 9: a PermissionError traceback and exit 1."""
     read_only = tmp_path / "ro"
-    read_only.mkdir()
+    out = read_only if rerun else read_only / "out"
+    if rerun:
+        run_experiment("train", TINY, out, quiet=True)
+    else:
+        read_only.mkdir()
     read_only.chmod(0o555)
     try:
         if os.access(read_only, os.W_OK):
             pytest.skip("this user (root?) can write into read-only folders")
-        proc = cli(*command, "--quiet", "--out", str(read_only / "out"))
+        proc = cli(*command, "--out", str(out))
     finally:
         read_only.chmod(0o755)
-    assert_one_line_usage_error(proc, str(read_only / "out"), "cannot be written")
+    assert_one_line_usage_error(proc, str(out), "cannot be written")
 
 
 def test_out_in_a_read_only_folder_simulated(tmp_path, monkeypatch, capsys):
-    """Item 9 where permissions cannot be tested (root): creating the folder is denied."""
-    target = tmp_path / "ro" / "out"
-
+    """Item 9 where permissions cannot be tested (root): writing is denied."""
     def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
+    run_experiment("train", TINY, tmp_path / "done", quiet=True)
     monkeypatch.setattr(Path, "mkdir", denied)
-    assert main([*RUN_ARGS, "--out", str(target)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"gatescope: error: --out {str(target)!r}: cannot be written (Permission " \
-        "denied)"
+    monkeypatch.setattr("gatescope.experiments.storage.atomic_write_json", denied)
+    for out in (tmp_path / "ro" / "out", tmp_path / "done"):
+        assert main([*RUN_ARGS, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == \
+            f"gatescope: error: --out {str(out)!r}: cannot be written (Permission denied)"
 
 
 @pytest.mark.parametrize("device, words", [

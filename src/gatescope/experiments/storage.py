@@ -328,29 +328,32 @@ def check_folder(out: str | os.PathLike, kind: str, *, force: bool = False,
         raise OutputFolderError(out, "an empty path names no folder (use '.' for the "
                                 "current one)")
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise OutputFolderError(out, "is a file, not a folder")
-    if force or not path.exists():
-        return path
-    found = folder_kind(path)
-    if found == kind or (found is None and legacy is not None and legacy(path)):
-        return path
+    try:
+        if not path.exists():
+            return path
+        if not path.is_dir():
+            raise OutputFolderError(out, "is a file, not a folder")
+        if force:
+            return path
+        found = folder_kind(path)
+        if found == kind or (found is None and legacy is not None and legacy(path)):
+            return path
+        foreign = sorted(p.name for p in path.iterdir() if not _own_entry(p.name))
+    except OSError as err:
+        raise OutputFolderError(out, f"cannot be read ({err.strerror})") from None
     if found is not None:
         raise OutputFolderError(out, f"holds the output of `gatescope {found}`, not of "
                                 f"`gatescope {kind}`", forceable=True)
-    try:
-        foreign = [p.name for p in path.iterdir() if not _own_entry(p.name)]
-    except OSError as err:
-        raise OutputFolderError(out, f"cannot be read ({err.strerror})") from None
     if foreign:
         raise OutputFolderError(out, f"is not empty and gatescope did not make it (it holds "
-                                f"{sorted(foreign)[0]!r})", forceable=True)
+                                f"{foreign[0]!r})", forceable=True)
     return path
 
 
 def claim_folder(out: str | os.PathLike, kind: str, *, force: bool = False,
                  legacy: Callable[[Path], bool] | None = None) -> Path:
-    """:func:`check_folder`, then create ``out`` and mark it as gatescope's ``kind`` of output.
+    """:func:`check_folder`, then create ``out`` and (re)write its :data:`FOLDER_MARKER`,
+    which also proves, before any work, that the folder can be written.
 
     Returns:
         ``out`` as a path.
@@ -360,8 +363,6 @@ def claim_folder(out: str | os.PathLike, kind: str, *, force: bool = False,
             written (a read-only parent or folder, a path through a file).
     """
     path = check_folder(out, kind, force=force, legacy=legacy)
-    if folder_kind(path) == kind:
-        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / FOLDER_MARKER, {"kind": kind})
