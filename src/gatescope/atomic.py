@@ -3,6 +3,9 @@
 Each write goes to a temporary file in the target's folder, is flushed and fsynced, and
 then replaces the target with ``os.replace`` (atomic on POSIX and Windows). A process
 killed mid-write leaves at most a stray ``.*.tmp`` file, which later writes ignore.
+
+Files get the permissions of a plainly created file, ``0o666`` less the process umask
+(``tempfile.mkstemp`` would make every output ``0o600``, unreadable to anyone else).
 """
 
 from __future__ import annotations
@@ -10,17 +13,35 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+#: ``os.open`` flags of a temporary file: new (never an existing file or link), binary.
+_TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new empty ``.NAME.RANDOM.tmp`` beside ``path``, mode ``0o666`` less the umask.
+
+    Returns:
+        Its open file descriptor and its path.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit name collision
+            continue
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` atomically; ``write(f)`` fills the binary file object ``f``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -28,7 +49,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

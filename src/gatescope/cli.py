@@ -1,16 +1,20 @@
 """The ``gatescope`` command (also ``python -m gatescope``).
 
 Subcommands:
-    ``run EXPERIMENT [--set KEY=VALUE ...] [--config FILE.toml] [--out DIR] [--jobs N]
-    [--quiet]`` — run or finish an experiment (see :func:`gatescope.experiments.run_experiment`);
-    ``list`` — cells, tasks with their baseline losses, optimizers, experiments and their
-    settings; ``verify [--device D] [--dtype T]`` — check the analytic quantities against
-    autograd on this machine; ``reproduce [--preset quick|paper] [--out DIR] [--seeds N]
-    [--device D] [--jobs N] [--quiet]`` — every experiment of the paper, figures and report.
+    ``run EXPERIMENT [--set KEY=VALUE ...] [--config FILE.toml] [--out DIR] [--force]
+    [--jobs N] [--quiet]`` — run or finish an experiment (see
+    :func:`gatescope.experiments.run_experiment`); ``list`` — cells, tasks with their
+    baseline losses, optimizers, experiments and their settings; ``verify [--device D]
+    [--dtype T]`` — check the analytic quantities against autograd on this machine;
+    ``reproduce [--preset quick|paper] [--out DIR] [--force] [--seeds N] [--device D]
+    [--jobs N] [--quiet]`` — every experiment of the paper, figures and report.
 
-Exit codes: 0 success; 1 a run or a check failed; 2 bad usage or settings (reported
-before any work starts). Each subcommand is a ``_add_NAME(subparsers)`` function that
-registers its parser and handler, so adding one touches nothing else.
+``--out`` must be a new or empty folder or one gatescope wrote (which is resumed); a
+non-empty folder of other files is refused unless ``--force`` is given.
+
+Exit codes: 0 success; 1 a run or a check failed; 2 bad usage, settings, output folder or
+device (reported before any work starts). Each subcommand is a ``_add_NAME(subparsers)``
+function that registers its parser and handler, so adding one touches nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports the experiments lazily, to start fast
+    from .experiments import OutputFolderError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -29,6 +37,22 @@ LIST_SEQ_LEN = 80
 
 def _error(message: str) -> None:
     print(f"gatescope: error: {message}", file=sys.stderr)
+
+
+def _add_out(p: argparse.ArgumentParser, default: str) -> None:
+    """``--out DIR`` and ``--force``."""
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default: {default}); a "
+                   "rerun into it resumes")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is a "
+                   "non-empty folder that gatescope did not make (its files of gatescope's "
+                   "names are replaced)")
+
+
+def _folder_error(err: OutputFolderError) -> int:
+    """Report an :class:`~gatescope.experiments.OutputFolderError` as ``--out`` 's."""
+    hint = "; use --force to write into it anyway" if err.forceable else ""
+    _error(f"--out {err.folder!r}: {err.problem}{hint}")
+    return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------- run
@@ -42,8 +66,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="assignments", metavar="KEY=VALUE", nargs="+",
                    action="extend", default=[], help="override a setting (repeatable)")
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (--set wins)")
-    p.add_argument("--out", metavar="DIR",
-                   help="run folder (default: gatescope-results/EXPERIMENT)")
+    _add_out(p, "gatescope-results/EXPERIMENT")
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="groups run in parallel worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -62,6 +85,7 @@ def _positive_int(text: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .experiments import (
+        OutputFolderError,
         RunError,
         RunLocked,
         SettingsError,
@@ -86,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         result = run_experiment(args.experiment, settings, args.out, jobs=args.jobs,
-                                quiet=args.quiet)
+                                quiet=args.quiet, force=args.force)
+    except OutputFolderError as err:
+        return _folder_error(err)
     except (RunError, RunLocked) as err:
         _error(str(err))
         return EXIT_FAILED
@@ -168,7 +194,11 @@ def _verify(args: argparse.Namespace) -> int:
             raise
         _error("this installation has no gatescope.verify module")
         return EXIT_FAILED
-    return int(verify.main(device=args.device, dtype=args.dtype))
+    try:
+        return int(verify.main(device=args.device, dtype=args.dtype))
+    except ValueError as err:  # an unknown or unavailable device, before any check
+        _error(str(err))
+        return EXIT_USAGE
 
 
 # ---------------------------------------------------------------------- reproduce
@@ -182,8 +212,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=("quick", "paper"), default="quick",
                    help="quick: minutes on a laptop CPU (default); paper: the paper's "
                    "protocol with 20 seeds")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: "
-                   "gatescope-results/reproduce)")
+    _add_out(p, "gatescope-results/reproduce")
     p.add_argument("--seeds", type=_positive_int, metavar="N",
                    help="seeds of the main runs (default: the preset's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -194,16 +223,19 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .experiments import RunError, RunLocked, SettingsError
+    from .experiments import OutputFolderError, RunError, RunLocked, SettingsError
     from .reproduce import DEFAULT_OUT, reproduce
 
     try:
-        report = reproduce(args.preset, args.out or DEFAULT_OUT, seeds=args.seeds,
-                           device=args.device, jobs=args.jobs, quiet=args.quiet)
+        report = reproduce(args.preset, DEFAULT_OUT if args.out is None else args.out,
+                           seeds=args.seeds, device=args.device, jobs=args.jobs,
+                           quiet=args.quiet, force=args.force)
     except SettingsError as err:
         for key, message in err.problems:
             _error(f"setting {key!r}: {message}")
         return EXIT_USAGE
+    except OutputFolderError as err:
+        return _folder_error(err)
     except (RunError, RunLocked) as err:
         _error(str(err))
         return EXIT_FAILED

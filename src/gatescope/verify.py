@@ -89,11 +89,7 @@ def run_checks(device: str | torch.device = "cpu", dtype: torch.dtype | str = to
         ValueError: for an unknown cell name, an unsupported dtype or an unavailable device.
     """
     dtype = _resolve_dtype(dtype)
-    device = torch.device(device)
-    try:  # fail here, not once per cell, if the device is unavailable
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:  # CPU-only builds raise AssertionError
-        raise ValueError(f"device {str(device)!r} is not available: {exc}") from exc
+    device = _resolve_device(device)
     names = list_cells() if cells is None else list(cells)
     for name in names:
         cell_class(name)  # ValueError naming the choices for an unknown cell
@@ -139,6 +135,10 @@ def main(device: str = "cpu", dtype: str = "float64") -> int:
 
     Returns:
         ``0`` when every check passes, ``1`` otherwise.
+
+    Raises:
+        ValueError: an unknown or unavailable device, or an unsupported dtype (before any
+            check runs or anything is printed).
     """
     results = run_checks(device=device, dtype=dtype)
     print(f"gatescope verify: device={device}, dtype={dtype}, torch {torch.__version__}")
@@ -150,6 +150,25 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if resolved not in TOLERANCES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return resolved
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has (probed once, not once per cell).
+
+    Raises:
+        ValueError: naming the allowed devices, for a name torch does not know or a device
+            that is not available (e.g. ``cuda`` without CUDA).
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N; got {str(device)!r}") from None
+    try:
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:  # CPU-only builds raise AssertionError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"device {str(resolved)!r} is not available ({reason})") from exc
     return resolved
 
 

@@ -22,12 +22,13 @@ from . import train, profiles, anisotropy, expansion  # noqa: F401
 from ..results import read_rows
 from .runner import RunError, RunResult, run_experiment
 from .settings import SettingsError, build_settings, load_toml, parse_assignments
-from .storage import RunLocked
+from .storage import OutputFolderError, RunLocked
 
 __all__ = [
     "RESULT_COLUMNS",
     "Experiment",
     "Group",
+    "OutputFolderError",
     "Progress",
     "RunError",
     "RunLocked",

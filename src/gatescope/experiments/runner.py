@@ -4,7 +4,8 @@
 
 1. validates the settings (a :class:`~gatescope.experiments.settings.SettingsError`
    before any work),
-2. writes ``config.json`` and takes the folder's run lock,
+2. claims the folder (a non-empty folder that gatescope did not make is refused unless
+   ``force``), takes its run lock and writes ``config.json``,
 3. skips every group already finished with the same settings (see
    :mod:`~gatescope.experiments.storage`; a truncated results file is redone),
 4. runs the other groups, in this process (``jobs=1``) or in ``jobs`` spawned worker
@@ -41,7 +42,14 @@ from ..training import flush_denormals
 from .base import Experiment, Group, Progress, Settings
 from .registry import get_experiment
 from .settings import build_settings, settings_hash
-from .storage import GroupFolder, GroupTiming, assemble_results, run_lock
+from .storage import (
+    GroupFolder,
+    GroupTiming,
+    assemble_results,
+    claim_folder,
+    is_run_folder,
+    run_lock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +89,23 @@ class RunResult:
 
 def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = None,
                    out: str | os.PathLike | None = None, *, jobs: int = 1,
-                   quiet: bool = False) -> RunResult:
+                   quiet: bool = False, force: bool = False) -> RunResult:
     """Run (or finish) the experiment registered as ``name``.
 
     Args:
         name: a registered experiment (see :func:`list_experiments`).
         settings: its settings model, or a mapping of setting overrides (validated).
-        out: the run folder; default ``gatescope-results/NAME``.
+        out: the run folder; default ``gatescope-results/NAME``. It must be new, empty or
+            a run folder (which is resumed); an empty string is refused.
         jobs: worker processes for the groups (1: run in this process).
         quiet: no progress bars.
+        force: also write into a non-empty folder that gatescope did not make (files of
+            the run's names are replaced).
 
     Raises:
         ValueError: unknown experiment or ``jobs < 1``.
         SettingsError: invalid settings (nothing is written).
+        OutputFolderError: ``out`` may not or cannot be written (before any work).
         RunLocked: another run is writing to ``out``.
         RunError: some groups failed (the others' results are kept).
     """
@@ -103,11 +115,12 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
                                   experiment=name)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
-    out = Path(out) if out is not None else DEFAULT_ROOT / name
     groups = experiment.groups(settings)
     if len({g.key for g in groups}) != len(groups):
         raise ValueError(f"experiment {name!r} produced repeated groups")
     digest = settings_hash(name, settings)
+    out = claim_folder(DEFAULT_ROOT / name if out is None else out, "run", force=force,
+                       legacy=is_run_folder)
     result = RunResult(out)
     from .. import __version__  # here, not at import: gatescope/__init__ may import us
     with run_lock(out):

@@ -4,7 +4,9 @@
 calls ``measure(trainer)`` for that checkpoint's result rows, then saves the trainer and
 every row so far in one atomic checkpoint file. Run again on the same folder (after a
 crash, ``SIGKILL``, or a finished run), it restores the newest checkpoint and continues, so
-the rows returned equal those of one uninterrupted run.
+the rows returned equal those of one uninterrupted run. A checkpoint that no longer matches
+its recorded sha256 (see :mod:`.checkpoints`) is skipped with a warning, and the steps since
+the previous good one are trained again.
 """
 
 from __future__ import annotations
