@@ -63,6 +63,11 @@ def register_quantity(name: str, *, cost: int, axes: Mapping[str, str] | None = 
         >>> @gs.register_quantity("state_norm", cost=0)
         ... def state_norm(ctx):
         ...     return {"mean": ctx.trajectory.states.norm(dim=-1).mean()}
+        >>> model = gs.SequenceModel(gs.make_cell("leaky", input_size=2, hidden_size=3))
+        >>> probe = gs.Probe(model, torch.randn(4, 6, 2), torch.randn(4, 1),
+        ...                  quantities=["state_norm"])
+        >>> sorted(probe(0))
+        ['state_norm/mean']
 
     Args:
         name: registry name; must not contain ``"/"``.
