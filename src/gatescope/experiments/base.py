@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .summary import seed_aggregates
 
-#: The columns every results row has (DESIGN §8); experiments may add more (``eps``, ...).
+#: The columns every results row has (docs/outputs.md#resultscsv); experiments may add more
+#: (``eps``, ...).
 RESULT_COLUMNS = ("experiment", "task", "cell", "optimizer", "seed", "step", "metric", "lag",
                   "value")
 

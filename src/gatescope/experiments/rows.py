@@ -1,4 +1,4 @@
-"""Building tidy result rows (DESIGN §8) without repeating the fixed columns."""
+"""Building tidy result rows (docs/outputs.md#resultscsv) without repeating the fixed columns."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A tidy results table (``results.csv``) as numpy columns, with the selections and
 across-seed aggregates the figures and the report need.
 
-The table has one row per measurement (DESIGN §8); a selection fixes some columns and returns
+The table has one row per measurement (docs/outputs.md#resultscsv); a selection fixes some
+columns and returns
 a smaller table, and :meth:`ResultsTable.by_seed` turns a selection into a ``(seeds, points)``
 array so every figure and verdict shows the spread across seeds.
 """
