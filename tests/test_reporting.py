@@ -1,7 +1,7 @@
 """Reporting: verdict rules on synthetic tables whose answer is known, the analogy and
 fidelity sections, and every figure written as PNG and PDF.
 
-Rows are fabricated here with the metric names the experiments write (DESIGN §8 and
+Rows are fabricated here with the metric names the experiments write (docs/outputs.md#metrics and
 ``experiments/probes.py``), a few seeds, checkpoints and lags, so nothing depends on a run.
 """
 

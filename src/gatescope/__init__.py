@@ -1,6 +1,7 @@
 """gatescope: how the gates of a recurrent network shape its training.
 
-The public names of DESIGN.md §7 live here; see the subpackages for the rooms they come
+The public names (docs/README.md#public-names) live here; see the subpackages for the rooms
+they come
 from (``cells``, ``dynamics``, ``tasks``).
 
 ``import gatescope`` loads the analysis API only. The experiment API

@@ -8,7 +8,8 @@ included) the suite builds a small random instance and compares
 * the sum over lags of :func:`~gatescope.lag_gradients` with autograd's gradient, for both
   readouts (``"last"`` and ``"all"``);
 * the effective learning rates (zeroth order and
-  with the first-order term) with a brute-force evaluation of their definition (DESIGN §4),
+  with the first-order term) with a brute-force evaluation of their definition
+  (docs/maths.md#effective-learning-rates),
   and the per-example gradients with one autograd call per example (readout "last", and
   readout "all" with a step mask).
 
@@ -276,7 +277,8 @@ def _product(factors: list[Tensor], one: Tensor) -> Tensor:
 
 def _brute_force_rates(cell: RecurrentCell, traj: Trajectory,
                        lags: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """``μ⁰`` and ``μ⁰ + μ¹`` straight from DESIGN §4, each ``(B, T+1, L, n)`` float64.
+    """``μ⁰`` and ``μ⁰ + μ¹`` straight from their definition, each ``(B, T+1, L, n)`` float64
+    (docs/maths.md#effective-learning-rates).
 
     ``μ⁰_{t,ℓ} = ∏_j r_j`` and ``μ¹_{t,ℓ} = Σ_j (∏_{i≠j} r_i) d_j`` with
     ``d_j = diag(J_j) - r_j`` over the window ``j = t-ℓ+1..t``, ``J`` from autograd and its

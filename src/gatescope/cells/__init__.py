@@ -1,7 +1,7 @@
 """Recurrent cells: explicit tensor programs with analytic Jacobians where one exists."""
 
 # isort: off
-# Importing the cell modules registers the cells, in the order of DESIGN.md's table.
+# Importing the cell modules registers the cells, in the order of docs/maths.md#cells.
 from . import plain, leaky, gated, gru, lstm  # noqa: F401
 
 # isort: on

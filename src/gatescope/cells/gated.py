@@ -19,7 +19,7 @@ from .registry import register_cell
 class GatedCell(ElmanCore):
     """Update-gated tanh cell with one shared gate or one gate per neuron.
 
-    Jacobian split (DESIGN §2), with ``h_{t-1}`` the state *before* the update:
+    Jacobian split (docs/maths.md#jacobian-split), with ``h_{t-1}`` the state *before* the update:
         ``A_t = diag(1-g_t) + diag(g_t ⊙ φ'(a_t)) W_r``,
         ``B_t = diag((φ(a_t) - h_{t-1}) ⊙ g_t(1-g_t)) W_rg``.
     """

@@ -18,6 +18,10 @@ def register_cell(name: str) -> Callable[[type[RecurrentCell]], type[RecurrentCe
     Example:
         >>> @gs.register_cell("my_cell")
         ... class MyCell(gs.RecurrentCell): ...
+        >>> gs.cell_class("my_cell") is MyCell, MyCell.name
+        (True, 'my_cell')
+
+    ``docs/adding-a-cell.md`` builds a complete cell, with its analytic Jacobian split.
     """
     return _CELLS.register(name)
 

@@ -5,7 +5,7 @@ bias are driven by slow sinusoids plus noise (the paper code's signal:
 ``u_{t,i} = sin(f_i s_t + p_i) + noise_std·ε``, ``s_t`` on ``linspace(0, 12, T)``,
 ``f_i`` on ``linspace(0.03, 0.09, m)``, ``p_i ~ N(0, 1)``). Along the trajectory
 ``J_t = A_t + B_t``; over the whole window the first-order expansion of
-``∏ (A_j + ε B_j)`` is compared with the exact product (DESIGN §2).
+``∏ (A_j + ε B_j)`` is compared with the exact product (docs/maths.md#first-order-expansion).
 """
 
 from __future__ import annotations

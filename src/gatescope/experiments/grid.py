@@ -1,6 +1,7 @@
 """Settings shared by every experiment that trains a grid of tasks × cells × optimizers.
 
-Field names are the common ones of DESIGN §7; an experiment subclasses
+Field names are the common ones (docs/adding-an-experiment.md#common-settings); an experiment
+subclasses
 :class:`GridSettings`, adds its own fields and overrides defaults.
 """
 

@@ -1,6 +1,7 @@
 """The paper code's known defects, reproducible on request (fidelity switches).
 
-gatescope fixes these by default (DESIGN §6); experiments call these functions only when a
+gatescope fixes these by default (docs/fidelity.md#switches); experiments call these functions
+only when a
 setting asks for the paper code's behaviour, so a report can say how much each one moves the
 numbers.
 

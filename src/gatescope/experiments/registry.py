@@ -18,6 +18,10 @@ def register_experiment(name: str) -> Callable[[type[Experiment]], type[Experime
     Example:
         >>> @register_experiment("my_experiment")
         ... class Mine(Experiment): ...
+        >>> experiment_class("my_experiment") is Mine, "my_experiment" in list_experiments()
+        (True, True)
+
+    ``docs/adding-an-experiment.md`` builds a complete experiment and runs it.
     """
     return _EXPERIMENTS.register(name)
 

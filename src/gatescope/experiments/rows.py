@@ -1,5 +1,5 @@
-"""Building tidy result rows (``docs/outputs.md``) without repeating the fixed columns; every
-row's metric is one declared in :mod:`gatescope.metrics`."""
+"""Building tidy result rows (docs/outputs.md#resultscsv) without repeating the fixed columns;
+every row's metric is one declared in :mod:`gatescope.metrics`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ line reports with exit code 2.
 (``tasks=adding``); ``none``/``null`` mean ``None``; a string given to a list setting is
 split on commas (``tasks=adding,copy``).
 
-The annotated types below carry the common setting names of DESIGN §7 (``seeds``,
+The annotated types below carry the common setting names
+(docs/adding-an-experiment.md#common-settings: ``seeds``,
 ``tasks``, ``cells``, ``optimizers``, ``lr``, ``checkpoints``, ``device``, ``dtype``) so
 that every experiment reads them the same way.
 """

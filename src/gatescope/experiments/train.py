@@ -4,7 +4,7 @@ Each group trains every seed at once with :class:`~gatescope.training.EnsembleTr
 (fresh batches each step, per-seed data streams), checkpointing at the ``checkpoints``
 steps (the last step always included) so an interrupted group resumes.
 
-Rows (DESIGN §8 columns; ``lag`` empty):
+Rows (docs/outputs.md#resultscsv columns; ``lag`` empty):
 
 * ``loss`` — the training loss of step ``s`` (the batch loss before update ``s + 1``), every
   ``log_every`` steps and at the last step, until a seed diverges;

@@ -1,5 +1,6 @@
 """Measures built on the dynamics: effective learning rates, sensitivity profiles,
-anisotropy of transport and updates, and optimizer step sizes (DESIGN §4–5).
+anisotropy of transport and updates, and optimizer step sizes
+(docs/maths.md#effective-learning-rates and the sections after it).
 
 A functional core: plain functions of trajectories, Jacobians, sensitivities, models and
 optimizers, returning tensors or small dataclasses.

@@ -1,4 +1,4 @@
-"""Anisotropy of gradient transport and of parameter updates (DESIGN §5).
+"""Anisotropy of gradient transport and of parameter updates (docs/maths.md#anisotropy).
 
 For singular values ``σ_1 ≥ σ_2 ≥ … ≥ σ_K ≥ 0``:
 

@@ -1,4 +1,5 @@
-"""The paper's §VII-A sensitivity profile and its gate-product predictors (DESIGN §4).
+"""The paper's §VII-A sensitivity profile and its gate-product predictors
+(docs/maths.md#sensitivity-profile).
 
 With ``S_{t,k} = ‖M_{t,k}‖_2`` from :func:`gatescope.sensitivities` (``(B, T+1, T+1)``,
 NaN above the diagonal) and lag ``ℓ = t - k``:

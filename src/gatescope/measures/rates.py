@@ -1,4 +1,4 @@
-"""Lag- and neuron-resolved effective learning rates (DESIGN §4).
+"""Lag- and neuron-resolved effective learning rates (docs/maths.md#effective-learning-rates).
 
 Per neuron ``q`` and window ``j = t-ℓ+1..t`` (the ``ℓ`` steps a lag-``ℓ`` gradient
 contribution to ``h_t`` is transported through), with retention ``r_j`` and the rest of the

@@ -43,12 +43,24 @@ class Probe:
     """Records chosen quantities of a training run on a fixed probe batch.
 
     Example:
-        >>> probe = gs.Probe(model, u, y, optimizer=opt, quantities="full",
+        >>> import tempfile
+        >>> model = gs.SequenceModel(gs.make_cell("multi_gate", input_size=2, hidden_size=4))
+        >>> u, y = torch.randn(8, 6, 2), torch.randn(8, 1)
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> probe = gs.Probe(model, u, y, optimizer=opt, quantities="cheap",
         ...                  schedule=gs.Schedule.every(10))
-        >>> for step in range(steps + 1):
-        ...     probe(step)                 # records at 0, 10, 20, ...
-        ...     ...                         # one optimizer update
-        >>> probe.save("run/probe")         # run/probe.json + run/probe.npz
+        >>> for step in range(21):
+        ...     _ = probe(step)              # records at 0, 10, 20
+        ...     opt.zero_grad()
+        ...     model.loss(u, y).backward()
+        ...     opt.step()
+        >>> probe.steps.tolist()
+        [0, 10, 20]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = probe.save(f"{folder}/probe")  # probe.json + probe.npz
+        ...     saved = gs.load_probe(f"{folder}/probe")
+        >>> saved.steps.tolist(), saved.quantities == probe.results().quantities
+        ([0, 10, 20], True)
 
     Args:
         model: a :class:`~gatescope.SequenceModel`.

@@ -77,6 +77,11 @@ def register_quantity(name: str, *, cost: int, metrics: Sequence[Metric],
         ...     "state_norm_mean", "mean ‖h_t‖ over the probe batch and time")])
         ... def state_norm(ctx):
         ...     return {"state_norm_mean": ctx.trajectory.states.norm(dim=-1).mean()}
+        >>> model = gs.SequenceModel(gs.make_cell("leaky", input_size=2, hidden_size=3))
+        >>> probe = gs.Probe(model, torch.randn(4, 6, 2), torch.randn(4, 1),
+        ...                  quantities=["state_norm"])
+        >>> sorted(probe(0))
+        ['state_norm_mean']
 
     Args:
         name: registry name; must not contain ``"/"``.

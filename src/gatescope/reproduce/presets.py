@@ -1,6 +1,7 @@
 """The ``reproduce`` presets: the settings of each experiment, and the fidelity runs.
 
-``paper`` is the paper's protocol (its code's settings, DESIGN §6) with 20 seeds and the
+``paper`` is the paper's protocol (its code's settings, docs/fidelity.md#paper-protocol) with
+20 seeds and the
 factorial anisotropy design (which contains the paper's three arms). ``quick`` keeps every
 experiment, claim and figure but trades statistical power and training length for time, so
 it finishes in minutes on a laptop CPU; :data:`QUICK_TRADE_OFFS` says what it gives up, and

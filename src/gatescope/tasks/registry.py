@@ -29,7 +29,14 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         >>> @register_task("my_task")
         ... class MyTask(Task):
         ...     gain: float = 1.0
-        ...     def _generate(self, batch, generator): ...
+        ...     def _generate(self, batch, generator):
+        ...         u = torch.randn(batch, self.seq_len, self.input_size, generator=generator,
+        ...                         dtype=torch.float64)
+        ...         return u, self.gain * u[:, -1, :1]
+        >>> task = make_task("my_task", seq_len=5, input_size=2, gain=2.0)
+        >>> u, y = task.sample(3, torch.Generator().manual_seed(0))
+        >>> tuple(u.shape), tuple(y.shape), torch.equal(y, 2.0 * u[:, -1, :1])
+        ((3, 5, 2), (3, 1), True)
     """
     return _TASKS.register(name, _as_frozen_dataclass)
 
