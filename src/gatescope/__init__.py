@@ -22,7 +22,6 @@ from .dynamics.jacobians import (
 )
 from .dynamics.lag_gradients import lag_gradients
 from .dynamics.transport import sensitivities, transport
-from .experiments import list_experiments, register_experiment, run_experiment
 from .measures import (
     effective_learning_rates,
     envelope,
@@ -53,6 +52,18 @@ from .tasks import Task, describe_tasks, list_tasks, make_task, register_task
 from .training import EnsembleTrainer, list_optimizers, make_optimizer
 
 __version__ = "0.1.0"
+
+#: Names served from ``gatescope.experiments`` on first use, so that ``import gatescope``
+#: does not import pydantic (only the experiments' settings need it).
+_EXPERIMENT_NAMES = ("list_experiments", "register_experiment", "run_experiment")
+
+
+def __getattr__(name: str):
+    if name in _EXPERIMENT_NAMES:
+        from . import experiments
+
+        return getattr(experiments, name)
+    raise AttributeError(f"module 'gatescope' has no attribute {name!r}")
 
 __all__ = [
     "EnsembleTrainer",

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import as_int, as_int_tuple
 from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..model import SequenceModel
-from ..tasks._validate import as_int, as_int_tuple
 from .context import ProbeContext
 from .registry import SkipQuantity, resolve_quantities
 from .results import ProbeResults

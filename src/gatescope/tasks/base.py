@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._validate import as_int
+from ..checks import as_int
 
 #: Samples behind every Monte Carlo ``baseline_loss``.
 MC_SAMPLES = 100_000
