@@ -12,9 +12,9 @@ schedule and momentum analogies. Rows also carry the training ``loss``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, field_validator
 
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
@@ -23,7 +23,19 @@ from .losses import live_models, logged_steps, record_losses
 from .probes import record_profiles
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, Seeds, Steps, lr_for
+from .settings import (
+    MAX_BATCH,
+    MAX_STEPS,
+    BatchSize,
+    CellNames,
+    Lags,
+    OptionalInputSize,
+    Seeds,
+    StepCount,
+    Steps,
+    lr_for,
+    number,
+)
 
 PROBE_STREAM = "probe"
 
@@ -33,18 +45,28 @@ class ProfilesSettings(GridSettings):
 
     cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
-    steps: PositiveInt = Field(800, description="optimizer steps")
+    steps: StepCount = Field(800, description=f"optimizer steps (<= {MAX_STEPS})")
     checkpoints: Steps | None = Field((0, 50, 200, 400, 600, 800),
                                       description="steps at which the probe batch is measured")
-    input_size: PositiveInt | None = Field(4, description="m")
-    probe_batch: PositiveInt = Field(12, description="fixed probe sequences per seed")
-    alpha: float = Field(0.8, gt=0, le=1, description="leaky cell's update weight")
-    trim: float = Field(0.01, ge=0, lt=0.5, description="quantile cut of the power fit")
-    rate_lags: Steps = Field((1, 2, 4, 8, 16, 32), description="lags of effective rates")
-    schedule_lags: Steps = Field((1, 5, 10, 20), description="lags of the implied schedule")
-    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
+    input_size: OptionalInputSize = Field(4, description="m")
+    probe_batch: BatchSize = Field(12, description=f"fixed probe sequences per seed "
+                                   f"(<= {MAX_BATCH})")
+    alpha: Annotated[float, number(above=0, maximum=1)] = Field(
+        0.8, description="leaky cell's update weight, in (0, 1]")
+    trim: Annotated[float, number(minimum=0, below=0.5)] = Field(
+        0.01, description="quantile cut of the power fit, in [0, 0.5)")
+    rate_lags: Lags = Field((1, 2, 4, 8, 16, 32), description="lags of effective rates "
+                            "(each < seq_len)")
+    schedule_lags: Lags = Field((1, 5, 10, 20), description="lags of the implied schedule "
+                                "(each < seq_len)")
+    log_every: StepCount = Field(10, description="record the training loss every k steps")
     product_order: Literal["chain", "reversed"] = Field(
         "chain", description="transport product order; reversed = the paper code's defect")
+
+    _lags_fit = field_validator("rate_lags", "schedule_lags")(GridSettings.lags_within)
+
+    def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return [*super().largest_tensors(), self.probe_jacobians(self.probe_batch)]
 
 
 @register_experiment("profiles")
