@@ -31,6 +31,7 @@ from .registry import register_experiment
 from .rows import RowWriter
 from .settings import (
     MAX_BATCH,
+    MAX_SEQ_LEN,
     MAX_STEPS,
     BatchSize,
     CellNames,
@@ -67,7 +68,7 @@ class AnisotropySettings(GridSettings):
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
     steps: StepCount = Field(1200, description=f"optimizer steps (<= {MAX_STEPS})")
     checkpoints: Steps | None = Field((0, 400, 800, 1200), description="measurement steps")
-    seq_len: SeqLen = Field(120, description="task length T")
+    seq_len: SeqLen = Field(120, description=f"task length T (<= {MAX_SEQ_LEN})")
     input_size: OptionalInputSize = Field(6, description="m")
     probe_batch: BatchSize = Field(64, description=f"fixed probe sequences per seed "
                                    f"(<= {MAX_BATCH})")
