@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 
 from gatescope.tasks import (
+    MC_SAMPLES,
     MC_SEED,
     Task,
     TaskInfo,
     describe_tasks,
     list_tasks,
     make_task,
+    precomputed,
     register_task,
     task_class,
 )
@@ -254,6 +257,60 @@ def test_monte_carlo_baseline_is_deterministic_and_cached():
     assert make_task("sinmix", 12, 2, noise_std=0.2).baseline_loss == pytest.approx(
         a.baseline_loss, rel=1e-12
     )  # distractors do not touch the target, and the draws are the same
+
+
+@pytest.mark.parametrize("key", sorted(precomputed.MONTE_CARLO_BASELINES))
+def test_precomputed_baselines_are_what_monte_carlo_gives(key):
+    """Each stored baseline is recomputed here (same MC_SAMPLES, MC_SEED): the table behind a
+    fast ``gatescope list`` cannot drift from the tasks' code. (rel 1e-12, not ==, only so
+    that another CPU's last-bit rounding of float64 sums is no failure.)"""
+    assert (precomputed.TABLE_SAMPLES, precomputed.TABLE_SEED) == (MC_SAMPLES, MC_SEED)
+    path, seq_len, input_size, options = key
+    module, _, name = path.rpartition(".")
+    task = getattr(importlib.import_module(module), name)(seq_len, input_size, **dict(options))
+    assert precomputed.table_key(task) == key
+    assert task._monte_carlo_baseline() == pytest.approx(
+        precomputed.MONTE_CARLO_BASELINES[key], rel=1e-12, abs=0)
+
+
+def test_gatescope_list_computes_no_monte_carlo_baseline(monkeypatch, capsys):
+    """Defect 12: ``gatescope list`` took 19 s computing the Monte Carlo baselines; it now
+    reads them from the table, showing the same values."""
+    from gatescope import cli
+    from gatescope.tasks import base
+
+    def refuse(task):
+        raise AssertionError(f"{task.name}: Monte Carlo baseline computed for the listing")
+
+    monkeypatch.setattr(base, "_BASELINE_CACHE", {})
+    monkeypatch.setattr(base.Task, "_monte_carlo_baseline", refuse)
+    assert cli.main(["list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("  ") and line.split()[0] in PAPER_TASKS}
+    assert "0.25385" in rows["sinmix"]  # the values shown before the table, unchanged
+    assert "0.012026" in rows["narma10"]
+    assert "0.0048797" in rows["narma20"]
+
+
+def test_the_table_is_skipped_for_other_tasks_and_other_sample_counts(monkeypatch):
+    """A task that differs from an entry (options, sizes, a re-registered class) or another
+    MC_SAMPLES computes its own estimate."""
+    from gatescope.tasks import base
+
+    listed = make_task("sinmix", 80)
+    assert precomputed.lookup(listed, MC_SAMPLES, MC_SEED) is not None
+    assert precomputed.lookup(listed, 1000, MC_SEED) is None
+    assert precomputed.lookup(make_task("sinmix", 80, noise_std=0.2), MC_SAMPLES, MC_SEED) is None
+    assert precomputed.lookup(make_task("sinmix", 81), MC_SAMPLES, MC_SEED) is None
+
+    class Mine(task_class("sinmix")):
+        pass
+
+    assert precomputed.lookup(Mine(80), MC_SAMPLES, MC_SEED) is None
+    monkeypatch.setattr(base, "_BASELINE_CACHE", {})
+    monkeypatch.setattr(base, "MC_SAMPLES", 2_000)
+    assert make_task("sinmix", 80).baseline_loss != precomputed.MONTE_CARLO_BASELINES[
+        precomputed.table_key(listed)]
 
 
 # --------------------------------------------------------------------------- definitions

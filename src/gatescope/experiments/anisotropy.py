@@ -19,9 +19,9 @@ retention).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .. import metrics as M
 from ..measures import optimizer_step_sizes
@@ -35,14 +35,24 @@ from .measurements import plan_with, record_measurements
 from .registry import register_experiment
 from .rows import RowWriter
 from .settings import (
+    MAX_BATCH,
+    MAX_SEQ_LEN,
+    MAX_STEPS,
+    BatchSize,
     CellNames,
+    Lags,
     LearningRates,
     OptimizerNames,
+    OptionalInputSize,
     QuantityNames,
     Seeds,
+    SeqLen,
+    SettingConflict,
+    StepCount,
     Steps,
     TaskNames,
     check_lr_covers,
+    integer,
 )
 
 #: The quantities measured at each checkpoint, and the metrics kept of each.
@@ -68,36 +78,38 @@ class AnisotropySettings(GridSettings):
                                        description="optimizers of the factorial design")
     lr: LearningRates = Field({"sgd": 1e-2, "adam": 1e-3}, description="{optimizer = lr}")
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
-    steps: PositiveInt = Field(1200, description="optimizer steps")
+    steps: StepCount = Field(1200, description=f"optimizer steps (<= {MAX_STEPS})")
     checkpoints: Steps | None = Field((0, 400, 800, 1200), description="measurement steps")
-    seq_len: PositiveInt = Field(120, description="task length T")
-    input_size: PositiveInt | None = Field(6, description="m")
-    probe_batch: PositiveInt = Field(64, description="fixed probe sequences per seed")
-    lags: Steps = Field((1, 2, 4, 8, 12, 16, 24, 32, 40), description="lags measured")
-    samples_per_lag: PositiveInt = Field(64, description="(b, t, k) triples per lag")
-    rank: PositiveInt = Field(10, description="r of AI_r, CE_r and the alignment")
+    seq_len: SeqLen = Field(120, description=f"task length T (<= {MAX_SEQ_LEN})")
+    input_size: OptionalInputSize = Field(6, description="m")
+    probe_batch: BatchSize = Field(64, description=f"fixed probe sequences per seed "
+                                   f"(<= {MAX_BATCH})")
+    lags: Lags = Field((1, 2, 4, 8, 12, 16, 24, 32, 40), description="lags measured "
+                       "(each < seq_len)")
+    samples_per_lag: BatchSize = Field(64, description="(b, t, k) triples per lag")
+    rank: Annotated[int, integer(1)] = Field(
+        10, description="r of AI_r, CE_r and the alignment (<= hidden_size, gradient_examples)")
     ce_denominator: Literal["all", 16] = Field(
         "all", description="CE_r over all singular values, or the top 16 (the paper's code)")
-    gradient_examples: PositiveInt = Field(256, description="M per-example gradients")
-    rate_lags: Steps = Field((1, 4, 16), description="lags of the gate-induced rate dispersion")
-    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
+    gradient_examples: BatchSize = Field(256, description="M per-example gradients")
+    rate_lags: Lags = Field((1, 4, 16), description="lags of the gate-induced rate "
+                            "dispersion (each < seq_len)")
+    log_every: StepCount = Field(10, description="record the training loss every k steps")
     fixed_batch: bool = Field(False, description="train on one fixed batch (the paper code's "
                               "§VII-B defect)")
     extra_quantities: QuantityNames = Field(
         (), description="more registered quantities measured at each checkpoint")
 
-    @field_validator("lags")
-    @classmethod
-    def _lags_fit(cls, lags, info: ValidationInfo):
-        if "seq_len" in info.data and max(lags) >= info.data["seq_len"]:
-            raise ValueError(f"every lag must be < seq_len={info.data['seq_len']}")
-        return lags
+    _lags_fit = field_validator("lags", "rate_lags")(GridSettings.lags_within)
 
     @model_validator(mode="after")
     def _lr_for_every_arm(self) -> AnisotropySettings:
         arms = PAPER_ARMS if self.design == "paper" else \
             [(c, o) for c in self.cells for o in self.optimizers]
-        check_lr_covers(self.lr, {o for _, o in arms})
+        try:
+            check_lr_covers(self.lr, {o for _, o in arms})
+        except ValueError as err:
+            raise SettingConflict("lr", str(err)) from None
         return self
 
     @field_validator("rank")
@@ -106,6 +118,29 @@ class AnisotropySettings(GridSettings):
         if "hidden_size" in info.data and rank > info.data["hidden_size"]:
             raise ValueError(f"rank must be <= hidden_size={info.data['hidden_size']}")
         return rank
+
+    @model_validator(mode="after")
+    def _spectra_hold_rank(self) -> AnisotropySettings:
+        # AI_r and CE_r of the gradients need r <= M singular values; the paper's CE_r over
+        # the top 16 needs r <= 16 <= n and 16 <= M
+        if self.rank > self.gradient_examples:
+            raise SettingConflict(
+                "rank, gradient_examples", f"rank={self.rank} must be <= gradient_examples="
+                f"{self.gradient_examples} (the gradients' singular values)")
+        if self.ce_denominator == 16 and not (
+                self.rank <= 16 <= min(self.hidden_size, self.gradient_examples)):
+            raise SettingConflict(
+                "ce_denominator, rank, hidden_size, gradient_examples",
+                f"ce_denominator=16 needs rank <= 16 <= hidden_size and gradient_examples; got "
+                f"rank={self.rank}, hidden_size={self.hidden_size}, gradient_examples="
+                f"{self.gradient_examples}")
+        return self
+
+    def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return [*super().largest_tensors(), self.probe_jacobians(self.probe_batch),
+                ("one seed's per-example gradients of the recurrent weights",
+                 [("gradient_examples", self.gradient_examples),
+                  ("hidden_size", self.hidden_size), ("hidden_size", self.hidden_size)])]
 
 
 @register_experiment("anisotropy")

@@ -11,10 +11,10 @@ bias are driven by slow sinusoids plus noise (the paper code's signal:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..cells import make_cell
 from ..dynamics.expansion import DEFAULT_EPS, first_order_expansion
@@ -22,7 +22,21 @@ from ..dynamics.transport import chain_ordered
 from .base import Experiment, Group, Progress, Settings
 from .paper_code import gate_split
 from .registry import register_experiment
-from .settings import Device, Seeds
+from .settings import (
+    MAX_HIDDEN_SIZE,
+    MAX_INPUT_SIZE,
+    MAX_SEQ_LEN,
+    Device,
+    HiddenSize,
+    InputSize,
+    NonNegativeFloat,
+    PositiveFloat,
+    Seeds,
+    SeqLen,
+    check_tensor_size,
+    integer,
+    numbers,
+)
 
 ExpansionCell = Literal["scalar_gate", "multi_gate"]
 
@@ -31,25 +45,28 @@ class ExpansionSettings(Settings):
     """Settings of :class:`ExpansionExperiment` (defaults: the paper's)."""
 
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
-    cells: list[ExpansionCell] = Field(default=["scalar_gate", "multi_gate"], min_length=1)
-    seq_len: PositiveInt = 100
-    hidden_size: PositiveInt = 64
-    input_size: PositiveInt = 3
-    weight_std: float = Field(default=0.2, gt=0)
-    noise_std: float = Field(default=0.05, ge=0)
-    eps: list[float] = Field(default=list(DEFAULT_EPS), min_length=2)
-    fit_points: int = Field(default=5, ge=2)
+    cells: list[ExpansionCell] = Field(default=["scalar_gate", "multi_gate"], min_length=1,
+                                       description="scalar_gate and/or multi_gate")
+    seq_len: SeqLen = Field(100, description=f"window length T (<= {MAX_SEQ_LEN})")
+    hidden_size: HiddenSize = Field(64, description=f"n (<= {MAX_HIDDEN_SIZE})")
+    input_size: InputSize = Field(3, description=f"m (<= {MAX_INPUT_SIZE})")
+    weight_std: PositiveFloat = Field(0.2, description="std of the N(0, std^2) weights (> 0)")
+    noise_std: NonNegativeFloat = Field(0.05, description="std of the input noise (>= 0)")
+    eps: Annotated[list[float], numbers(min_length=2, above=0)] = Field(
+        default=list(DEFAULT_EPS), description="the eps grid: >= 2 finite numbers > 0")
+    fit_points: Annotated[int, integer(2)] = Field(
+        5, description="the slope is fitted on this many smallest eps (2..len(eps))")
     dtype: Literal["float64", "float32"] = "float64"
     device: Device = "cpu"
     product_order: Literal["chain", "reversed"] = "chain"
     gate_term: Literal["previous", "updated"] = "previous"
 
-    @field_validator("eps")
+    @field_validator("cells")
     @classmethod
-    def _positive_eps(cls, eps: list[float]) -> list[float]:
-        if any(not e > 0 for e in eps):
-            raise ValueError(f"every eps must be > 0, got {eps}")
-        return eps
+    def _distinct_cells(cls, cells: list[str]) -> list[str]:
+        if len(set(cells)) != len(cells):
+            raise ValueError(f"give distinct cells; got {cells}")
+        return cells
 
     @field_validator("fit_points")
     @classmethod
@@ -57,6 +74,14 @@ class ExpansionSettings(Settings):
         if "eps" in info.data and fit_points > len(info.data["eps"]):
             raise ValueError(f"fit_points must be <= the number of eps ({len(info.data['eps'])})")
         return fit_points
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> ExpansionSettings:
+        check_tensor_size("the products over the eps grid",
+                          [("eps", len(self.eps)), ("seq_len", self.seq_len),
+                           ("hidden_size", self.hidden_size), ("hidden_size", self.hidden_size)],
+                          self.dtype)
+        return self
 
 
 def sinusoid_inputs(seq_len: int, input_size: int, noise_std: float, generator: torch.Generator,

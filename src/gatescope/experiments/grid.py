@@ -10,22 +10,34 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..tasks import make_task
 from ..training import EnsembleTrainer, task_model_factory
 from .base import Group, Settings
 from .settings import (
+    MAX_BATCH,
+    MAX_HIDDEN_SIZE,
+    MAX_INPUT_SIZE,
+    MAX_SEQ_LEN,
+    MAX_STEPS,
+    BatchSize,
     CellNames,
     Device,
     DtypeName,
+    HiddenSize,
     LearningRates,
     OptimizerNames,
+    OptionalInputSize,
     Seeds,
+    SeqLen,
+    StepCount,
     Steps,
     TaskNames,
+    check_lags,
     check_lr_covers,
     check_task_sizes,
+    check_tensor_size,
     check_within,
     lr_for,
 )
@@ -39,12 +51,14 @@ class GridSettings(Settings):
     optimizers: OptimizerNames = Field(("sgd",), description="sgd, momentum, adam, adamw, "
                                        "rmsprop")
     seeds: Seeds = Field((0, 1, 2, 3, 4), description="a count N (seeds 0..N-1) or a list")
-    steps: PositiveInt = Field(800, description="optimizer steps")
+    steps: StepCount = Field(800, description=f"optimizer steps (<= {MAX_STEPS})")
     lr: LearningRates = Field(1e-2, description="learning rate, or a table {optimizer = lr}")
-    batch_size: PositiveInt = Field(64, description="fresh sequences per seed per step")
-    seq_len: PositiveInt = Field(80, description="task length T")
-    input_size: PositiveInt | None = Field(None, description="m; none: each task's smallest")
-    hidden_size: PositiveInt = Field(64, description="n")
+    batch_size: BatchSize = Field(64, description=f"fresh sequences per seed per step "
+                                  f"(<= {MAX_BATCH})")
+    seq_len: SeqLen = Field(80, description=f"task length T (<= {MAX_SEQ_LEN})")
+    input_size: OptionalInputSize = Field(None, description=f"m (<= {MAX_INPUT_SIZE}); none: "
+                                          "each task's smallest")
+    hidden_size: HiddenSize = Field(64, description=f"n (<= {MAX_HIDDEN_SIZE})")
     bias: bool = Field(False, description="biases in the cell")
     checkpoints: Steps | None = Field(None, description="steps to measure and save at; "
                                       "none: 0, 1/4, 1/2, 3/4 of steps (the end is added)")
@@ -79,11 +93,37 @@ class GridSettings(Settings):
             check_within(checkpoints, info.data["steps"])
         return checkpoints
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> GridSettings:
+        for what, dims in self.largest_tensors():
+            check_tensor_size(what, dims, self.dtype)
+        return self
+
+    def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """``(what, [(setting, size), ...])`` of the largest tensors a run allocates, which
+        must each fit ``MAX_TENSOR_GIB``; subclasses add their measurements' tensors."""
+        return [("the ensemble's hidden states",
+                 [("seeds", len(self.seeds)), ("batch_size", self.batch_size),
+                  ("seq_len", self.seq_len), ("hidden_size", self.hidden_size)])]
+
+    def probe_jacobians(self, probe_batch: int) -> tuple[str, list[tuple[str, int]]]:
+        """The Jacobians of one seed's probe batch, ``(probe_batch, T, n, n)``."""
+        return ("one seed's probe Jacobians",
+                [("probe_batch", probe_batch), ("seq_len", self.seq_len),
+                 ("hidden_size", self.hidden_size), ("hidden_size", self.hidden_size)])
+
     def checkpoint_steps(self) -> tuple[int, ...]:
         """The checkpoint steps, the last step included."""
         marks = (self.checkpoints if self.checkpoints is not None
                  else [self.steps * q // 4 for q in range(4)])
         return tuple(sorted({*marks, self.steps}))
+
+    @staticmethod
+    def lags_within(lags: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        """A field validator's body: ``lags`` once checked below ``seq_len``."""
+        if "seq_len" in info.data:
+            check_lags(lags, info.data["seq_len"])
+        return lags
 
     def grid(self) -> list[Group]:
         """Every ``(task, cell, optimizer)`` combination, tasks outermost."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, field_validator
 
 from .. import metrics as M
 from ..cells import cell_class
@@ -27,7 +27,20 @@ from .losses import live_models, logged_steps, record_losses
 from .measurements import plan_with, record_measurements
 from .registry import register_experiment
 from .rows import RowWriter
-from .settings import CellNames, QuantityNames, Seeds, Steps, lr_for
+from .settings import (
+    MAX_BATCH,
+    MAX_STEPS,
+    BatchSize,
+    CellNames,
+    Lags,
+    OptionalInputSize,
+    QuantityNames,
+    Seeds,
+    StepCount,
+    Steps,
+    lr_for,
+    number,
+)
 
 PROBE_STREAM = "probe"
 
@@ -45,16 +58,21 @@ class ProfilesSettings(GridSettings):
 
     cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
-    steps: PositiveInt = Field(800, description="optimizer steps")
+    steps: StepCount = Field(800, description=f"optimizer steps (<= {MAX_STEPS})")
     checkpoints: Steps | None = Field((0, 50, 200, 400, 600, 800),
                                       description="steps at which the probe batch is measured")
-    input_size: PositiveInt | None = Field(4, description="m")
-    probe_batch: PositiveInt = Field(12, description="fixed probe sequences per seed")
-    alpha: float = Field(0.8, gt=0, le=1, description="leaky cell's update weight")
-    trim: float = Field(0.01, ge=0, lt=0.5, description="quantile cut of the power fit")
-    rate_lags: Steps = Field((1, 2, 4, 8, 16, 32), description="lags of effective rates")
-    schedule_lags: Steps = Field((1, 5, 10, 20), description="lags of the implied schedule")
-    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
+    input_size: OptionalInputSize = Field(4, description="m")
+    probe_batch: BatchSize = Field(12, description=f"fixed probe sequences per seed "
+                                   f"(<= {MAX_BATCH})")
+    alpha: Annotated[float, number(above=0, maximum=1)] = Field(
+        0.8, description="leaky cell's update weight, in (0, 1]")
+    trim: Annotated[float, number(minimum=0, below=0.5)] = Field(
+        0.01, description="quantile cut of the power fit, in [0, 0.5)")
+    rate_lags: Lags = Field((1, 2, 4, 8, 16, 32), description="lags of effective rates "
+                            "(each < seq_len)")
+    schedule_lags: Lags = Field((1, 5, 10, 20), description="lags of the implied schedule "
+                                "(each < seq_len)")
+    log_every: StepCount = Field(10, description="record the training loss every k steps")
     product_order: Literal["chain", "reversed"] = Field(
         "chain", description="transport product order; reversed = the paper code's defect")
     extra_quantities: QuantityNames = Field(
@@ -66,6 +84,11 @@ def cell_options(cell: str, alpha: float) -> dict[str, Any] | None:
     user's cell), else no options."""
     takes_alpha = "alpha" in inspect.signature(cell_class(cell)).parameters
     return {"alpha": alpha} if takes_alpha else None
+
+    _lags_fit = field_validator("rate_lags", "schedule_lags")(GridSettings.lags_within)
+
+    def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return [*super().largest_tensors(), self.probe_jacobians(self.probe_batch)]
 
 
 @register_experiment("profiles")

@@ -11,6 +11,12 @@ line reports with exit code 2.
 (``tasks=adding``); ``none``/``null`` mean ``None``; a string given to a list setting is
 split on commas (``tasks=adding,copy``).
 
+Every numeric setting has a finite range, checked by the rules of :mod:`gatescope.checks`
+(so a setting and the library argument it becomes share one rule): sizes have upper bounds
+(:data:`MAX_SEQ_LEN`, :data:`MAX_HIDDEN_SIZE`, ...) far above any realistic run, and the
+largest tensor the settings imply must fit :data:`MAX_TENSOR_GIB` (:func:`check_tensor_size`),
+so a typo such as ``seq_len=1000000000`` is refused before anything is written.
+
 The annotated types below carry the common setting names
 (docs/adding-an-experiment.md#common-settings: ``seeds``,
 ``tasks``, ``cells``, ``optimizers``, ``lr``, ``checkpoints``, ``device``, ``dtype``) so
@@ -23,6 +29,7 @@ import collections.abc
 import difflib
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -31,8 +38,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BeforeValidator, ValidationError, ValidationInfo
 
+from .. import checks
 from ..cells import list_cells
 from ..probes import list_quantities
 from ..tasks import list_tasks, make_task
@@ -51,6 +59,15 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         super().__init__("\n".join(f"setting {key!r}: {msg}" for key, msg in problems))
+
+
+class SettingConflict(ValueError):
+    """A problem of several settings together, raised by a model validator: ``key`` names
+    the settings involved (e.g. ``"rank, gradient_examples"``), for :class:`SettingsError`."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------------- reading sources
@@ -131,8 +148,13 @@ def build_settings(model: type[Settings], *layers: Mapping[str, Any],
 def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
-        key = str(e["loc"][0]) if e["loc"] else "(settings)"
+        cause = e.get("ctx", {}).get("error")
         msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a model validator: the settings together, not one value
+            key = cause.key if isinstance(cause, SettingConflict) else "(settings)"
+            out.append((key, msg))
+            continue
+        key = str(e["loc"][0])
         where = "".join(f"[{i}]" for i in e["loc"][1:])
         got = "" if "got " in msg else f"; got {e.get('input')!r}"
         out.append((key, f"{msg}{where and f' (at {where})'}{got}"))
@@ -149,18 +171,55 @@ def settings_hash(experiment: str, settings: Settings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-# ---------------------------------------------------------------------- common setting types
+# ---------------------------------------------------------------------- bounds
+
+#: Upper bounds of the sizes: far above any realistic run (the paper's are 20 seeds, T <= 120,
+#: n = 64, 1200 steps, batches <= 256), they stop a typo such as ``seq_len=1000000000``
+#: before anything is written. :data:`MAX_TENSOR_GIB` bounds the combinations.
+MAX_SEQ_LEN = 10_000
+MAX_HIDDEN_SIZE = 4_096
+MAX_INPUT_SIZE = 4_096
+MAX_BATCH = 65_536
+MAX_STEPS = 1_000_000
+MAX_SEEDS = 1_000
+MAX_SEED = 2**63 - 1
+#: The largest tensor a run may need, in GiB (estimated from the settings by
+#: :func:`check_tensor_size`, e.g. the probe batch's Jacobians, ``B × T × n × n``).
+MAX_TENSOR_GIB = 32
+
+_ITEMSIZE = {"float32": 4, "float64": 8}
 
 
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer; got {value!r}")
+def check_tensor_size(what: str, dims: Iterable[tuple[str, int]], dtype: str) -> None:
+    """:class:`SettingConflict` unless a tensor of the named dimensions fits
+    :data:`MAX_TENSOR_GIB`.
+
+    Args:
+        what: the tensor, e.g. ``"the probe batch's Jacobians"``.
+        dims: ``(setting name, size)`` per dimension, e.g. ``[("seq_len", 80), ...]``.
+        dtype: ``"float32"`` or ``"float64"``.
+    """
+    dims = list(dims)
+    gib = math.prod(size for _, size in dims) * _ITEMSIZE[dtype] / 2**30
+    if gib > MAX_TENSOR_GIB:
+        shape = " x ".join(f"{name}={size}" for name, size in dims)
+        names = ", ".join(dict.fromkeys(name for name, _ in dims))
+        raise SettingConflict(names, f"{what} ({shape}, {dtype}) would take {gib:.3g} GiB, "
+                              f"over the {MAX_TENSOR_GIB} GiB limit of one tensor; lower {names}")
+
+
+# ---------------------------------------------------------------------- shared rules
+# Each rule is a ``gatescope.checks`` function, called from a pydantic validator with the
+# setting's name, so a setting and a library argument share the rule and its message.
+
+
+def _integral(value: Any) -> Any:
+    """A whole float (TOML ``1e3``) or a digit string (from ``a,b,c``) as an ``int``; other
+    values unchanged, for :func:`gatescope.checks.as_int` to judge."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
-    if not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer; got {value!r}")
     return value
 
 
@@ -172,17 +231,70 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _name(info: ValidationInfo) -> str:
+    return info.field_name or "value"
+
+
+def integer(minimum: int | None = 1, maximum: int | None = None, *,
+            optional: bool = False) -> BeforeValidator:
+    """A validator: an integer in ``[minimum, maximum]`` (``None`` too when ``optional``)."""
+
+    def check(value: Any, info: ValidationInfo) -> int | None:
+        if optional and value is None:
+            return None
+        return checks.as_int(_name(info), _integral(value), minimum=minimum, maximum=maximum)
+
+    return BeforeValidator(check)
+
+
+def number(**bounds: float) -> BeforeValidator:
+    """A validator: a finite number within ``bounds`` (those of :func:`checks.as_float`)."""
+
+    def check(value: Any, info: ValidationInfo) -> float:
+        return checks.as_float(_name(info), value, **bounds)
+
+    return BeforeValidator(check)
+
+
+def integers(minimum: int = 0, maximum: int | None = None) -> BeforeValidator:
+    """A validator: a non-empty list of distinct integers in ``[minimum, maximum]``, sorted
+    (a list or ``"a,b,c"``)."""
+
+    def check(value: Any, info: ValidationInfo) -> tuple[int, ...]:
+        items = [_integral(v) for v in _as_list(value)]
+        return tuple(sorted(checks.as_int_tuple(_name(info), items, minimum=minimum,
+                                                maximum=maximum)))
+
+    return BeforeValidator(check)
+
+
+def numbers(min_length: int = 1, **bounds: float) -> BeforeValidator:
+    """A validator: a list of at least ``min_length`` finite numbers within ``bounds``."""
+
+    def check(value: Any, info: ValidationInfo) -> tuple[float, ...]:
+        return checks.as_float_tuple(_name(info), _as_list(value), min_length=min_length,
+                                     **bounds)
+
+    return BeforeValidator(check)
+
+
+# ---------------------------------------------------------------------- common setting types
+
+
 def _seeds(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int | float | str) and not isinstance(value, bool) and not (
-            isinstance(value, str) and "," in value):
-        count = _as_int(value, "seeds")
-        if count < 1:
-            raise ValueError(f"a number of seeds must be >= 1; got {count}")
+    value = _integral(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = checks.as_int("a number of seeds", value, minimum=1, maximum=MAX_SEEDS)
         return tuple(range(count))
-    seeds = tuple(_as_int(v, "each seed") for v in _as_list(value))
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a count N >= 1 (seeds 0..N-1) or a list of distinct "
-                         f"integers >= 0; got {value!r}")
+    allowed = (f"seeds must be a count N in [1, {MAX_SEEDS}] (seeds 0..N-1) or a list of at "
+               f"most {MAX_SEEDS} distinct integers in [0, 2**63 - 1]")
+    items = [_integral(v) for v in _as_list(value)]
+    try:
+        seeds = checks.as_int_tuple("seeds", items, minimum=0, maximum=MAX_SEED)
+    except ValueError:
+        raise ValueError(f"{allowed}; got {value!r}") from None
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"{allowed}; got {len(seeds)} seeds")
     return seeds
 
 
@@ -213,10 +325,8 @@ def _learning_rates(value: Any) -> float | dict[str, float]:
 
 
 def _steps(value: Any) -> tuple[int, ...]:
-    steps = sorted({_as_int(v, "each step") for v in _as_list(value)})
-    if steps and steps[0] < 0:
-        raise ValueError(f"steps must be >= 0; got {steps}")
-    return tuple(steps)
+    return tuple(sorted({checks.as_int("each step", _integral(v), minimum=0, maximum=MAX_STEPS)
+                         for v in _as_list(value)}))
 
 
 def _device(value: Any) -> str:
@@ -238,7 +348,8 @@ def _device(value: Any) -> str:
     return str(device)
 
 
-#: ``seeds``: a count ``N`` (seeds ``0..N-1``) or a list of distinct seeds ``>= 0``.
+#: ``seeds``: a count ``N`` in ``[1, MAX_SEEDS]`` (seeds ``0..N-1``) or a list of at most
+#: ``MAX_SEEDS`` distinct seeds in ``[0, 2**63 - 1]``.
 Seeds = Annotated[tuple[int, ...], BeforeValidator(_seeds)]
 #: ``tasks``: registered task names (comma-separated string or list).
 TaskNames = Annotated[tuple[str, ...], BeforeValidator(_names("task(s)", list_tasks))]
@@ -253,8 +364,27 @@ OptimizerNames = Annotated[tuple[str, ...],
                            BeforeValidator(_names("optimizer(s)", list_optimizers))]
 #: ``lr``: one learning rate, or a table ``{optimizer: lr}``; each finite and > 0.
 LearningRates = Annotated[float | dict[str, float], BeforeValidator(_learning_rates)]
-#: ``checkpoints``: training steps ``>= 0``, sorted without repeats.
+#: ``checkpoints``: training steps in ``[0, MAX_STEPS]``, sorted without repeats.
 Steps = Annotated[tuple[int, ...], BeforeValidator(_steps)]
+#: ``seq_len``: ``T`` in ``[1, MAX_SEQ_LEN]``.
+SeqLen = Annotated[int, integer(1, MAX_SEQ_LEN)]
+#: ``hidden_size``: ``n`` in ``[1, MAX_HIDDEN_SIZE]``.
+HiddenSize = Annotated[int, integer(1, MAX_HIDDEN_SIZE)]
+#: ``input_size``: ``m`` in ``[1, MAX_INPUT_SIZE]``.
+InputSize = Annotated[int, integer(1, MAX_INPUT_SIZE)]
+#: ``input_size`` that may be ``None`` (each task's smallest).
+OptionalInputSize = Annotated[int | None, integer(1, MAX_INPUT_SIZE, optional=True)]
+#: a number of sequences (``batch_size``, ``probe_batch``, ...) in ``[1, MAX_BATCH]``.
+BatchSize = Annotated[int, integer(1, MAX_BATCH)]
+#: a number of optimizer steps (``steps``, ``log_every``) in ``[1, MAX_STEPS]``.
+StepCount = Annotated[int, integer(1, MAX_STEPS)]
+#: a finite number ``> 0``.
+PositiveFloat = Annotated[float, number(above=0)]
+#: a finite number ``>= 0``.
+NonNegativeFloat = Annotated[float, number(minimum=0)]
+#: lags: a non-empty list of distinct integers in ``[1, MAX_SEQ_LEN]``, sorted (each
+#: experiment also keeps them below its ``seq_len``: :func:`check_lags`).
+Lags = Annotated[tuple[int, ...], integers(1, MAX_SEQ_LEN)]
 #: ``device``: ``cpu``, ``cuda``, ``cuda:N`` (must exist here) or ``auto``.
 Device = Annotated[str, BeforeValidator(_device)]
 #: ``dtype``.
@@ -281,6 +411,13 @@ def check_task_sizes(tasks: Iterable[str], seq_len: int, input_size: int | None 
     """``ValueError`` (the task's own message) unless every task accepts these sizes."""
     for name in tasks:
         make_task(name, seq_len=seq_len, input_size=input_size)
+
+
+def check_lags(lags: Iterable[int], seq_len: int) -> None:
+    """``ValueError`` unless every lag is ``< seq_len`` (a lag must fit in the sequence)."""
+    outside = [lag for lag in lags if lag >= seq_len]
+    if outside:
+        raise ValueError(f"every lag must be < seq_len={seq_len}; {outside} are not")
 
 
 def check_within(steps: Iterable[int], total: int) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
 from ..training import (
     EVAL_STREAM,
@@ -37,13 +37,21 @@ from .grid import GridSettings
 from .losses import logged_steps, record_losses
 from .registry import register_experiment
 from .rows import RowWriter
+from .settings import MAX_BATCH, BatchSize, StepCount
 
 
 class TrainSettings(GridSettings):
     """Settings of the ``train`` experiment: the grid, plus how often to log."""
 
-    log_every: PositiveInt = Field(10, description="record the training loss every k steps")
-    eval_batch: PositiveInt = Field(256, description="evaluation sequences per seed")
+    log_every: StepCount = Field(10, description="record the training loss every k steps")
+    eval_batch: BatchSize = Field(256, description=f"evaluation sequences per seed "
+                                  f"(<= {MAX_BATCH})")
+
+    def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return [*super().largest_tensors(),
+                ("the evaluation batch's hidden states",
+                 [("seeds", len(self.seeds)), ("eval_batch", self.eval_batch),
+                  ("seq_len", self.seq_len), ("hidden_size", self.hidden_size)])]
 
 
 @register_experiment("train")

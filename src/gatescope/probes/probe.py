@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import as_int, as_int_tuple
 from ..model import SequenceModel
-from ..tasks._validate import as_int, as_int_tuple
 from .context import ProbeContext
 from .measure import measure
 from .registry import resolve_quantities

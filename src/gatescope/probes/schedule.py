@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from numbers import Integral
 from typing import Any
 
-from ..tasks._validate import as_int, as_int_tuple
+from ..checks import as_int, as_int_tuple
 
 
 class Schedule:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._validate import as_float
+from ..checks import as_float
 from .base import Task
 from .registry import register_task
 
@@ -40,7 +40,7 @@ class _AR2(Task):
             )
         self._set("a1", a1)
         self._set("a2", a2)
-        self._set("noise_std", as_float("noise_std", self.noise_std, minimum=0.0, strict=True))
+        self._set("noise_std", as_float("noise_std", self.noise_std, above=0.0))
 
     @classmethod
     def _min_seq_len(cls, options: dict[str, Any]) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._validate import as_choice, as_int
+from ..checks import as_choice, as_int
 from .base import Task
 from .registry import register_task
 

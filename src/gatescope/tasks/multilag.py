@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._validate import as_float, as_float_tuple, as_int_tuple
+from ..checks import as_float, as_float_tuple, as_int_tuple
 from .base import Task
 from .registry import register_task
 

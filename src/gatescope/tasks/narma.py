@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._validate import as_bool
+from ..checks import as_bool
 from .base import Task
 from .registry import register_task
 
