@@ -93,6 +93,15 @@ CASES = [(exp, key, value) for exp, table in BAD.items() for key, values in tabl
          for value in values]
 
 
+@pytest.fixture
+def no_runs(monkeypatch):
+    """A wrongly accepted value fails at once instead of training a default-sized run."""
+    def accepted(*args, **kwargs):
+        raise AssertionError("the settings were accepted and a group started")
+
+    monkeypatch.setattr("gatescope.experiments.runner.run_group_job", accepted)
+
+
 def _names_setting(stderr: str, key: str) -> bool:
     return re.search(rf"setting '[^']*\b{key}\b", stderr) is not None
 
@@ -132,7 +141,7 @@ def test_the_issues_bad_values_exit_2_naming_the_key_and_write_nothing(tmp_path,
 
 
 @pytest.mark.parametrize(("experiment", "key", "value"), CASES)
-def test_every_numeric_setting_has_a_range(tmp_path, capsys, experiment, key, value):
+def test_every_numeric_setting_has_a_range(tmp_path, capsys, no_runs, experiment, key, value):
     """Every numeric setting, out of its range (or its cross-field bound), via the CLI."""
     out = tmp_path / "run"
     code = cli.main(["run", experiment, "--set", f"{key}={value}", "--out", str(out),
@@ -144,8 +153,8 @@ def test_every_numeric_setting_has_a_range(tmp_path, capsys, experiment, key, va
 
 
 @pytest.mark.parametrize(("experiment", "assignments", "key"), TOO_BIG)
-def test_settings_whose_largest_tensor_is_too_big_are_refused(tmp_path, capsys, experiment,
-                                                              assignments, key):
+def test_settings_whose_largest_tensor_is_too_big_are_refused(tmp_path, capsys, no_runs,
+                                                              experiment, assignments, key):
     out = tmp_path / "run"
     code = cli.main(["run", experiment, "--set", *assignments, "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

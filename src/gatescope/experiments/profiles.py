@@ -78,14 +78,14 @@ class ProfilesSettings(GridSettings):
     extra_quantities: QuantityNames = Field(
         (), description="more registered quantities measured at each checkpoint")
 
+    _lags_fit = field_validator("rate_lags", "schedule_lags")(GridSettings.lags_within)
+
 
 def cell_options(cell: str, alpha: float) -> dict[str, Any] | None:
     """The ``alpha`` setting for a cell whose constructor takes an ``alpha`` (``leaky``, or a
     user's cell), else no options."""
     takes_alpha = "alpha" in inspect.signature(cell_class(cell)).parameters
     return {"alpha": alpha} if takes_alpha else None
-
-    _lags_fit = field_validator("rate_lags", "schedule_lags")(GridSettings.lags_within)
 
     def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
         return [*super().largest_tensors(), self.probe_jacobians(self.probe_batch)]
