@@ -151,8 +151,7 @@ def test_reproduce_resumes_a_folder_made_before_the_marker(tmp_path, monkeypatch
     (tmp_path / "REPORT.md").write_text("an old report")
     calls = []
     monkeypatch.setattr("gatescope.reproduce.run_all", lambda runs, **kw: calls.append(runs))
-    monkeypatch.setattr("gatescope.reporting.paper_report.build_paper_report",
-                        lambda out, *args: out / "REPORT.md")
+    monkeypatch.setattr("gatescope.reproduce.build_report", lambda out, *args: out / "REPORT.md")
     assert reproduce(TINY_PRESET, tmp_path, quiet=True) == tmp_path / "REPORT.md"
     assert len(calls) == 1 and folder_kind(tmp_path) == "reproduce"
     assert all(folder_kind(run.folder) == "run" for run in calls[0])

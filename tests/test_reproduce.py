@@ -10,6 +10,7 @@ import pytest
 
 from gatescope.cli import main
 from gatescope.experiments import SettingsError
+from gatescope.experiments.storage import FOLDER_MARKER
 from gatescope.reproduce import PRESETS, FidelityRun, Preset, plan, reproduce
 from gatescope.reproduce.report_inputs import STAMP, results_stamp, up_to_date
 
@@ -97,7 +98,8 @@ def test_the_stamp_records_every_file_the_report_step_writes(built):
     every figure's PNG and PDF -- every file outside the run folders."""
     runs = {run.folder for run in plan(TINY, built)}
     written = {path for path in built.rglob("*") if path.is_file()
-               and not any(folder in path.parents for folder in runs)} - {built / STAMP}
+               and not any(folder in path.parents for folder in runs)} - {
+        built / STAMP, built / FOLDER_MARKER}  # the folder's own marker is not the report's
     outputs = report_outputs(built)
     assert outputs[0] == built / "REPORT.md" and set(outputs) == written
     assert {built / "report.html", built / "verdicts.json"} <= written

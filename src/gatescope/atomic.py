@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -30,7 +29,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
         Its open file descriptor and its path.
     """
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
         try:
             return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
         except FileExistsError:  # pragma: no cover - a 48-bit name collision

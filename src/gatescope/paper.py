@@ -2,7 +2,7 @@
 
 L. Livi, "Time-Scale Coupling Between States and Parameters in Recurrent Neural Networks"
 (arXiv 2508.12121): its experiments, the arms of §VII-B, its claims C1–C8 and the defects of
-its code that ``reproduce`` switches on one at a time (DESIGN §6). The presets, the
+its code that ``reproduce`` switches on one at a time (docs/fidelity.md). The presets, the
 experiments and the report read these names; nothing else repeats them.
 
 A leaf module: it imports only the metric catalogue (:mod:`gatescope.metrics`, itself a

@@ -65,7 +65,7 @@ class ScalarGateCell(GatedCell):
     """One update gate ``g_t ∈ R`` for all neurons; ``B_t`` has rank one."""
 
     description = "one learned update gate shared by all neurons"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = True
 
     per_neuron_gate = False
@@ -76,7 +76,7 @@ class MultiGateCell(GatedCell):
     """One update gate per neuron, ``g_t ∈ R^n``."""
 
     description = "one learned update gate per neuron"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = True
 
     per_neuron_gate = True

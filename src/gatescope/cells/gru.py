@@ -60,7 +60,7 @@ class GRUCell(TorchLayoutCell):
     """
 
     description = "torch.nn.GRUCell (update gate 1 - z, retention z)"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = True
 
     blocks = 3

@@ -20,7 +20,7 @@ class LeakyCell(GateFreeJacobian, ElmanCore):
     """
 
     description = "leaky integrator with a constant update weight alpha"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = False,

@@ -30,7 +30,7 @@ class LSTMCell(TorchLayoutCell):
     """
 
     description = "torch.nn.LSTMCell, state [h; c] (retention: forget gate)"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = True
 
     blocks = 4

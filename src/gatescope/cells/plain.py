@@ -54,7 +54,7 @@ class PlainCell(GateFreeJacobian, ElmanCore):
     """``h_t = φ(a_t)``; ``J_t = D_t W_r``, no gate (``B = 0``), retention 0."""
 
     description = "tanh(W_r h + W_i u + b); no gate"
-    #: Whether the cell has a learned, state-dependent update gate (DESIGN §1).
+    #: Whether the cell has a learned, state-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = False
 
     def compute(self, h, u, held=None):
