@@ -38,9 +38,11 @@ class Size:
     bias: bool
 
 
-#: A typical size and the degenerate one (one example, one step, one neuron, one input).
+#: A typical size, the degenerate one (one example, one step, one neuron, one input) and a
+#: long one (products of 25 factors).
 SIZES = {"typical": Size(B=3, T=7, n=5, m=3, bias=True),
-         "smallest": Size(B=1, T=1, n=1, m=1, bias=False)}
+         "smallest": Size(B=1, T=1, n=1, m=1, bias=False),
+         "long": Size(B=2, T=25, n=12, m=2, bias=True)}
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ def _brute_first_order(r, d, t, lag):
     return total
 
 
-@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64]))
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
+                                          sizes=["typical", "smallest"]))
 def test_first_order_matches_the_brute_force_sum(problem):
     cell, traj = problem.cell(), problem.trajectory()
     mu0 = effective_learning_rates(cell, traj, order=0)
