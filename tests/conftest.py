@@ -1,4 +1,4 @@
-"""Shared fixtures: float64 cells and inputs for the reference tests."""
+"""Shared fixtures: float64 cells and inputs for the reference tests, and registry isolation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import gatescope as gs
+from gatescope.conftest import registries, restored_registries  # noqa: F401 (tests use both)
 
 CELLS = ("plain", "leaky", "scalar_gate", "multi_gate", "gru", "lstm")
-
 
 def random_cell(name: str, m: int, n: int, bias: bool, seed: int, dtype=torch.float64):
     torch.manual_seed(seed)
@@ -23,3 +23,13 @@ def random_inputs(B: int, T: int, m: int, seed: int, dtype=torch.float64):
 @pytest.fixture(params=CELLS)
 def cell_name(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """Whatever a test registers (cells, tasks, experiments, probe quantities) is gone after
+    it, and what it replaced is back: every registry's contents, order included, are restored
+    in place. Guards against test order changing ``gatescope list``, ``gatescope verify`` or
+    the probe presets."""
+    with restored_registries():
+        yield

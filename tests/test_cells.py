@@ -6,9 +6,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import registries
 
 import gatescope as gs
+from gatescope import metrics
+from gatescope.cells.registry import _CELLS
 from gatescope.dynamics import jacobians as jacobians_module
+from gatescope.experiments.registry import _EXPERIMENTS
+from gatescope.probes import registry as quantity_registry
+from gatescope.tasks.registry import _TASKS
 
 
 def test_registry_lists_the_paper_cells():
@@ -61,3 +67,13 @@ def test_user_cell_falls_back_to_torch_func_with_one_warning():
     torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj))
     torch.testing.assert_close(A, J)
     assert torch.count_nonzero(Bg) == 0
+
+
+def test_the_isolation_fixture_sees_every_registry():
+    """conftest's ``isolated_registries`` restores cells, tasks, experiments and the probe
+    quantities (what ``test_softsign`` above registers is gone in every other test)."""
+    found = [id(r) for r in registries()]
+    for registry in (_CELLS, _TASKS, _EXPERIMENTS, quantity_registry._QUANTITIES,
+                     metrics._CATALOGUE):
+        assert id(registry) in found
+    assert "test_softsign" not in gs.list_cells()

@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import random_cell, random_inputs
+from references import post_update_gate_term
+from torch.func import jacfwd
 
 import gatescope as gs
 from gatescope.dynamics.transport import ordered_sensitivities
 from gatescope.experiments import SettingsError, build_settings
 from gatescope.experiments.anisotropy import AnisotropyExperiment, AnisotropySettings
-from gatescope.experiments.expansion import ExpansionExperiment, ExpansionSettings
+from gatescope.experiments.expansion import (
+    ExpansionExperiment,
+    ExpansionSettings,
+    sinusoid_inputs,
+)
 from gatescope.experiments.paper_code import gate_split
 from gatescope.experiments.profiles import ProfilesExperiment, ProfilesSettings
 
@@ -45,10 +51,7 @@ def test_updated_gate_term_uses_the_state_after_the_update():
     A, B = gate_split(cell, traj, "previous")
     torch.testing.assert_close(B, gs.jacobian_split(cell, traj)[1])
     _, B_post = gate_split(cell, traj, "updated")
-    g, phi = traj.gates.detach(), traj.cache["phi"].detach()
-    expected = ((phi - traj.states[:, 1:].detach()) * g * (1 - g)).unsqueeze(-1) \
-        * cell.gate_recurrent.weight.detach()
-    torch.testing.assert_close(B_post, expected)
+    torch.testing.assert_close(B_post, post_update_gate_term(cell, traj))
     with pytest.raises(ValueError, match="gate_term"):
         gate_split(random_cell("leaky", 2, 3, False, 0), traj, "updated")
 
@@ -136,3 +139,51 @@ def test_paper_design_needs_a_rate_for_each_of_its_arms():
     with pytest.raises(SettingsError, match="adam"):
         build_settings(AnisotropySettings, {"design": "paper", "optimizers": ["sgd"],
                                             "lr": {"sgd": 0.01}})
+
+
+def _hand_reversed_errors(settings, cell_name, seed):
+    """``E(ε)`` of the reversed product ``(A_1 + εB_1)(A_2 + εB_2) ⋯ (A_T + εB_T)`` (earlier
+    factors on the left), multiplied out by hand; the first-order term is ``d/dε`` at 0 by
+    ``torch.func.jacfwd``. The cell and inputs are drawn as the experiment draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    cell = gs.make_cell(cell_name, settings.input_size, settings.hidden_size,
+                        dtype=torch.float64)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(settings.weight_std * torch.randn(p.shape, generator=gen,
+                                                      dtype=torch.float64))
+        u = sinusoid_inputs(settings.seq_len, settings.input_size, settings.noise_std, gen,
+                            torch.float64)
+        A, B = gs.jacobian_split(cell, cell.unroll(u))
+
+    def product(e):
+        M = torch.eye(settings.hidden_size, dtype=torch.float64)
+        for j in range(settings.seq_len):
+            M = M @ (A[0, j] + e * B[0, j])
+        return M
+
+    zero = torch.zeros((), dtype=torch.float64)
+    first = jacfwd(product)(zero)
+    return [torch.linalg.matrix_norm(product(torch.tensor(e, dtype=torch.float64))
+                                     - product(zero) - e * first).item()
+            for e in settings.eps]
+
+
+def test_reversed_product_order_expands_the_reversed_product(tmp_path):
+    """product_order="reversed": the truncation errors are those of the product written out
+    in reversed order, and differ from the chain-rule order's."""
+    settings = ExpansionSettings(seeds=(3,), cells=["multi_gate"], seq_len=12, hidden_size=6,
+                                 product_order="reversed")
+    exp = ExpansionExperiment()
+    group = exp.groups(settings)[0]
+    rows = exp.run_group(settings, group, tmp_path, _quiet)
+    errors = {r["eps"]: r["value"] for r in rows if r["metric"] == "truncation_error"}
+    expected = _hand_reversed_errors(settings, "multi_gate", 3)
+    assert sorted(errors) == sorted(settings.eps)
+    for eps, ref in zip(settings.eps, expected, strict=True):
+        assert errors[eps] == pytest.approx(ref, rel=1e-6 if eps >= 1e-2 else 1e-3, abs=1e-13)
+    chain = exp.run_group(settings.model_copy(update={"product_order": "chain"}), group,
+                          tmp_path, _quiet)
+    chain_big = [r["value"] for r in chain if r["metric"] == "truncation_error" and
+                 r["eps"] == 1.0]
+    assert chain_big[0] != pytest.approx(errors[1.0], rel=1e-3)

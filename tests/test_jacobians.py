@@ -7,34 +7,43 @@ import torch
 from conftest import CELLS, random_cell, random_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from problems import Problem, Size, cases
+from references import post_update_gate_term
 
 import gatescope as gs
 
-shapes = st.tuples(
-    st.sampled_from(CELLS), st.integers(1, 3), st.integers(1, 5), st.integers(1, 6),
-    st.integers(1, 4), st.booleans(), st.integers(0, 10_000),
-)
+
+def _check_twins(cell, traj, tol):
+    """Analytic J and its split equal their torch.func twins; the split adds up to J."""
+    J = gs.jacobians(cell, traj)
+    assert J.shape == (traj.batch_size, traj.seq_len, cell.state_size, cell.state_size)
+    assert J.dtype == traj.states.dtype
+    torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj), **tol)
+    A, Bg = gs.jacobian_split(cell, traj)
+    A_ref, B_ref = gs.jacobian_split_autograd(cell, traj)
+    torch.testing.assert_close(A, A_ref, **tol)
+    torch.testing.assert_close(Bg, B_ref, **tol)
+    torch.testing.assert_close(A + Bg, J, **tol)
+    if cell.name in ("plain", "leaky"):
+        assert torch.count_nonzero(Bg) == 0
+    if cell.name == "scalar_gate":
+        assert (torch.linalg.matrix_rank(Bg) <= 1).all()
+
+
+@pytest.mark.parametrize("problem", cases())
+def test_analytic_jacobians_match_autograd(problem):
+    cell = problem.cell()
+    _check_twins(cell, problem.trajectory(cell), problem.tolerance)
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes)
-def test_analytic_jacobians_match_autograd(case):
-    name, B, T, n, m, bias, seed = case
-    cell = random_cell(name, m, n, bias, seed)
-    traj = cell.unroll(random_inputs(B, T, m, seed))
-    J = gs.jacobians(cell, traj)
-    assert J.shape == (B, T, cell.state_size, cell.state_size)
-    torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj), rtol=0, atol=1e-10)
-
-    A, Bg = gs.jacobian_split(cell, traj)
-    A_ref, B_ref = gs.jacobian_split_autograd(cell, traj)
-    torch.testing.assert_close(A, A_ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(Bg, B_ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(A + Bg, J, rtol=0, atol=1e-12)
-    if name in ("plain", "leaky"):
-        assert torch.count_nonzero(Bg) == 0
-    if name == "scalar_gate":
-        assert (torch.linalg.matrix_rank(Bg) <= 1).all()
+@given(st.sampled_from(CELLS), st.integers(1, 3), st.integers(1, 5), st.integers(1, 6),
+       st.integers(1, 4), st.booleans(), st.integers(0, 10_000))
+def test_analytic_jacobians_match_autograd_at_random_sizes(name, B, T, n, m, bias, seed):
+    """The catalogue's twin check at sizes hypothesis draws (float64)."""
+    problem = Problem(name, Size(B=B, T=T, n=n, m=m, bias=bias), torch.float64, seed)
+    cell = problem.cell()
+    _check_twins(cell, problem.trajectory(cell), {"rtol": 0, "atol": 1e-10})
 
 
 def test_jacobian_of_step_t_is_at_index_t_minus_1():
@@ -48,13 +57,12 @@ def test_jacobian_of_step_t_is_at_index_t_minus_1():
 
 
 def test_gate_term_uses_state_before_update():
-    """B must use h_{t-1}; the paper code's h_t variant gives a different (wrong) matrix."""
+    """B must use h_{t-1}; the paper code's h_t variant (by autograd at the post-update
+    state) gives a different (wrong) matrix."""
     cell = random_cell("multi_gate", 2, 4, False, 3)
     traj = cell.unroll(random_inputs(2, 5, 2, 3))
     _, Bg = gs.jacobian_split(cell, traj)
-    g, phi = traj.gates, traj.cache["phi"]
-    post = ((phi - traj.states[:, 1:]) * g * (1 - g)).unsqueeze(-1) * cell.gate_recurrent.weight
-    assert (Bg - post).abs().max() > 1e-3
+    assert (Bg - post_update_gate_term(cell, traj)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", CELLS)

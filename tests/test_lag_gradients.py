@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CELLS, random_cell, random_inputs
+from problems import cases
 from torch.func import functional_call
 
 import gatescope as gs
@@ -22,17 +23,20 @@ def _autograd(model, u, y, mask=None):
 
 
 @pytest.mark.parametrize("readout", ["last", "all"])
-@pytest.mark.parametrize("name", CELLS)
-def test_lag_terms_sum_to_the_autograd_gradient(name, readout):
-    model = _model(name, readout)
-    u = random_inputs(3, 7, 3, 0)
-    y = torch.randn(3, 2, dtype=torch.float64) if readout == "last" else \
-        torch.randn(3, 7, 2, dtype=torch.float64)
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
+                                          sizes=["typical", "smallest"]))
+def test_lag_terms_sum_to_the_autograd_gradient(problem, readout):
+    model = gs.SequenceModel(problem.cell(), 2, readout=readout).double()
+    u = problem.inputs()
+    B, T = u.shape[:2]
+    gen = torch.Generator().manual_seed(problem.seed)
+    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
+        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
     parts = gs.lag_gradients(model, u, y)
     ref = _autograd(model, u, y)
     assert list(parts) == list(ref)
     for k, g in ref.items():
-        assert parts[k].shape == (7, *g.shape)
+        assert parts[k].shape == (T, *g.shape)
         torch.testing.assert_close(parts[k].sum(0), g, rtol=1e-10, atol=1e-12)
 
 

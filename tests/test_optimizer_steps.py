@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import random_cell, random_inputs
+from references import steady_state_step_sizes
 
 import gatescope as gs
 from gatescope.measures import (
@@ -51,9 +52,10 @@ def test_adam_steps_equal_the_hand_computed_formula(kind):
         torch.testing.assert_close(s, ref, rtol=1e-12, atol=0)
 
 
-def test_adam_step_size_times_the_corrected_moment_is_the_update():
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_step_size_times_the_corrected_moment_is_the_update(amsgrad):
     model = _model(1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, amsgrad=amsgrad)
     _train(model, opt, steps=2)
     before = [p.detach().clone() for p in model.parameters()]
     _train(model, opt, steps=1)
@@ -69,6 +71,16 @@ def test_unstepped_adam_parameters_get_nan():
     assert all(s.isnan().all() for s in steps.values())
 
 
+def _assert_matches_real_steps(opt, model, rtol=1e-9, **frozen):
+    """The step sizes equal the parameter change per unit gradient of real ``opt.step()``
+    calls (see ``references.steady_state_step_sizes``)."""
+    steps = optimizer_step_sizes(opt)
+    real = steady_state_step_sizes(model, opt, **frozen)
+    for p in model.parameters():
+        assert steps[p].shape == p.shape and steps[p].dtype == p.dtype
+        torch.testing.assert_close(steps[p], real[p], rtol=rtol, atol=0)
+
+
 def test_sgd_steps():
     model = _model()
     params = list(model.parameters())
@@ -76,24 +88,33 @@ def test_sgd_steps():
     steps = optimizer_step_sizes(opt)
     for i, p in enumerate(params):
         assert torch.equal(steps[p], torch.full_like(p, 0.1 if i < 2 else 0.5))
-    mom = optimizer_step_sizes(torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.5))
-    for p in params:
-        torch.testing.assert_close(mom[p], torch.full_like(p, 0.1 * 0.5 / 0.1))
-    nest = optimizer_step_sizes(torch.optim.SGD(params, lr=0.1, momentum=0.75, nesterov=True))
-    torch.testing.assert_close(nest[params[0]], torch.full_like(params[0], 0.4))
+    _assert_matches_real_steps(opt, model)
 
 
-@pytest.mark.parametrize("centered", [False, True])
-def test_rmsprop_steps(centered):
+@pytest.mark.parametrize("options", [
+    {"momentum": 0.9, "dampening": 0.5},
+    {"momentum": 0.75, "nesterov": True},
+    {"momentum": 0.6, "dampening": 0.2, "nesterov": False},
+], ids=["dampened", "nesterov", "heavy_ball"])
+def test_momentum_steps_are_the_settled_change_per_unit_gradient(options):
+    """SGD with momentum: the step size is what a real step moves a parameter per unit of a
+    constant gradient once the momentum buffer has settled."""
     model = _model()
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, eps=1e-7, momentum=0.5,
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, **options)
+    _train(model, opt)
+    _assert_matches_real_steps(opt, model)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_steps(centered, momentum):
+    """RMSprop: against real steps with the square average held (``alpha = 1`` in the copy
+    that is stepped), so the preconditioner is the one in the optimizer state."""
+    model = _model()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, eps=1e-7, momentum=momentum,
                               centered=centered)
     _train(model, opt)
-    for p, s in optimizer_step_sizes(opt).items():
-        v = opt.state[p]["square_avg"]
-        if centered:
-            v = v - opt.state[p]["grad_avg"] ** 2
-        torch.testing.assert_close(s, 1e-3 / ((v.sqrt() + 1e-7) * 0.5), rtol=1e-12, atol=0)
+    _assert_matches_real_steps(opt, model, alpha=1.0)
 
 
 def test_unsupported_optimizer_raises_type_error():

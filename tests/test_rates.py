@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, random_cell, random_inputs
+from conftest import random_cell, random_inputs
+from problems import cases
 
 import gatescope as gs
 from gatescope.measures import (
@@ -83,20 +84,22 @@ def _brute_first_order(r, d, t, lag):
     return total
 
 
-@pytest.mark.parametrize("name", CELLS)
-def test_first_order_matches_the_brute_force_sum(name):
-    cell, traj = _setup(name, seed=3)
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
+                                          sizes=["typical", "smallest"]))
+def test_first_order_matches_the_brute_force_sum(problem):
+    cell, traj = problem.cell(), problem.trajectory()
     mu0 = effective_learning_rates(cell, traj, order=0)
     mu = effective_learning_rates(cell, traj, order=1)
     J = gs.jacobians_autograd(cell, traj).detach()  # independent of the analytic path
     n, S = cell.hidden_size, cell.state_size
+    Bn, Tn = traj.batch_size, traj.seq_len
     diag = J.diagonal(dim1=-2, dim2=-1)[..., S - n:].numpy()
-    r = traj.retention.expand(B, T, n).numpy()
+    r = traj.retention.expand(Bn, Tn, n).numpy()
     d = diag - r
     ref = np.full(mu.shape, np.nan)
-    for b in range(B):
+    for b in range(Bn):
         for q in range(n):
-            for t in range(T + 1):
+            for t in range(Tn + 1):
                 for lag in range(t + 1):
                     ref[b, t, lag, q] = _brute_first_order(r[b, :, q], d[b, :, q], t, lag)
     torch.testing.assert_close(mu - mu0, torch.from_numpy(ref), rtol=1e-10, atol=1e-12,
@@ -133,12 +136,18 @@ def test_envelope_and_time_scales():
     f = envelope(mu)
     for lag in range(T + 1):
         torch.testing.assert_close(f[lag], mu[:, lag:, lag].abs().mean())
+    # τ is the e-folding lag of the kernel r̄^ℓ with r̄ the mean retention (1 - g here)
     tau = time_scales(cell, traj)
-    torch.testing.assert_close(tau, -1 / torch.log(1 - traj.gates.mean((0, 1))))
+    mean_retention = torch.tensor(traj.retention.expand(B, T, N).numpy().mean((0, 1)))
+    torch.testing.assert_close(mean_retention**tau, torch.full((N,), math.exp(-1),
+                                                                 dtype=torch.float64))
+    # leaky's retention is constant: its zeroth-order rates themselves fall as e^{-ℓ/τ}
     leaky, ltraj = _setup("leaky")
-    torch.testing.assert_close(time_scales(leaky, ltraj),
-                               torch.full((N,), -1 / math.log(1 - leaky.alpha),
-                                          dtype=torch.float64))
+    tau = time_scales(leaky, ltraj)
+    mu0 = effective_learning_rates(leaky, ltraj, order=0)
+    for lag in range(T + 1):
+        ref = torch.exp(-lag / tau).expand_as(mu0[:, lag:, lag])
+        torch.testing.assert_close(mu0[:, lag:, lag], ref, rtol=1e-12, atol=0)
 
 
 def test_quantile_matches_numpy():
@@ -177,6 +186,13 @@ def test_sensitivity_profile_is_the_lag_median_ratio():
     torch.testing.assert_close(prof, torch.tensor(med) / med[0])
 
 
+def _numpy_profile(X):
+    """``median_{t-k=ℓ} X / median_{t-k=1} X`` for ``ℓ = 1..T-1`` by numpy."""
+    diagonals = [np.diagonal(X.numpy(), -lag, 1, 2) for lag in range(1, X.shape[-1] - 1)]
+    medians = np.array([np.median(d) for d in diagonals])
+    return medians / medians[0]
+
+
 def test_power_fit_recovers_a_synthetic_power_law():
     cell, traj = _setup("multi_gate", seed=7)
     P = gate_product(traj, "update")
@@ -190,11 +206,12 @@ def test_power_fit_recovers_a_synthetic_power_law():
     assert fit_power(S, P, trim=0).pairs == below
     result = profile_fit(traj, S)
     assert torch.equal(result.lags, torch.arange(1, T))
-    torch.testing.assert_close(result.sensitivity, sensitivity_profile(S))
+    torch.testing.assert_close(result.sensitivity, torch.from_numpy(_numpy_profile(S)))
     update = result.predictors["update"]
     assert update.fit == fit
-    torch.testing.assert_close(update.zeroth_order, sensitivity_profile(P))
-    torch.testing.assert_close(update.fitted, update.zeroth_order**0.7)
+    zeroth = torch.from_numpy(_numpy_profile(P))  # P̄(ℓ)/P̄(1) with numpy's medians
+    torch.testing.assert_close(update.zeroth_order, zeroth)
+    torch.testing.assert_close(update.fitted, zeroth**0.7)  # the known power, not fit.slope
     assert set(result.predictors) == {"update", "retention"}
 
 
@@ -227,3 +244,49 @@ def test_given_jacobians_are_used_for_the_first_order():
     other = effective_learning_rates(cell, traj, J=torch.zeros_like(J))
     assert not torch.allclose(other.nan_to_num(), effective_learning_rates(cell, traj)
                               .nan_to_num())
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _torch_cell_gates(name, cell, u):
+    """Update gate and retention of a GRU or LSTM from its definition: the states of
+    ``torch.nn.GRUCell``/``LSTMCell`` with the cell's weights, and the gates computed from
+    them by hand (GRU: ``g = 1 - z``, ``r = z``; LSTM: ``g = i``, ``r = f``), ``(B, T, n)``."""
+    n = cell.hidden_size
+    ref = (torch.nn.GRUCell if name == "gru" else torch.nn.LSTMCell)(M, n).double()
+    ref.load_state_dict(cell.state_dict())
+    W_ih, W_hh = ref.weight_ih.detach().numpy(), ref.weight_hh.detach().numpy()
+    b = (ref.bias_ih + ref.bias_hh).detach().numpy()
+    state, gates, retention = None, [], []
+    with torch.no_grad():
+        for t in range(u.shape[1]):
+            h = np.zeros((u.shape[0], n)) if state is None else \
+                (state if name == "gru" else state[0]).numpy()
+            pre = u[:, t].numpy() @ W_ih.T + h @ W_hh.T + b
+            if name == "gru":  # blocks r, z, n
+                z = _sigmoid(pre[:, n:2 * n])
+                gates.append(1 - z)
+                retention.append(z)
+            else:  # blocks i, f, g, o
+                gates.append(_sigmoid(pre[:, :n]))
+                retention.append(_sigmoid(pre[:, n:2 * n]))
+            state = ref(u[:, t], state)
+    return np.stack(gates, 1), np.stack(retention, 1)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_gate_product_of_gru_and_lstm_follows_their_gates(name):
+    cell, traj = _setup(name, seed=5)
+    gates, retention = _torch_cell_gates(name, cell, traj.inputs)
+    for kind, x in (("update", gates), ("retention", retention)):
+        P = gate_product(traj, kind).numpy()
+        for t in range(T + 1):
+            assert np.isnan(P[:, t, t + 1:]).all()
+            for k in range(t + 1):
+                ref = np.ones_like(x[:, 0])
+                for j in range(k + 1, t + 1):
+                    ref = ref * x[:, j - 1]
+                np.testing.assert_allclose(P[:, t, k], ref.mean(-1), rtol=1e-10, atol=0,
+                                           err_msg=f"{kind} t={t} k={k}")

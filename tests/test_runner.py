@@ -154,6 +154,15 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path, caplog):
     assert len(keys) == len(set(keys))
 
 
+@pytest.fixture
+def test_experiments():
+    """The runner's test experiments, registered for one test (conftest's
+    ``isolated_registries`` removes them, so ``gatescope list`` never shows them)."""
+    for name, cls in (("_test_one_group_fails", OneGroupFails),
+                      ("_test_slow_group", SlowGroup), ("_test_sees_denormals", SeesDenormals)):
+        register_experiment(name)(cls)
+
+
 def _one_row(experiment, group, metric, value):
     """The single result row (seed 0, step 0) of a test experiment's group."""
     writer = RowWriter(experiment, group.task, group.cell, group.optimizer)
@@ -161,7 +170,6 @@ def _one_row(experiment, group, metric, value):
     return writer.rows
 
 
-@register_experiment("_test_one_group_fails")
 class OneGroupFails(Experiment):
     description = "test: the second of three groups raises"
     settings_model = Settings
@@ -175,7 +183,7 @@ class OneGroupFails(Experiment):
         return _one_row(self.name, group, TEST_METRIC, 1.0)
 
 
-def test_a_failing_group_does_not_stop_the_grid(tmp_path):
+def test_a_failing_group_does_not_stop_the_grid(tmp_path, test_experiments):
     with pytest.raises(RunError, match="t__b__none: RuntimeError: boom") as info:
         run_experiment("_test_one_group_fails", {}, tmp_path, quiet=True)
     assert list(info.value.failures) == ["t__b__none"]
@@ -202,6 +210,13 @@ def test_list_shows_cells_tasks_with_baselines_and_experiments(capsys):
         assert word in out
 
 
+def test_list_shows_no_test_experiment(capsys):
+    """The runner's test experiments are registered per test, never at import, so
+    ``gatescope list`` is the same whichever test files ran before."""
+    assert main(["list"]) == 0
+    assert "_test_" not in capsys.readouterr().out
+
+
 def test_verify_without_its_module_says_so(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gatescope.verify", None)
     monkeypatch.delattr("gatescope.verify", raising=False)
@@ -219,7 +234,6 @@ def test_verify_forwards_device_and_dtype(monkeypatch):
     assert calls == [("cpu", "float32")]
 
 
-@register_experiment("_test_slow_group")
 class SlowGroup(Experiment):
     description = "test: one group that takes 0.2 s"
     settings_model = Settings
@@ -232,7 +246,7 @@ class SlowGroup(Experiment):
         return _one_row(self.name, group, TEST_METRIC, 1.0)
 
 
-def test_the_marker_records_the_group_wall_time(tmp_path):
+def test_the_marker_records_the_group_wall_time(tmp_path, test_experiments):
     before = time.time()
     run_experiment("_test_slow_group", {}, tmp_path, quiet=True)
     timing = GroupFolder(tmp_path, Group("t", "slow", "none")).timing()
@@ -249,7 +263,6 @@ def test_wall_span_sums_each_run_and_skips_the_pauses_between():
     assert wall_span([]) == 0
 
 
-@register_experiment("_test_sees_denormals")
 class SeesDenormals(Experiment):
     description = "test: reports whether a subnormal float survives arithmetic"
     settings_model = Settings
@@ -262,7 +275,8 @@ class SeesDenormals(Experiment):
         return _one_row(self.name, group, SURVIVES, (subnormal * 1.0).item() != 0)
 
 
-def test_groups_run_with_subnormals_flushed_and_the_mode_is_restored(tmp_path):
+def test_groups_run_with_subnormals_flushed_and_the_mode_is_restored(tmp_path,
+                                                                   test_experiments):
     if not torch.set_flush_denormal(False):
         pytest.skip("this processor cannot flush subnormal floats")
     assert (torch.tensor([1e-39]) * 1.0).item() != 0

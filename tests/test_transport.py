@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import random_cell, random_inputs
+from problems import cases
 
 import gatescope as gs
 from gatescope.dynamics.spectral import RANK, top_singular_values
@@ -42,15 +43,23 @@ def test_transport_rejects_bad_windows():
         gs.transport(_jacobians(), 2, 3)
 
 
-@pytest.mark.parametrize("name", ["plain", "leaky", "scalar_gate", "multi_gate", "lstm"])
-def test_sensitivities_equal_matrix_norms_on_every_pair(name):
-    J = _jacobians(name, B=2, T=25, n=12, seed=4, dtype=torch.float32)
+@pytest.mark.parametrize("problem", cases(sizes=["long"], dtypes=[torch.float32])
+                         + cases(sizes=["typical", "smallest"]))
+def test_sensitivities_equal_matrix_norms_on_every_pair(problem):
+    """S_{t,k} is the spectral norm of J_t ⋯ J_{k+1}, multiplied out by hand in float64."""
+    with torch.no_grad():
+        J = gs.jacobians(problem.cell(), problem.trajectory())
     S = gs.sensitivities(J)
-    assert S.shape == (2, 26, 26)
-    for t in range(26):
-        for k in range(t + 1):
-            ref = torch.linalg.matrix_norm(gs.transport(J.double(), t, k), 2)
-            torch.testing.assert_close(S[:, t, k], ref, rtol=1e-5, atol=0)
+    Bn, T, N = J.shape[:3]
+    assert S.shape == (Bn, T + 1, T + 1)
+    for k in range(T + 1):
+        M = torch.eye(N, dtype=torch.float64).expand(Bn, N, N)
+        for t in range(k, T + 1):
+            if t > k:
+                M = J[:, t - 1].double() @ M
+            torch.testing.assert_close(S[:, t, k].double(), torch.linalg.matrix_norm(M, 2),
+                                       rtol=1e-5, atol=0)
+    for t in range(T + 1):
         assert torch.isnan(S[:, t, t + 1:]).all()
 
 

@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 from conftest import CELLS
+from references import post_update_gate_term
 
 import gatescope as gs
 from gatescope import verify
 from gatescope.cells.gated import MultiGateCell
-from gatescope.cells.registry import _CELLS
 
 CORE_CHECKS = ("jacobians", "jacobian split A, B", "lag gradients, readout last",
                "lag gradients, readout all")
@@ -21,11 +21,8 @@ class PostUpdateGateTerm(MultiGateCell):
     """The paper code's defect: ``B`` built from ``h_t`` instead of ``h_{t-1}``."""
 
     def analytic_jacobian_split(self, traj):
-        g, phi = traj.gates, traj.cache["phi"]
         A, _ = super().analytic_jacobian_split(traj)
-        B = ((phi - traj.states[:, 1:]) * g * (1 - g)).unsqueeze(-1) * \
-            self.gate_recurrent.weight
-        return A, B
+        return A, post_update_gate_term(self, traj)
 
 
 class NoClosedForm(MultiGateCell):
@@ -51,16 +48,12 @@ class NeedsAnOption(MultiGateCell):
 
 @pytest.fixture
 def registered():
-    """Register test cells by name; remove them from the registry afterwards."""
-    added = []
+    """Register test cells by name (conftest's ``isolated_registries`` removes them)."""
 
     def register(name, cls):
         gs.register_cell(name)(cls)
-        added.append(name)
 
-    yield register
-    for name in added:
-        _CELLS.pop(name)
+    return register
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -25,7 +25,7 @@ except AttributeError:  # pytest < 8.1
     from _pytest.doctest import DoctestItem
 
 
-def _registries() -> list[dict]:
+def registries() -> list[dict]:
     """Every registry of the loaded gatescope modules: each :class:`Registry` (cells, tasks,
     experiments, quantities) and the metric catalogue.
 
@@ -44,8 +44,8 @@ def _registries() -> list[dict]:
 
 @contextlib.contextmanager
 def restored_registries() -> Iterator[None]:
-    """Put every registry back as it was on entry (also ``tests/test_docs.py`` uses this)."""
-    snapshots = [(registry, dict(registry)) for registry in _registries()]
+    """Put every registry back as it was on entry (also the tests' isolation fixture uses this)."""
+    snapshots = [(registry, dict(registry)) for registry in registries()]
     try:
         yield
     finally:
