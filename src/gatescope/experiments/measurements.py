@@ -35,8 +35,8 @@ def record_measurements(writer: RowWriter, seeds: Sequence[int], step: int,
         plan: which quantities, and which of their metrics, become rows.
     """
     quantities = [get_quantity(name) for name in plan]
+    kept = {m.name for q in quantities for m in (plan[q.name] or q.metrics)}
     for seed, ctx in zip(seeds, contexts, strict=True):
         record, _ = measure(ctx, quantities)
-        kept = {m.name for q in quantities for m in (plan[q.name] or q.metrics)}
         writer.add_record(seed, step, {k: v for k, v in record.items() if k in kept},
                           ctx.coords())
