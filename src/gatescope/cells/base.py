@@ -36,6 +36,10 @@ class Trajectory:
         cache: per-step intermediates the analytic Jacobians need, each ``(B, T, ...)``.
         cell_type: the class of the cell that made it (``None`` when built by hand), so an
             analysis given another cell's trajectory can say so.
+        lengths: ``(B,)`` int64 valid length of each sequence of a padded batch, or ``None``
+            when every sequence runs all ``T`` steps. Past its length a sequence's state is
+            held (``h_t = h_{len}``, as torch's packed sequences do) and measures ignore
+            those steps (:attr:`step_mask`).
     """
 
     inputs: Tensor
@@ -44,6 +48,16 @@ class Trajectory:
     retention: Tensor
     cache: dict[str, Tensor] = field(default_factory=dict)
     cell_type: type | None = field(default=None, repr=False, compare=False)
+    lengths: Tensor | None = None
+
+    @property
+    def step_mask(self) -> Tensor:
+        """``(B, T)`` bool: ``True`` where step ``t`` (index ``t - 1``) lies within its
+        sequence's length; all ``True`` without :attr:`lengths`."""
+        steps = torch.arange(1, self.seq_len + 1, device=self.states.device)
+        if self.lengths is None:
+            return steps.new_ones(self.batch_size, self.seq_len, dtype=torch.bool)
+        return steps <= self.lengths.to(steps.device).unsqueeze(-1)
 
     @property
     def previous_states(self) -> Tensor:
@@ -67,6 +81,7 @@ class Trajectory:
             retention=self.retention.detach(),
             cache={k: v.detach() for k, v in self.cache.items()},
             cell_type=self.cell_type,
+            lengths=self.lengths,
         )
 
 
