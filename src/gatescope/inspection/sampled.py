@@ -3,8 +3,9 @@ no ``(B, T, N, N)`` stack and no all-pairs ``(B, T, T)`` table).
 
 * :func:`instantaneous_time_scales` — ``τ_{b,t,q} = -1/log r_{b,t,q}`` for every neuron and
   step (docs/maths.md; ``τ = 0`` for ``r = 0``, ``∞`` for ``r = 1``).
-* :func:`retained_diagonal_chunked` — ``diag(J_t)`` on the retained entries, computed from
-  the analytic Jacobians a few steps at a time, so at most ``budget`` bytes of ``J`` exist.
+* :func:`retained_diagonal_chunked` — ``diag(J_t)`` on the retained entries: entry by entry
+  for the LSTM, GRU and plain cells, else from the analytic Jacobians a few steps at a
+  time, so at most ``budget`` bytes of ``J`` exist.
 * :func:`end_time_rates` — first-order effective rates ``μ_{t,ℓ,q}`` at sampled end times
   ``t`` and every lag, by the dual-number recursion of :mod:`gatescope.measures.rates`
   extended one step to the left per lag; gives the envelope ``f(ℓ)`` averaged over the
@@ -25,6 +26,9 @@ import torch
 from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
+from ..cells.gru import GRUCell
+from ..cells.lstm import LSTMCell
+from ..cells.plain import PlainCell
 from ..measures.rates import neuron_retention, retained_diagonal
 
 #: Gate values within this distance of 0 or 1 (sigmoid) or of ±1 (tanh) count as saturated.
@@ -68,12 +72,50 @@ def time_slice(traj: Trajectory, start: int, stop: int) -> Trajectory:
         cell_type=traj.cell_type)
 
 
+def _lstm_diagonal(cell: LSTMCell, traj: Trajectory) -> Tensor:
+    """The LSTM's ``c``–``c`` block is exactly ``diag(f)`` (the gates see ``c`` only
+    through ``h``; see :mod:`gatescope.cells.lstm`)."""
+    return traj.retention
+
+
+def _gru_diagonal(cell: GRUCell, traj: Trajectory) -> Tensor:
+    """``diag(A + B)`` of :class:`~gatescope.cells.gru.GRUCell`'s split, entry by entry:
+    ``diag(diag(v) W) = v ⊙ diag(W)``."""
+    z, r = traj.retention, traj.cache["reset"]
+    c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
+    through_c = (1 - z) * (1 - c**2)
+    w = [cell.recurrent_block(k).diagonal() for k in range(3)]
+    return (z + through_c * r * w[2] + through_c * hn * r * (1 - r) * w[0]
+            + (h - c) * z * (1 - z) * w[1])
+
+
+def _plain_diagonal(cell: PlainCell, traj: Trajectory) -> Tensor:
+    """``diag(D_t W_r) = (1 - φ²) ⊙ diag(W_r)``."""
+    return (1 - traj.cache["phi"] ** 2) * cell.recurrent.weight.diagonal()
+
+
+#: ``diag(J)`` on the retained entries in O(n) per step, for cells whose Jacobian is known
+#: entry by entry; other cells build ``J`` a few steps at a time.
+DIAGONALS = {LSTMCell: _lstm_diagonal, GRUCell: _gru_diagonal, PlainCell: _plain_diagonal}
+
+
 def retained_diagonal_chunked(cell: RecurrentCell, traj: Trajectory,
                               budget: int = 2**27, progress: Progress = no_progress
                               ) -> Tensor:
     """``diag(J_t)`` on the retained entries (see :func:`gatescope.measures.rates.
-    retained_diagonal`), ``(B, T, n)`` float64, with at most about ``budget`` bytes of
-    Jacobians alive at once (the split ``A``, ``B`` and their sum, hence the factor 3)."""
+    retained_diagonal`), ``(B, T, n)`` float64.
+
+    Cells in :data:`DIAGONALS` (exactly these classes, not subclasses, which may change the
+    step) compute it entry by entry; any other builds the analytic Jacobians with at most
+    about ``budget`` bytes alive at once (the split ``A``, ``B`` and their sum, hence the
+    factor 3).
+    """
+    shortcut = DIAGONALS.get(type(cell))
+    if shortcut is not None:
+        with torch.no_grad():
+            diagonal = shortcut(cell, traj.detach()).double()
+        progress(traj.seq_len)
+        return diagonal
     B, T, N = traj.batch_size, traj.seq_len, cell.state_size
     per_step = 3 * B * N * N * traj.states.element_size()
     chunk = max(1, budget // per_step)
