@@ -343,3 +343,15 @@ def test_retained_diagonal_equals_the_dense_jacobians_diagonal(name):
     want = retained_diagonal(cell, traj)
     got = retained_diagonal_chunked(cell, traj, budget=1)  # fallback: one step per chunk
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_importing_inspection_leaves_the_probe_presets_alone():
+    """Guards the probe presets: the inspection's quantities are measured through
+    probes.measure but not registered, so `quantities="cheap"` is what it was."""
+    import gatescope.inspection  # noqa: F401
+    from gatescope.inspection.quantities import INSPECT_QUANTITIES
+
+    names = {q.name for q in INSPECT_QUANTITIES}
+    assert names == {"time_scale_spectrum", "gate_saturation", "sampled_effective_rates",
+                     "output_lookback"}
+    assert not names & set(gs.list_quantities())

@@ -3,9 +3,12 @@ an :class:`InspectContext`: a :class:`~gatescope.probes.ProbeContext` that adds 
 settings and computes every expensive piece once, streaming (never the dense Jacobian
 stack).
 
-A :class:`~gatescope.Probe` can record the cost-0 ones (``time_scale_spectrum``,
-``gate_saturation``) on any model; the others read the inspection's sampling settings and
-need an :class:`InspectContext`.
+They are :class:`~gatescope.probes.Quantity` objects measured by
+:func:`gatescope.probes.measure.measure`, like every probe quantity, but deliberately not
+added to the registry: registering would put them into every probe's ``"cheap"``/``"full"``
+presets as soon as this module is imported, and two of them need an :class:`InspectContext`.
+A user who wants one in a probe registers it (``gs.register_quantity(q.name, cost=q.cost,
+metrics=q.metrics)(q.function)``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..measures.rates import neuron_cv, neuron_retention
 from ..metrics import declare_metric
 from ..probes.context import ProbeContext
-from ..probes.registry import SkipQuantity, get_quantity, register_quantity
+from ..probes.registry import Quantity, SkipQuantity
 from .sampled import (
     Progress,
     end_time_rates,
@@ -31,6 +34,18 @@ from .sampled import (
     saturation_fractions,
     tau_of,
 )
+
+#: The inspection's quantities, in measuring order (filled by :func:`_quantity`).
+INSPECT_QUANTITIES: list[Quantity] = []
+
+
+def _quantity(name: str, *, cost: int, metrics, description: str):
+    """Declare an inspection quantity (a :class:`~gatescope.probes.Quantity`, unregistered)."""
+    def decorate(function):
+        INSPECT_QUANTITIES.append(Quantity(name, function, cost, tuple(metrics), description))
+        return function
+    return decorate
+
 
 TAU_QUANTILES = declare_metric(
     "tau_quantiles", "quantiles of τ = −1/log r over every (example, step, neuron) of the "
@@ -100,7 +115,7 @@ def _inspect_context(ctx: ProbeContext) -> InspectContext:
     return ctx
 
 
-@register_quantity("time_scale_spectrum", cost=0, metrics=[TAU_QUANTILES, TAU_INFINITE_FRACTION],
+@_quantity("time_scale_spectrum", cost=0, metrics=[TAU_QUANTILES, TAU_INFINITE_FRACTION],
                    description="distribution of τ = −1/log r over neurons and time")
 def time_scale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
     """Quantiles (at the ``level`` axis' levels) of the instantaneous time scales, and the
@@ -118,7 +133,7 @@ def time_scale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
             TAU_INFINITE_FRACTION.name: (r >= 1).double().mean()}
 
 
-@register_quantity("gate_saturation", cost=0, metrics=[GATE_SATURATED, TANH_SATURATED],
+@_quantity("gate_saturation", cost=0, metrics=[GATE_SATURATED, TANH_SATURATED],
                    description="fraction of saturated gate and tanh entries")
 def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
     """Entry-weighted saturation over every sigmoid gate and every tanh output."""
@@ -146,7 +161,7 @@ def _entry_counts(traj) -> dict[str, int]:
     return counts
 
 
-@register_quantity("sampled_effective_rates", cost=1, metrics=[SAMPLED_ENVELOPE, SAMPLED_RATE_CV],
+@_quantity("sampled_effective_rates", cost=1, metrics=[SAMPLED_ENVELOPE, SAMPLED_RATE_CV],
                    description="envelope and neuron dispersion of μ at sampled end times")
 def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
     """The envelope at the context's ``lags`` and the CV across neurons at its rate lags,
@@ -157,14 +172,8 @@ def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
             SAMPLED_RATE_CV.name: neuron_cv(kept)}
 
 
-@register_quantity("output_lookback", cost=2, metrics=[OUTPUT_LOOKBACK],
+@_quantity("output_lookback", cost=2, metrics=[OUTPUT_LOOKBACK],
                    description="how far back the output looks: ‖∂h_T/∂u_t‖ against t")
 def output_lookback_norms(ctx: ProbeContext) -> dict[str, Tensor]:
     """RMS over examples of ``‖∂h_T/∂u_t‖_F`` for ``t = 1..T``."""
     return {OUTPUT_LOOKBACK.name: _inspect_context(ctx).lookback.mean(0).sqrt()}
-
-
-#: The inspection's quantities, held as objects so they are measured even when a test's
-#: registry snapshot has been restored without them.
-INSPECT_QUANTITIES = tuple(get_quantity(name) for name in (
-    "time_scale_spectrum", "gate_saturation", "sampled_effective_rates", "output_lookback"))
