@@ -61,20 +61,23 @@ __version__ = "0.1.0"
 
 #: Names served from :mod:`gatescope.experiments`, imported on first access.
 _EXPERIMENT_API = ("list_experiments", "register_experiment", "run_experiment")
+#: Names served from :mod:`gatescope.inspection` (it loads matplotlib), on first access.
+_INSPECT_API = ("inspect",)
 
 
 def __getattr__(name: str):
-    if name in _EXPERIMENT_API:
-        from . import experiments
+    if name in _EXPERIMENT_API or name in _INSPECT_API:
+        from importlib import import_module
 
-        value = getattr(experiments, name)
+        where = "experiments" if name in _EXPERIMENT_API else "inspection"
+        value = getattr(import_module(f".{where}", __name__), name)
         globals()[name] = value  # later lookups skip this hook
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPERIMENT_API})
+    return sorted({*globals(), *_EXPERIMENT_API, *_INSPECT_API})
 
 __all__ = [
     "EnsembleTrainer",
@@ -100,6 +103,7 @@ __all__ = [
     "gate_product",
     "gates_vs_optimizer",
     "get_metric",
+    "inspect",
     "jacobian_split",
     "jacobian_split_autograd",
     "jacobians",

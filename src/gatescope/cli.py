@@ -7,7 +7,10 @@ Subcommands:
     baseline losses, optimizers, experiments and their settings; ``verify [--device D]
     [--dtype T]`` — check the analytic quantities against autograd on this machine;
     ``reproduce [--preset quick|paper] [--out DIR] [--force] [--seeds N] [--device D]
-    [--jobs N] [--quiet]`` — every experiment of the paper, figures and report.
+    [--jobs N] [--quiet]`` — every experiment of the paper, figures and report;
+    ``inspect WEIGHTS --data FILE [--prefix P] [--key K] [--out DIR] [--time-first] ...`` —
+    how a trained model's recurrent module uses time on your data (see
+    :func:`gatescope.inspect`).
 
 ``--out`` must be a new or empty folder or one gatescope wrote (which is resumed); a
 non-empty folder of other files is refused unless ``--force`` is given.
@@ -243,9 +246,107 @@ def _reproduce(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- inspect
+
+
+def _lookback_probes(text: str) -> int | str | None:
+    if text in ("auto", "exact"):
+        return None if text == "exact" else "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'exact' or an integer >= 1, "
+                                         f"got {text!r}") from None
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", help="how a trained recurrent model uses time, on your data",
+        description="Recognise the recurrent module of a state_dict (.pt read with "
+        "weights_only=True, never unpickling objects; .safetensors with the [inspect] extra) "
+        "and report, per layer and direction, its gates' time-scale spectrum, the envelope "
+        "of the effective rates with its decay class, how far back the output looks and a "
+        "memory horizon, the rate dispersion across neurons and gate saturation: REPORT.md, "
+        "report.html, inspect.json and PNG figures in --out. Bad files or inputs exit 2.")
+    p.add_argument("weights", metavar="WEIGHTS", help="state_dict file: .pt/.pth or "
+                   ".safetensors")
+    p.add_argument("--data", required=True, metavar="FILE", help="inputs: .npy, .npz or .pt "
+                   "holding a (B, T, m) array (batch first; see --time-first)")
+    p.add_argument("--key", metavar="K", help="the array of an .npz (or a dict in a .pt) to "
+                   "use, when it holds several")
+    p.add_argument("--prefix", metavar="P", help="key prefix of the recurrent module in "
+                   "WEIGHTS (e.g. encoder.rnn); found automatically when there is one")
+    p.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
+                   help="an nn.RNN's nonlinearity, which its weights cannot tell (default tanh)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--batch-first", dest="batch_first", action="store_true",
+                        default=True, help="the data is (B, T, m) (default)")
+    layout.add_argument("--time-first", dest="batch_first", action="store_false",
+                        help="the data is (T, B, m), torch's batch_first=False layout")
+    p.add_argument("--out", metavar="DIR", default="gatescope-inspect",
+                   help="report folder (default: gatescope-inspect); its report files are "
+                   "replaced")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="compute dtype (default: the weights')")
+    p.add_argument("--max-sequences", type=_positive_int, metavar="N",
+                   help="analyse at most N sequences, drawn with --seed (default: all)")
+    p.add_argument("--end-times", type=_positive_int, default=16, metavar="N",
+                   help="sampled end times of the effective rates (default 16)")
+    p.add_argument("--rate-lags", type=_positive_int, default=24, metavar="N",
+                   help="log-spaced lags of the rate dispersion (default 24)")
+    p.add_argument("--lookback-probes", type=_lookback_probes, default="auto",
+                   metavar="auto|exact|K", help="output lookback: exact (n directions) or K "
+                   "Gaussian directions; auto: exact for n <= 64, else 16 (default)")
+    p.add_argument("--horizon-threshold", type=float, default=0.01, metavar="X",
+                   help="memory horizon: the longest lag whose lookback is >= X times its "
+                   "peak (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from .inspection import (
+        InspectInputError,
+        check_inputs,
+        inspect,
+        load_array,
+        load_state_dict,
+        module_from_state_dict,
+    )
+
+    try:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise InspectInputError(f"--out {args.out!r}: exists and is not a folder")
+        state_dict = load_state_dict(args.weights)
+        module, spec = module_from_state_dict(state_dict, args.prefix, args.nonlinearity)
+        data = load_array(args.data, args.key)
+        dtype = None if args.dtype is None else getattr(torch, args.dtype)
+        check_inputs(data, spec.input_size, args.batch_first,  # named as the file, up front
+                     dtype or next(module.parameters()).dtype, name=f"--data {args.data!r}")
+        result = inspect(module, data, out=args.out, batch_first=args.batch_first,
+                         end_times=args.end_times, rate_lags=args.rate_lags,
+                         lookback_probes=args.lookback_probes,
+                         horizon_threshold=args.horizon_threshold,
+                         max_sequences=args.max_sequences, seed=args.seed,
+                         device=args.device, dtype=dtype, quiet=args.quiet,
+                         module_description=spec.describe())
+    except InspectInputError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    files = result.files
+    print(f"inspect: {spec.describe()}, {result.summary['sampled']['batch']} sequences of "
+          f"T = {result.summary['sampled']['seq_len']}; report: {files['markdown']} (and "
+          f"{files['html'].name}, {files['json'].name})")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- main
 
-SUBCOMMANDS = (_add_run, _add_list, _add_verify, _add_reproduce)
+SUBCOMMANDS = (_add_run, _add_list, _add_verify, _add_reproduce, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,344 @@
+"""``gs.inspect``: a one-call report of how a recurrent model uses time, on the user's data.
+
+Every (layer, direction) of the module becomes one gatescope cell and the input sequence
+that torch feeds it (an *analysis unit*); each unit is measured through the inspection's
+declared quantities (:mod:`gatescope.inspection.quantities`) on an
+:class:`~gatescope.inspection.quantities.InspectContext`, timed part by part, and the plain
+numbers are handed to :mod:`gatescope.reporting.inspect_report`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..cells.base import RecurrentCell
+from ..convert import from_torch
+from ..measures.rates import time_scales
+from ..model import SequenceModel
+from ..probes.measure import measure
+from .data import check_inputs
+from .errors import InspectInputError
+from .quantities import INSPECT_QUANTITIES, InspectContext
+from .sampled import (
+    HORIZON_THRESHOLD,
+    fit_decay,
+    instantaneous_time_scales,
+    log_lag_grid,
+    memory_horizon,
+    saturation_fractions,
+)
+
+#: Defaults of :func:`inspect` (see its arguments).
+END_TIMES = 16
+RATE_LAGS = 24
+EXACT_LOOKBACK_MAX_N = 64
+LOOKBACK_PROBES = 16
+HISTOGRAM_BINS = 40
+
+
+@dataclass
+class AnalysisUnit:
+    """One (layer, direction) of a module: its cell and the inputs torch feeds it
+    (``(B, T, m_k)``, batch first, in the time order the cell runs)."""
+
+    layer: int
+    direction: str
+    cell: RecurrentCell
+    inputs: Tensor
+
+    @property
+    def label(self) -> str:
+        return f"layer {self.layer} {self.direction}"
+
+
+@dataclass
+class InspectResult:
+    """What :func:`inspect` measured (``summary``, plain numbers and lists, the content of
+    ``inspect.json``) and the files it wrote (``{"markdown", "html", "json", figure names}``;
+    empty without ``out``)."""
+
+    summary: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def module_units(module: nn.Module | RecurrentCell, x: Tensor) -> list[AnalysisUnit]:
+    """The analysis units of ``module`` for batch-first inputs ``x``.
+
+    Raises:
+        InspectInputError: for a module ``from_torch`` cannot convert (its message).
+    """
+    if isinstance(module, RecurrentCell):
+        return [AnalysisUnit(0, "forward", module, x)]
+    layers = getattr(module, "num_layers", 1)
+    directions = ("forward", "backward") if getattr(module, "bidirectional", False) \
+        else ("forward",)
+    return [AnalysisUnit(k, d, _unit_cell(module, k, d), _unit_inputs(module, x, k, d))
+            for k in range(layers) for d in directions]
+
+
+def _unit_cell(module: nn.Module, layer: int, direction: str) -> RecurrentCell:
+    """The cell of one (layer, direction): ``from_torch`` of a single-layer module."""
+    try:
+        return from_torch(module)
+    except (NotImplementedError, TypeError) as err:
+        raise InspectInputError(f"module: {err}") from None
+
+
+def _unit_inputs(module: nn.Module, x: Tensor, layer: int, direction: str) -> Tensor:
+    """The inputs torch feeds one (layer, direction): ``x`` itself for a single layer."""
+    return x
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    p = next(module.parameters(), None)
+    return torch.float32 if p is None else p.dtype
+
+
+def _resolve_device(device: str | torch.device | None, module: nn.Module) -> torch.device:
+    if device is None:
+        p = next(module.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InspectInputError(f"--device {device!r}: not a device (cpu, cuda, cuda:N)"
+                                ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InspectInputError(f"--device {device!r}: CUDA is not available here")
+    return dev
+
+
+def _check_settings(end_times, rate_lags, lookback_probes, horizon_threshold, max_sequences):
+    for name, value in (("end_times", end_times), ("rate_lags", rate_lags)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InspectInputError(f"{name} must be an int >= 1, got {value!r}")
+    if lookback_probes != "auto" and lookback_probes is not None and (
+            isinstance(lookback_probes, bool) or not isinstance(lookback_probes, int)
+            or lookback_probes < 1):
+        raise InspectInputError(f"lookback_probes must be 'auto', None (exact) or an int "
+                                f">= 1, got {lookback_probes!r}")
+    if not 0 < horizon_threshold < 1:
+        raise InspectInputError(f"horizon_threshold must lie in (0, 1), got "
+                                f"{horizon_threshold!r}")
+    if max_sequences is not None and (isinstance(max_sequences, bool) or
+                                      not isinstance(max_sequences, int) or max_sequences < 1):
+        raise InspectInputError(f"max_sequences must be None or an int >= 1, got "
+                                f"{max_sequences!r}")
+
+
+def sampled_end_times(T: int, count: int) -> list[int]:
+    """``count`` end times evenly spread over ``1..T``, ``T`` included (fewer when
+    ``T < count``)."""
+    return sorted({int(round(x)) for x in np.linspace(T / count, T, count)} - {0})
+
+
+def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor | None = None,
+            out: str | Path | None = None, *, batch_first: bool = True,
+            end_times: int = END_TIMES, rate_lags: int = RATE_LAGS,
+            lookback_probes: int | str | None = "auto",
+            horizon_threshold: float = HORIZON_THRESHOLD, max_sequences: int | None = None,
+            seed: int = 0, device: str | torch.device | None = None,
+            dtype: torch.dtype | None = None, quiet: bool = False,
+            jacobian_budget: int = 2**27, module_description: str | None = None
+            ) -> InspectResult:
+    """How a recurrent model uses time, on the given inputs; optionally written as a report.
+
+    Per analysis unit (layer and direction; phase 1: single-layer unidirectional modules and
+    gatescope cells) it measures:
+
+    * the **time-scale spectrum** of the gates: ``τ = -1/log r`` over every (sequence, step,
+      neuron), as quantiles and a histogram of ``log10 τ``, plus the per-neuron ``τ_q`` of
+      the mean retention (:func:`gatescope.measures.rates.time_scales`);
+    * the **envelope** ``f(ℓ)`` of the first-order effective rates, ``ℓ = 1..T``, averaged
+      over ``end_times`` sampled end times (not all ``T``), with its decay class
+      (:func:`~gatescope.inspection.sampled.fit_decay`: the higher ``R²`` of an exponential
+      and a power-law fit of ``log f``);
+    * **how far back the output looks**: ``‖∂h_T/∂u_{T-ℓ}‖_F`` (RMS over sequences) for
+      ``ℓ = 0..T-1`` by one backward VJP sweep, and the **memory horizon**, the longest ``ℓ``
+      at which it is still ``>= horizon_threshold ×`` its peak (``None``: beyond the
+      sequence);
+    * the **effective-rate dispersion** across neurons (CV of ``|μ|``) at ``rate_lags``
+      log-spaced lags;
+    * **gate saturation** fractions per gate;
+    * what was sampled and how long each part took.
+
+    Args:
+        module: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (or their cells; anything
+            :func:`gatescope.from_torch` converts) or a gatescope cell.
+        inputs: ``(B, T, m)`` (``batch_first``) or ``(T, B, m)``; finite.
+        targets: optional targets with ``B`` rows; checked and recorded, not used by any
+            section of this version.
+        out: folder for ``REPORT.md``, ``report.html``, ``inspect.json`` and the figures;
+            ``None`` writes nothing.
+        batch_first: the layout of ``inputs``.
+        end_times: sampled end times of the effective rates.
+        rate_lags: log-spaced lags of the dispersion.
+        lookback_probes: ``None`` exact (``n`` directions); an int: that many Gaussian
+            directions (Hutchinson); ``"auto"``: exact when ``n <= 64``, else 16.
+        horizon_threshold: the memory horizon's fraction of the peak, in ``(0, 1)``.
+        max_sequences: analyse at most this many sequences, drawn with ``seed``.
+        seed: seed of the sequence sample and the Gaussian directions.
+        device: where to compute (default: the module's).
+        dtype: compute dtype (default: the module's).
+        quiet: no progress bar.
+        jacobian_budget: bytes of per-step Jacobians alive at once (for ``diag J``).
+        module_description: how the report names the module (default: its repr).
+
+    Raises:
+        InspectInputError: (a ``ValueError``) for inputs of the wrong shape or with NaN/Inf,
+            a module gatescope cannot convert or a bad setting, before any compute.
+    """
+    _check_settings(end_times, rate_lags, lookback_probes, horizon_threshold, max_sequences)
+    dev = _resolve_device(device, module)
+    dtype = _module_dtype(module) if dtype is None else dtype
+    x = check_inputs(inputs, module.input_size, batch_first, dtype, name="inputs")
+    if targets is not None and (not hasattr(targets, "shape") or targets.shape[0] != x.shape[0]):
+        raise InspectInputError(f"targets must have B={x.shape[0]} rows (one per sequence), "
+                                f"got {getattr(targets, 'shape', type(targets).__name__)}")
+    chosen = _sample_sequences(x.shape[0], max_sequences, seed)
+    x = x[chosen].to(dev)
+    module = copy.deepcopy(module).to(device=dev, dtype=dtype)  # the caller's is left as is
+    units = module_units(module, x)
+    started = time.perf_counter()
+    B, T = x.shape[:2]
+    ends = sampled_end_times(T, end_times)
+    rlags = log_lag_grid(T, rate_lags)
+    with _progress_bar(len(units) * 3 * T, quiet) as bar:
+        results = [_inspect_unit(u, ends, rlags, lookback_probes, horizon_threshold, seed,
+                                 jacobian_budget, bar.update) for u in units]
+    summary = {
+        "module": module_description or repr(module).replace("\n", " "),
+        "settings": {"batch_first": batch_first, "end_times": end_times,
+                     "rate_lags": rate_lags, "lookback_probes": lookback_probes,
+                     "horizon_threshold": horizon_threshold, "max_sequences": max_sequences,
+                     "seed": seed, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
+                     "jacobian_budget": jacobian_budget},
+        "sampled": {"sequences": chosen.tolist(), "sequences_given": int(inputs.shape[
+                    0 if batch_first else 1]), "batch": B, "seq_len": T,
+                    "input_size": int(x.shape[-1]), "end_times": ends,
+                    "envelope_lags": [1, T], "rate_lags": rlags},
+        "targets": None if targets is None else "given; not used by any section of this "
+                                                "version",
+        "units": results,
+        "timings": {"total_s": time.perf_counter() - started},
+    }
+    files = {}
+    if out is not None:
+        from ..reporting.inspect_report import write_inspect_report
+
+        t0 = time.perf_counter()
+        files = write_inspect_report(Path(out), summary)
+        summary["timings"]["report_s"] = time.perf_counter() - t0
+    return InspectResult(summary, files)
+
+
+def _sample_sequences(B: int, max_sequences: int | None, seed: int) -> Tensor:
+    """Indices of the analysed sequences: all, or ``max_sequences`` drawn with ``seed``."""
+    if max_sequences is None or max_sequences >= B:
+        return torch.arange(B)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(B, generator=gen)[:max_sequences].sort().values
+
+
+class _progress_bar:
+    """A tqdm bar (imported lazily) or, when quiet, an object whose ``update`` does nothing."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.bar = total, quiet, None
+
+    def __enter__(self):
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc="inspect", unit="step", leave=False)
+        return self
+
+    def update(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _timed(timings: dict, name: str, work: Callable):
+    t0 = time.perf_counter()
+    value = work()
+    timings[name] = time.perf_counter() - t0
+    return value
+
+
+def _inspect_unit(unit: AnalysisUnit, ends: list[int], rlags: list[int], lookback_probes,
+                  horizon_threshold: float, seed: int, jacobian_budget: int,
+                  progress: Callable[[int], object]) -> dict:
+    """Every number of one analysis unit, as plain Python/numpy-convertible values."""
+    cell, x = unit.cell, unit.inputs
+    B, T = x.shape[:2]
+    n = cell.hidden_size
+    probes = (None if n <= EXACT_LOOKBACK_MAX_N else LOOKBACK_PROBES) \
+        if lookback_probes == "auto" else lookback_probes
+    y = x.new_zeros(B, 1)
+    ctx = InspectContext(model=SequenceModel(cell), u=x, y=y, mask=None, optimizer=None,
+                         lags=tuple(range(1, T + 1)), rank=1, samples_per_lag=1, step=0,
+                         rate_lags=tuple(rlags), sampling_seed=seed, end_times=tuple(ends),
+                         lookback_probes=probes, jacobian_budget=jacobian_budget,
+                         progress=progress)
+    timings: dict[str, float] = {}
+    traj = _timed(timings, "forward", lambda: ctx.trajectory)
+    record, skipped = {}, {}
+    for q in INSPECT_QUANTITIES:
+        values, skip = _timed(timings, q.name, lambda q=q: measure(ctx, [q]))
+        record.update(values)
+        skipped.update(skip)
+    hist = _timed(timings, "time_scale_histogram",
+                  lambda: _tau_histogram(instantaneous_time_scales(cell, traj)))
+    saturation = saturation_fractions(traj)
+    lookback = record["output_lookback"][::-1]          # index ℓ = 0..T-1
+    envelope = record.get("sampled_envelope")
+    decay = fit_decay(np.arange(1, T + 1), envelope) if envelope is not None else None
+    return {
+        "layer": unit.layer, "direction": unit.direction, "label": unit.label,
+        "cell": type(cell).__name__, "hidden_size": n, "state_size": cell.state_size,
+        "input_size": cell.input_size,
+        "time_scales": None if "tau_quantiles" not in record else {
+            "levels": [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99],
+            "quantiles": record["tau_quantiles"].tolist(),
+            "infinite_fraction": float(record["tau_infinite_fraction"]),
+            "per_neuron": time_scales(cell, traj).cpu().numpy().tolist(), **hist},
+        "envelope": None if envelope is None else {
+            "lags": [1, T], "values": envelope.tolist(), "fit": decay,
+            "end_times": ends},
+        "lookback": {"values": lookback.tolist(), "lags": [0, T - 1],
+                     "method": "exact: n basis directions" if probes is None else
+                     f"Hutchinson estimate: {probes} Gaussian directions (seed {seed})",
+                     "horizon": memory_horizon(lookback, horizon_threshold),
+                     "horizon_threshold": horizon_threshold},
+        "dispersion": None if "sampled_rate_cv" not in record else {
+            "lags": rlags, "cv": record["sampled_rate_cv"].tolist()},
+        "saturation": saturation,
+        "saturation_totals": {k: float(record[k]) for k in
+                              ("gate_saturated_fraction", "tanh_saturated_fraction")
+                              if k in record},
+        "skipped": skipped,
+        "timings": timings,
+    }
+
+
+def _tau_histogram(tau: Tensor, bins: int = HISTOGRAM_BINS) -> dict:
+    """Histogram of ``log10 τ`` over the finite positive entries, and the counts left out."""
+    t = tau.flatten().cpu().numpy()
+    finite = t[np.isfinite(t) & (t > 0)]
+    counts, edges = (np.histogram(np.log10(finite), bins=bins) if finite.size
+                     else (np.zeros(0, int), np.zeros(0)))
+    return {"histogram_log10_edges": edges.tolist(), "histogram_counts": counts.tolist(),
+            "count_zero": int((t == 0).sum()), "count_infinite": int(np.isinf(t).sum()),
+            "count_total": int(t.size)}

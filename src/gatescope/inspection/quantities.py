@@ -1,0 +1,179 @@
+"""The inspection's numbers as declared quantities (docs/adding-a-quantity.md), measured on
+an :class:`InspectContext`: a :class:`~gatescope.probes.ProbeContext` that adds the sampling
+settings and computes every expensive piece once, streaming (never the dense Jacobian
+stack).
+
+They are :class:`~gatescope.probes.Quantity` objects measured by
+:func:`gatescope.probes.measure.measure`, like every probe quantity, but deliberately not
+added to the registry: registering would put them into every probe's ``"cheap"``/``"full"``
+presets as soon as this module is imported, and two of them need an :class:`InspectContext`.
+A user who wants one in a probe registers it (``gs.register_quantity(q.name, cost=q.cost,
+metrics=q.metrics)(q.function)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from ..measures._quantile import quantile
+from ..measures.optimizer_steps import DEFAULT_LEVELS
+from ..measures.rates import neuron_cv, neuron_retention
+from ..metrics import declare_metric
+from ..probes.context import ProbeContext
+from ..probes.registry import Quantity, SkipQuantity
+from .sampled import (
+    Progress,
+    end_time_rates,
+    no_progress,
+    output_lookback,
+    retained_diagonal_chunked,
+    saturation_fractions,
+    tau_of,
+)
+
+#: The inspection's quantities, in measuring order (filled by :func:`_quantity`).
+INSPECT_QUANTITIES: list[Quantity] = []
+
+
+def _quantity(name: str, *, cost: int, metrics, description: str):
+    """Declare an inspection quantity (a :class:`~gatescope.probes.Quantity`, unregistered)."""
+    def decorate(function):
+        INSPECT_QUANTITIES.append(Quantity(name, function, cost, tuple(metrics), description))
+        return function
+    return decorate
+
+
+TAU_QUANTILES = declare_metric(
+    "tau_quantiles", "quantiles of τ = −1/log r over every (example, step, neuron) of the "
+    "probe batch", axes=("level",), unit="steps")
+TAU_INFINITE_FRACTION = declare_metric(
+    "tau_infinite_fraction", "fraction of (example, step, neuron) with r = 1 (τ = ∞)")
+GATE_SATURATED = declare_metric(
+    "gate_saturated_fraction", "fraction of the entries of every sigmoid gate (update gate, "
+    "retention, reset/output gates) below 0.05 or above 0.95")
+TANH_SATURATED = declare_metric(
+    "tanh_saturated_fraction", "fraction of the entries of every tanh output (candidates, "
+    "tanh(c)) with |x| > 0.95")
+SAMPLED_ENVELOPE = declare_metric(
+    "sampled_envelope", "f(ℓ) = mean over (b, t ≥ ℓ, q) of |μ_{t,ℓ,q}|, first order, over "
+    "the sampled end times t only", axes=("lag",), omit_undefined=True)
+SAMPLED_RATE_CV = declare_metric(
+    "sampled_rate_cv", "median over (b, sampled t ≥ ℓ) of the CV of |μ_{t,ℓ,·}| across "
+    "neurons, first order", axes=("rate_lag",), omit_undefined=True)
+OUTPUT_LOOKBACK = declare_metric(
+    "output_lookback", "sqrt(mean over examples of ‖∂h_T/∂u_t‖_F²), h_T the readout part of "
+    "the final state (exact, or Hutchinson's estimate with Gaussian directions)",
+    axes=("time",))
+
+
+@dataclass
+class InspectContext(ProbeContext):
+    """A probe context with the inspection's sampling settings.
+
+    Attributes (beyond :class:`~gatescope.probes.ProbeContext`'s; ``lags`` are the envelope
+    lags ``1..T`` and ``rate_lags`` the dispersion lags):
+        end_times: the sampled end times ``t`` of the effective rates.
+        lookback_probes: ``None`` (exact) or the number of Gaussian directions.
+        jacobian_budget: bytes of per-step Jacobians alive at once for ``diag(J)``.
+        progress: called with the number of steps done, for a progress bar.
+    """
+
+    end_times: tuple[int, ...] = ()
+    lookback_probes: int | None = None
+    jacobian_budget: int = 2**27
+    progress: Progress = field(default=no_progress, repr=False)
+
+    @cached_property
+    def retained_diagonal(self) -> Tensor:
+        """``(B, T, n)`` float64 ``diag(J_t)`` on the retained entries, chunked in time."""
+        return retained_diagonal_chunked(self.cell, self.trajectory, self.jacobian_budget,
+                                         self.progress)
+
+    @cached_property
+    def sampled_rates(self) -> tuple[Tensor, Tensor]:
+        """``(envelope (T,), μ at rate_lags (B, S, L, n))`` at the sampled end times."""
+        r = neuron_retention(self.cell, self.trajectory)
+        return end_time_rates(r, self.retained_diagonal - r, self.end_times,
+                              self.effective_rate_lags, self.progress)
+
+    @cached_property
+    def lookback(self) -> Tensor:
+        """``(B, T)`` ``‖∂h_T/∂u_t‖_F²`` (:func:`~gatescope.inspection.sampled.
+        output_lookback`), Gaussian directions drawn with ``sampling_seed``."""
+        gen = torch.Generator().manual_seed(self.sampling_seed)
+        return output_lookback(self.cell, self.trajectory, self.lookback_probes, gen,
+                               self.progress)
+
+
+def _inspect_context(ctx: ProbeContext) -> InspectContext:
+    if not isinstance(ctx, InspectContext):
+        raise SkipQuantity("needs the inspection's sampling settings (gatescope.inspect)")
+    return ctx
+
+
+@_quantity("time_scale_spectrum", cost=0, metrics=[TAU_QUANTILES, TAU_INFINITE_FRACTION],
+                   description="distribution of τ = −1/log r over neurons and time")
+def time_scale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
+    """Quantiles (at the ``level`` axis' levels) of the instantaneous time scales, and the
+    fraction that is infinite. Skipped for a cell without retention.
+
+    The quantiles are ``τ(quantile of r)``: ``τ = -1/log r`` increases with ``r``, so the
+    order statistics are the same, and interpolating ``r`` between them stays finite where
+    some ``τ`` are infinite.
+    """
+    if not bool(ctx.trajectory.retention.ne(0).any()):
+        raise SkipQuantity("the cell has no retention (r = 0, τ = 0)")
+    r = neuron_retention(ctx.cell, ctx.trajectory).flatten()
+    levels = torch.tensor(DEFAULT_LEVELS, dtype=torch.float64)
+    return {TAU_QUANTILES.name: tau_of(quantile(r, levels)),
+            TAU_INFINITE_FRACTION.name: (r >= 1).double().mean()}
+
+
+@_quantity("gate_saturation", cost=0, metrics=[GATE_SATURATED, TANH_SATURATED],
+                   description="fraction of saturated gate and tanh entries")
+def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
+    """Entry-weighted saturation over every sigmoid gate and every tanh output."""
+    traj = ctx.trajectory
+    parts = saturation_fractions(traj)
+    weights = _entry_counts(traj)
+    out = {}
+    for metric, kind in ((GATE_SATURATED, "sigmoid"), (TANH_SATURATED, "tanh")):
+        chosen = {k: v for k, v in parts.items() if v["kind"] == kind}
+        if chosen:
+            total = sum(weights[k] for k in chosen)
+            out[metric.name] = sum(weights[k] * ((v["low"] or 0.0) + v["high"])
+                                   for k, v in chosen.items()) / total
+    return out
+
+
+def _entry_counts(traj) -> dict[str, int]:
+    """Entries per gate label of :func:`saturation_fractions` (a scalar gate has fewer)."""
+    from .sampled import SIGMOID_CACHE, TANH_CACHE
+
+    counts = {"update gate g": traj.gates.numel() if traj.gates is not None else 0,
+              "retention r": traj.retention.numel()}
+    counts.update({label: traj.cache[k].numel() for k, label in
+                   {**SIGMOID_CACHE, **TANH_CACHE}.items() if k in traj.cache})
+    return counts
+
+
+@_quantity("sampled_effective_rates", cost=1, metrics=[SAMPLED_ENVELOPE, SAMPLED_RATE_CV],
+                   description="envelope and neuron dispersion of μ at sampled end times")
+def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
+    """The envelope at the context's ``lags`` and the CV across neurons at its rate lags,
+    over the sampled end times (first-order ``μ``)."""
+    ictx = _inspect_context(ctx)
+    envelope, kept = ictx.sampled_rates
+    return {SAMPLED_ENVELOPE.name: envelope[[lag - 1 for lag in ictx.lags]],
+            SAMPLED_RATE_CV.name: neuron_cv(kept)}
+
+
+@_quantity("output_lookback", cost=2, metrics=[OUTPUT_LOOKBACK],
+                   description="how far back the output looks: ‖∂h_T/∂u_t‖ against t")
+def output_lookback_norms(ctx: ProbeContext) -> dict[str, Tensor]:
+    """RMS over examples of ``‖∂h_T/∂u_t‖_F`` for ``t = 1..T``."""
+    return {OUTPUT_LOOKBACK.name: _inspect_context(ctx).lookback.mean(0).sqrt()}

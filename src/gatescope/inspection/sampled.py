@@ -1,0 +1,308 @@
+"""The computations of :func:`gatescope.inspect`, each streaming in time (memory O(B·T·N),
+no ``(B, T, N, N)`` stack and no all-pairs ``(B, T, T)`` table).
+
+* :func:`instantaneous_time_scales` — ``τ_{b,t,q} = -1/log r_{b,t,q}`` for every neuron and
+  step (docs/maths.md; ``τ = 0`` for ``r = 0``, ``∞`` for ``r = 1``).
+* :func:`retained_diagonal_chunked` — ``diag(J_t)`` on the retained entries: entry by entry
+  for the LSTM, GRU and plain cells, else from the analytic Jacobians a few steps at a
+  time, so at most ``budget`` bytes of ``J`` exist.
+* :func:`end_time_rates` — first-order effective rates ``μ_{t,ℓ,q}`` at sampled end times
+  ``t`` and every lag, by the dual-number recursion of :mod:`gatescope.measures.rates`
+  extended one step to the left per lag; gives the envelope ``f(ℓ)`` averaged over the
+  sampled end times and the full ``μ`` at a few lags.
+* :func:`output_lookback` — ``‖∂h_T/∂u_t‖_F²`` for every ``t`` by one backward sweep of
+  per-step VJPs, batched over output directions: all ``n`` basis directions (exact) or
+  ``k`` Gaussian directions (Hutchinson's estimate ``E_v ‖vᵀG‖² = ‖G‖_F²``, unbiased).
+* :func:`saturation_fractions`, :func:`fit_decay`, :func:`memory_horizon`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..cells.base import RecurrentCell, Trajectory
+from ..cells.gru import GRUCell
+from ..cells.lstm import LSTMCell
+from ..cells.plain import PlainCell
+from ..measures.rates import neuron_retention, retained_diagonal
+
+#: Gate values within this distance of 0 or 1 (sigmoid) or of ±1 (tanh) count as saturated.
+SATURATION_EPS = 0.05
+#: Cache entries holding sigmoid gates / tanh outputs, by cell (names of the cells' caches).
+SIGMOID_CACHE = {"reset": "reset gate r", "output_gate": "output gate o"}
+TANH_CACHE = {"candidate": "candidate (tanh)", "phi": "state tanh(a)",
+              "tanh_cell": "tanh(c)"}
+#: The decay classes :func:`fit_decay` chooses between, and the R² below which neither fits.
+DECAY_CLASSES = ("exponential", "power law")
+DECAY_MIN_R2 = 0.9
+#: Default memory-horizon threshold: the lookback has fallen below 1% of its peak.
+HORIZON_THRESHOLD = 0.01
+
+Progress = Callable[[int], object]
+
+
+def no_progress(_: int) -> None:
+    return None
+
+
+def instantaneous_time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
+    """``τ = -1/log r`` per example, step and neuron: ``(B, T, n)`` float64
+    (``0`` where ``r = 0``, ``inf`` where ``r >= 1``)."""
+    return tau_of(neuron_retention(cell, traj))
+
+
+def tau_of(r: Tensor) -> Tensor:
+    """``τ = -1/log r`` elementwise (``0`` at ``r = 0``, ``inf`` for ``r >= 1``)."""
+    return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))
+
+
+def time_slice(traj: Trajectory, start: int, stop: int) -> Trajectory:
+    """The steps ``start+1..stop`` of ``traj`` as a trajectory of ``stop - start`` steps
+    (its ``h_0`` is ``h_start``)."""
+    return Trajectory(
+        inputs=traj.inputs[:, start:stop], states=traj.states[:, start:stop + 1],
+        gates=None if traj.gates is None else traj.gates[:, start:stop],
+        retention=traj.retention[:, start:stop],
+        cache={k: v[:, start:stop] for k, v in traj.cache.items()},
+        cell_type=traj.cell_type)
+
+
+def _lstm_diagonal(cell: LSTMCell, traj: Trajectory) -> Tensor:
+    """The LSTM's ``c``–``c`` block is exactly ``diag(f)`` (the gates see ``c`` only
+    through ``h``; see :mod:`gatescope.cells.lstm`)."""
+    return traj.retention
+
+
+def _gru_diagonal(cell: GRUCell, traj: Trajectory) -> Tensor:
+    """``diag(A + B)`` of :class:`~gatescope.cells.gru.GRUCell`'s split, entry by entry:
+    ``diag(diag(v) W) = v ⊙ diag(W)``."""
+    z, r = traj.retention, traj.cache["reset"]
+    c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
+    through_c = (1 - z) * (1 - c**2)
+    w = [cell.recurrent_block(k).diagonal() for k in range(3)]
+    return (z + through_c * r * w[2] + through_c * hn * r * (1 - r) * w[0]
+            + (h - c) * z * (1 - z) * w[1])
+
+
+def _plain_diagonal(cell: PlainCell, traj: Trajectory) -> Tensor:
+    """``diag(D_t W_r) = (1 - φ²) ⊙ diag(W_r)``."""
+    return (1 - traj.cache["phi"] ** 2) * cell.recurrent.weight.diagonal()
+
+
+#: ``diag(J)`` on the retained entries in O(n) per step, for cells whose Jacobian is known
+#: entry by entry; other cells build ``J`` a few steps at a time.
+DIAGONALS = {LSTMCell: _lstm_diagonal, GRUCell: _gru_diagonal, PlainCell: _plain_diagonal}
+
+
+def retained_diagonal_chunked(cell: RecurrentCell, traj: Trajectory,
+                              budget: int = 2**27, progress: Progress = no_progress
+                              ) -> Tensor:
+    """``diag(J_t)`` on the retained entries (see :func:`gatescope.measures.rates.
+    retained_diagonal`), ``(B, T, n)`` float64.
+
+    Cells in :data:`DIAGONALS` (exactly these classes, not subclasses, which may change the
+    step) compute it entry by entry; any other builds the analytic Jacobians with at most
+    about ``budget`` bytes alive at once (the split ``A``, ``B`` and their sum, hence the
+    factor 3).
+    """
+    shortcut = DIAGONALS.get(type(cell))
+    if shortcut is not None:
+        with torch.no_grad():
+            diagonal = shortcut(cell, traj.detach()).double()
+        progress(traj.seq_len)
+        return diagonal
+    B, T, N = traj.batch_size, traj.seq_len, cell.state_size
+    per_step = 3 * B * N * N * traj.states.element_size()
+    chunk = max(1, budget // per_step)
+    parts = []
+    for start in range(0, T, chunk):
+        stop = min(T, start + chunk)
+        parts.append(retained_diagonal(cell, time_slice(traj, start, stop)))
+        progress(stop - start)
+    return torch.cat(parts, dim=1)
+
+
+def end_time_rates(r: Tensor, d: Tensor, ends: Sequence[int], keep_lags: Sequence[int],
+                   progress: Progress = no_progress) -> tuple[Tensor, Tensor]:
+    """First-order rates ``μ = μ⁰ + μ¹`` at the end times ``ends`` for every lag.
+
+    Args:
+        r: ``(B, T, n)`` retention, step ``j`` at index ``j - 1``.
+        d: ``(B, T, n)`` ``diag(J) - r`` on the retained entries.
+        ends: end times ``t`` in ``1..T``.
+        keep_lags: lags in ``1..T`` at which the whole ``μ`` is returned.
+
+    Returns:
+        ``envelope`` ``(T,)``: ``f(ℓ) = mean over (b, t ∈ ends with t ≥ ℓ, q) |μ_{t,ℓ,q}|``
+        for ``ℓ = 1..T`` (index ``ℓ - 1``), and ``kept`` ``(B, S, L, n)``: ``μ_{t,ℓ,q}`` at
+        ``keep_lags``, NaN where ``ℓ > t``. float64.
+    """
+    r, d = r.double(), d.double()
+    B, T, n = r.shape
+    e = torch.as_tensor(list(ends), dtype=torch.long, device=r.device)
+    keep = {lag: i for i, lag in enumerate(keep_lags)}
+    p = r.new_ones(B, len(e), n)
+    s = r.new_zeros(B, len(e), n)
+    envelope = r.new_full((T,), math.nan)
+    kept = r.new_full((B, len(e), len(keep), n), math.nan)
+    for lag in range(1, T + 1):
+        valid = e >= lag                    # window t-ℓ+1..t needs step t-ℓ+1 >= 1
+        idx = (e - lag).clamp_min(0)        # step j = t-ℓ+1 is at index t-ℓ
+        rj, dj = r[:, idx], d[:, idx]
+        s = s * rj + p * dj
+        p = p * rj
+        mu = (p + s)[:, valid]
+        if mu.numel():
+            envelope[lag - 1] = mu.abs().mean()
+        if lag in keep:
+            kept[:, valid, keep[lag]] = mu
+        progress(1)
+    return envelope, kept
+
+
+def output_lookback(cell: RecurrentCell, traj: Trajectory, probes: int | None = None,
+                    generator: torch.Generator | None = None,
+                    progress: Progress = no_progress) -> Tensor:
+    """``‖∂h_T/∂u_t‖_F²`` per example and input time, by one backward VJP sweep.
+
+    ``h_T`` is the readout part ``states[:, T, :n]``. The sweep carries ``k`` cotangents
+    ``λ_t = vᵀ ∂h_T/∂h_t`` from ``t = T`` down to ``1`` (one VJP of the step per ``t``,
+    batched over the ``k`` directions), reading ``vᵀ ∂h_T/∂u_t`` on the way.
+
+    Args:
+        probes: ``None`` for the exact value (the ``n`` basis directions, ``k = n``), or
+            ``k`` Gaussian directions ``v ~ N(0, I_n)``: ``mean_v ‖vᵀG‖²``, an unbiased
+            estimate of ``‖G‖_F²`` whose relative spread is about ``√(2/k)`` per example.
+        generator: the generator of the Gaussian directions.
+
+    Returns:
+        ``(B, T)`` float64, input time ``t`` at index ``t - 1``.
+    """
+    B, T, N, n = traj.batch_size, traj.seq_len, cell.state_size, cell.hidden_size
+    states, inputs = traj.states.detach(), traj.inputs.detach()
+    if probes is None:
+        v = torch.eye(n, dtype=states.dtype, device=states.device).unsqueeze(1).expand(n, B, n)
+    else:
+        v = torch.randn(probes, B, n, generator=generator, dtype=states.dtype,
+                        device=generator.device if generator is not None else "cpu"
+                        ).to(states.device)
+    lam = torch.cat([v, v.new_zeros(v.shape[0], B, N - n)], dim=-1)   # (k, B, N)
+    scale = 1.0 if probes is None else 1.0 / probes
+    out = torch.empty(B, T, dtype=torch.float64, device=states.device)
+
+    def step(h, u):
+        return cell.compute(h, u)["state"]
+
+    for t in range(T - 1, -1, -1):
+        _, vjp = torch.func.vjp(step, states[:, t], inputs[:, t])
+        lam, g_u = torch.func.vmap(vjp)(lam)
+        out[:, t] = g_u.double().pow(2).sum((0, 2)) * scale
+        progress(1)
+    return out
+
+
+def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[str, dict]:
+    """Fraction of (example, step, neuron) entries of each gate near its limits.
+
+    Sigmoid gates (the update gate ``traj.gates``, the retention, and the cells' reset and
+    output gates): ``low`` = fraction ``< eps``, ``high`` = fraction ``> 1 - eps``. tanh
+    outputs (candidates, ``tanh(c)``): ``high`` = fraction with ``|x| > 1 - eps``.
+
+    Returns:
+        ``{label: {"low": float | None, "high": float, "kind": "sigmoid" | "tanh"}}``; the
+        retention of a cell without one (plain: ``r = 0``) is left out.
+    """
+    sources = {}
+    if traj.gates is not None:
+        sources["update gate g"] = (traj.gates, "sigmoid")
+    if bool(traj.retention.ne(0).any()):
+        sources["retention r"] = (traj.retention, "sigmoid")
+    for key, label in SIGMOID_CACHE.items():
+        if key in traj.cache:
+            sources[label] = (traj.cache[key], "sigmoid")
+    for key, label in TANH_CACHE.items():
+        if key in traj.cache:
+            sources[label] = (traj.cache[key], "tanh")
+    out = {}
+    for label, (x, kind) in sources.items():
+        x = x.detach().double()
+        if kind == "sigmoid":
+            out[label] = {"kind": kind, "low": float((x < eps).double().mean()),
+                          "high": float((x > 1 - eps).double().mean())}
+        else:
+            out[label] = {"kind": kind, "low": None,
+                          "high": float((x.abs() > 1 - eps).double().mean())}
+    return out
+
+
+def log_lag_grid(T: int, count: int) -> list[int]:
+    """About ``count`` distinct lags in ``1..T``, evenly spaced in ``log ℓ``."""
+    return sorted({int(round(x)) for x in np.geomspace(1, T, num=max(2, count))})
+
+
+def fit_decay(lags: np.ndarray, f: np.ndarray, count: int = 50) -> dict:
+    """Fit the envelope as exponential and as power law and pick the class.
+
+    Both fits are least squares of ``log f`` on a log-spaced grid of lags (``count`` points in
+    ``1..max lag``, so the long tail does not outvote the short lags): ``log f = a - ℓ/λ``
+    (exponential, decay length ``λ``) and ``log f = a - α log ℓ`` (power law, exponent
+    ``α``). **Criterion:** the class with the higher ``R²``; ``"neither"`` when both are
+    below :data:`DECAY_MIN_R2`, or fewer than three positive finite points exist.
+
+    Returns:
+        ``{"class", "criterion", "exponential": {"decay_length", "r2"}, "power law":
+        {"exponent", "r2"}, "lags_fitted"}``.
+    """
+    lags, f = np.asarray(lags, float), np.asarray(f, float)
+    ok = np.isfinite(f) & (f > 0) & (lags >= 1)
+    grid = set(log_lag_grid(int(lags[ok].max()), count)) if ok.any() else set()
+    pick = ok & np.isin(lags, sorted(grid))
+    x, y = lags[pick], np.log(f[pick]) if pick.any() else np.array([])
+    result = {"criterion": f"higher R² of the least-squares fit of log f on ℓ (exponential) "
+                           f"or on log ℓ (power law) over {int(pick.sum())} log-spaced lags; "
+                           f"'neither' when both R² < {DECAY_MIN_R2}",
+              "lags_fitted": x.astype(int).tolist()}
+    if pick.sum() < 3:
+        return {**result, "class": "neither", "exponential": {"decay_length": None, "r2": None},
+                "power law": {"exponent": None, "r2": None}}
+    slope_e, r2_e = _line(x, y)
+    slope_p, r2_p = _line(np.log(x), y)
+    best = max(((r2_e, DECAY_CLASSES[0]), (r2_p, DECAY_CLASSES[1])), key=lambda a: a[0])
+    cls = best[1] if best[0] >= DECAY_MIN_R2 else "neither"
+    return {**result, "class": cls,
+            "exponential": {"decay_length": -1.0 / slope_e if slope_e < 0 else math.inf,
+                            "r2": r2_e, "slope": slope_e},
+            "power law": {"exponent": -slope_p, "r2": r2_p}}
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of ``y`` on ``x`` and its ``R²`` (1 when ``y`` is constant)."""
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx, syy = float((xc**2).sum()), float((yc**2).sum())
+    if sxx == 0:
+        return math.nan, math.nan
+    slope = float((xc * yc).sum()) / sxx
+    return slope, 1.0 if syy == 0 else float(slope**2 * sxx / syy)
+
+
+def memory_horizon(g: np.ndarray, threshold: float = HORIZON_THRESHOLD) -> int | None:
+    """The longest lag at which the lookback is still ``>= threshold ×`` its peak.
+
+    Args:
+        g: ``(T,)`` lookback ``g(ℓ)`` for ``ℓ = 0..T-1`` (index ``ℓ``).
+
+    Returns:
+        That lag, or ``None`` when even the first input (``ℓ = T-1``) is above the
+        threshold: the output looks back further than the sequence.
+    """
+    g = np.asarray(g, float)
+    if not np.isfinite(g).any() or np.nanmax(g) == 0:
+        return 0
+    above = np.flatnonzero(g >= threshold * np.nanmax(g))
+    last = int(above.max())
+    return None if last == len(g) - 1 else last
