@@ -355,3 +355,22 @@ def test_importing_inspection_leaves_the_probe_presets_alone():
     assert names == {"time_scale_spectrum", "gate_saturation", "sampled_effective_rates",
                      "output_lookback"}
     assert not names & set(gs.list_quantities())
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"end_times": 0}, "end_times must be an integer >= 1; got 0"),
+    ({"rate_lags": 2.0}, "rate_lags must be an integer >= 1; got 2.0"),
+    ({"lookback_probes": "x"}, "lookback_probes must be an integer >= 1; got 'x' (or 'auto'"),
+    ({"horizon_threshold": 1.0}, "horizon_threshold must be a finite number in (0, 1)"),
+    ({"max_sequences": True}, "max_sequences must be an integer >= 1; got True (or None)"),
+    ({"device": "banana"}, "--device must be cpu, cuda or cuda:N; got 'banana'"),
+])
+def test_a_bad_setting_is_refused_before_any_compute(setting, message, monkeypatch):
+    """Each sampling setting is checked by ``gatescope.checks`` and refused, naming the
+    field and what is allowed, before the module is even copied."""
+    module = nn.GRU(2, 3, batch_first=True)
+    monkeypatch.setattr("gatescope.inspection.api.module_units",
+                        lambda *a: pytest.fail("computed before checking the settings"))
+    with pytest.raises(InspectInputError) as err:
+        gs.inspect(module, torch.randn(2, 5, 2), quiet=True, **setting)
+    assert message in str(err.value)

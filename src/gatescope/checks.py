@@ -24,6 +24,8 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 __all__ = [
     "as_bool",
     "as_choice",
@@ -193,3 +195,22 @@ def as_float_tuple(name: str, value: Any, *, length: int | None = None,
     if (length is not None and len(out) != length) or len(out) < min_length:
         raise ValueError(f"{name} must be a sequence of {what}; got {len(out)}: {value!r}")
     return out
+
+
+def as_device(name: str, value: Any) -> torch.device:
+    """``value`` as a torch device this machine has (probed once by the caller, not per use).
+
+    Raises:
+        ValueError: naming the allowed devices, for a name torch does not know or a device
+            that is not available (e.g. ``cuda`` without CUDA).
+    """
+    try:
+        resolved = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be cpu, cuda or cuda:N; got {str(value)!r}") from None
+    try:
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:  # CPU-only builds raise AssertionError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{name} {str(resolved)!r} is not available ({reason})") from exc
+    return resolved

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .cells.base import RecurrentCell, Trajectory
 from .cells.registry import cell_class, list_cells, make_cell
+from .checks import as_device
 from .dynamics.jacobians import (
     jacobian_split,
     jacobian_split_autograd,
@@ -90,7 +91,7 @@ def run_checks(device: str | torch.device = "cpu", dtype: torch.dtype | str = to
         ValueError: for an unknown cell name, an unsupported dtype or an unavailable device.
     """
     dtype = _resolve_dtype(dtype)
-    device = _resolve_device(device)
+    device = as_device("device", device)
     names = list_cells() if cells is None else list(cells)
     for name in names:
         cell_class(name)  # ValueError naming the choices for an unknown cell
@@ -151,25 +152,6 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if resolved not in TOLERANCES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    return resolved
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device this machine has (probed once, not once per cell).
-
-    Raises:
-        ValueError: naming the allowed devices, for a name torch does not know or a device
-            that is not available (e.g. ``cuda`` without CUDA).
-    """
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be cpu, cuda or cuda:N; got {str(device)!r}") from None
-    try:
-        torch.empty(0, device=resolved)
-    except (RuntimeError, AssertionError) as exc:  # CPU-only builds raise AssertionError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"device {str(resolved)!r} is not available ({reason})") from exc
     return resolved
 
 

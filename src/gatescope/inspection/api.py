@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cells.base import RecurrentCell
+from ..checks import as_device, as_float, as_int
 from ..convert import from_torch
 from ..measures.rates import time_scales
 from ..model import SequenceModel
@@ -103,35 +104,35 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
 
 
 def _resolve_device(device: str | torch.device | None, module: nn.Module) -> torch.device:
+    """``device``, checked (:func:`gatescope.checks.as_device`), or the module's."""
     if device is None:
         p = next(module.parameters(), None)
         return torch.device("cpu") if p is None else p.device
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InspectInputError(f"--device {device!r}: not a device (cpu, cuda, cuda:N)"
-                                ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InspectInputError(f"--device {device!r}: CUDA is not available here")
-    return dev
+        return as_device("--device", device)
+    except ValueError as err:
+        raise InspectInputError(str(err)) from None
 
 
 def _check_settings(end_times, rate_lags, lookback_probes, horizon_threshold, max_sequences):
-    for name, value in (("end_times", end_times), ("rate_lags", rate_lags)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InspectInputError(f"{name} must be an int >= 1, got {value!r}")
-    if lookback_probes != "auto" and lookback_probes is not None and (
-            isinstance(lookback_probes, bool) or not isinstance(lookback_probes, int)
-            or lookback_probes < 1):
-        raise InspectInputError(f"lookback_probes must be 'auto', None (exact) or an int "
-                                f">= 1, got {lookback_probes!r}")
-    if not 0 < horizon_threshold < 1:
-        raise InspectInputError(f"horizon_threshold must lie in (0, 1), got "
-                                f"{horizon_threshold!r}")
-    if max_sequences is not None and (isinstance(max_sequences, bool) or
-                                      not isinstance(max_sequences, int) or max_sequences < 1):
-        raise InspectInputError(f"max_sequences must be None or an int >= 1, got "
-                                f"{max_sequences!r}")
+    """The sampling settings, checked with :mod:`gatescope.checks` before any compute."""
+    _checked(as_int, "end_times", end_times, minimum=1)
+    _checked(as_int, "rate_lags", rate_lags, minimum=1)
+    _checked(as_float, "horizon_threshold", horizon_threshold, above=0, below=1)
+    if lookback_probes not in ("auto", None):
+        _checked(as_int, "lookback_probes", lookback_probes, minimum=1,
+                 other="'auto' or None (exact)")
+    if max_sequences is not None:
+        _checked(as_int, "max_sequences", max_sequences, minimum=1, other="None")
+
+
+def _checked(check: Callable, name: str, value, other: str | None = None, **bounds) -> None:
+    """``check(name, value, **bounds)`` with its ``ValueError`` as an
+    :class:`InspectInputError`, naming the ``other`` values also allowed."""
+    try:
+        check(name, value, **bounds)
+    except ValueError as err:
+        raise InspectInputError(str(err) if other is None else f"{err} (or {other})") from None
 
 
 def sampled_end_times(T: int, count: int) -> list[int]:
