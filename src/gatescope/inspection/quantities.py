@@ -32,6 +32,7 @@ from .sampled import (
     output_lookback,
     retained_diagonal_chunked,
     saturation_fractions,
+    saturation_sources,
     tau_of,
 )
 
@@ -139,7 +140,7 @@ def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
     """Entry-weighted saturation over every sigmoid gate and every tanh output."""
     traj = ctx.trajectory
     parts = saturation_fractions(traj)
-    weights = _entry_counts(traj)
+    weights = {label: x.numel() for label, (x, _) in saturation_sources(traj).items()}
     out = {}
     for metric, kind in ((GATE_SATURATED, "sigmoid"), (TANH_SATURATED, "tanh")):
         chosen = {k: v for k, v in parts.items() if v["kind"] == kind}
@@ -148,17 +149,6 @@ def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
             out[metric.name] = sum(weights[k] * ((v["low"] or 0.0) + v["high"])
                                    for k, v in chosen.items()) / total
     return out
-
-
-def _entry_counts(traj) -> dict[str, int]:
-    """Entries per gate label of :func:`saturation_fractions` (a scalar gate has fewer)."""
-    from .sampled import SIGMOID_CACHE, TANH_CACHE
-
-    counts = {"update gate g": traj.gates.numel() if traj.gates is not None else 0,
-              "retention r": traj.retention.numel()}
-    counts.update({label: traj.cache[k].numel() for k, label in
-                   {**SIGMOID_CACHE, **TANH_CACHE}.items() if k in traj.cache})
-    return counts
 
 
 @_quantity("sampled_effective_rates", cost=1, metrics=[SAMPLED_ENVELOPE, SAMPLED_RATE_CV],

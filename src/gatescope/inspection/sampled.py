@@ -206,17 +206,10 @@ def output_lookback(cell: RecurrentCell, traj: Trajectory, probes: int | None = 
     return out
 
 
-def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[str, dict]:
-    """Fraction of (example, step, neuron) entries of each gate near its limits.
-
-    Sigmoid gates (the update gate ``traj.gates``, the retention, and the cells' reset and
-    output gates): ``low`` = fraction ``< eps``, ``high`` = fraction ``> 1 - eps``. tanh
-    outputs (candidates, ``tanh(c)``): ``high`` = fraction with ``|x| > 1 - eps``.
-
-    Returns:
-        ``{label: {"low": float | None, "high": float, "kind": "sigmoid" | "tanh"}}``; the
-        retention of a cell without one (plain: ``r = 0``) is left out.
-    """
+def saturation_sources(traj: Trajectory) -> dict[str, tuple[Tensor, str]]:
+    """The gates :func:`saturation_fractions` looks at: ``{label: (values, kind)}``, kind
+    ``"sigmoid"`` or ``"tanh"``; the retention of a cell without one (plain: ``r = 0``) is
+    left out."""
     sources = {}
     if traj.gates is not None:
         sources["update gate g"] = (traj.gates, "sigmoid")
@@ -228,8 +221,22 @@ def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[
     for key, label in TANH_CACHE.items():
         if key in traj.cache:
             sources[label] = (traj.cache[key], "tanh")
+    return sources
+
+
+def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[str, dict]:
+    """Fraction of (example, step, neuron) entries of each gate near its limits.
+
+    Sigmoid gates (the update gate ``traj.gates``, the retention, and the cells' reset and
+    output gates): ``low`` = fraction ``< eps``, ``high`` = fraction ``> 1 - eps``. tanh
+    outputs (candidates, ``tanh(c)``): ``high`` = fraction with ``|x| > 1 - eps``.
+
+    Returns:
+        ``{label: {"low": float | None, "high": float, "kind": "sigmoid" | "tanh"}}`` over
+        :func:`saturation_sources`.
+    """
     out = {}
-    for label, (x, kind) in sources.items():
+    for label, (x, kind) in saturation_sources(traj).items():
         x = x.detach().double()
         if kind == "sigmoid":
             out[label] = {"kind": kind, "low": float((x < eps).double().mean()),
