@@ -47,6 +47,17 @@ def _values(xs) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in xs], dtype=float)
 
 
+def _positive_curve(span: list[int], values):
+    """A figure's axes and the ``(lags, values)`` points a log axis can show (finite and
+    positive), or ``None`` when there is none."""
+    lags, y = _lags(span), _values(values)
+    ok = np.isfinite(y) & (y > 0)
+    if not ok.any():
+        return None
+    fig, ax = figure()
+    return fig, ax[0, 0], lags[ok], y[ok]
+
+
 def _fig_time_scales(unit: dict):
     ts = unit["time_scales"]
     if ts is None or not ts["histogram_counts"]:
@@ -66,13 +77,11 @@ def _fig_envelope(unit: dict):
     env = unit["envelope"]
     if env is None:
         return None
-    lags, f = _lags(env["lags"]), _values(env["values"])
-    ok = np.isfinite(f) & (f > 0)
-    if not ok.any():
+    curve = _positive_curve(env["lags"], env["values"])
+    if curve is None:
         return None
-    fig, ax = figure()
-    ax = ax[0, 0]
-    ax.loglog(lags[ok], f[ok], color="0.0", label="f(ℓ)")
+    fig, ax, lags, f = curve
+    ax.loglog(lags, f, color="0.0", label="f(ℓ)")
     ax.set_xlabel("lag ℓ")
     ax.set_ylabel("f(ℓ) = mean |μ|")
     ax.set_title(f"{unit['label']}: envelope ({env['fit']['class']})")
@@ -82,14 +91,13 @@ def _fig_envelope(unit: dict):
 
 def _fig_lookback(unit: dict):
     lb = unit["lookback"]
-    lags, g = _lags(lb["lags"]), _values(lb["values"])
-    ok = np.isfinite(g) & (g > 0)
-    if not ok.any():
+    curve = _positive_curve(lb["lags"], lb["values"])
+    if curve is None:
         return None
-    fig, ax = figure()
-    ax = ax[0, 0]
-    ax.semilogy(lags[ok], g[ok], color="0.0", label="‖∂h_T/∂u_{T−ℓ}‖ (RMS)")
-    ax.axhline(lb["horizon_threshold"] * np.nanmax(g), color="0.5", linestyle=":",
+    fig, ax, lags, g = curve
+    ax.semilogy(lags, g, color="0.0", label="‖∂h_T/∂u_{T−ℓ}‖ (RMS)")
+    peak = np.nanmax(_values(lb["values"]))
+    ax.axhline(lb["horizon_threshold"] * peak, color="0.5", linestyle=":",
                label=f"{lb['horizon_threshold']:g} × peak")
     if lb["horizon"] is not None:
         ax.axvline(lb["horizon"], color="#d62728", linestyle="--",
