@@ -211,6 +211,13 @@ def as_device(name: str, value: Any) -> torch.device:
     try:
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError) as exc:  # CPU-only builds raise AssertionError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{name} {str(resolved)!r} is not available ({reason})") from exc
+        raise ValueError(f"{name} {str(resolved)!r} is not available ({first_line(exc)})"
+                         ) from exc
     return resolved
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    one-line error that quotes it."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import first_line
 from .errors import InspectInputError
 
 DATA_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
@@ -43,10 +44,8 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure is the file's, in one line
-        text = str(err).strip().splitlines()
         raise InspectInputError(f"--data {str(path)!r}: refused, not a plain array file "
-                                f"(read without unpickling: {text[0] if text else err!r})"
-                                ) from None
+                                f"(read without unpickling: {first_line(err)})") from None
     return _select(obj, key, path)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checks import first_line
 from .errors import InspectInputError
 
 #: Gate blocks stacked in ``weight_hh`` -> module kind.
@@ -98,7 +99,7 @@ class ModuleSpec:
             module.load_state_dict(own, strict=True)
         except RuntimeError as err:  # pragma: no cover - recognise() checked every shape
             raise InspectInputError(f"the weights do not fit {self.describe()}: "
-                                    f"{str(err).splitlines()[0]}") from None
+                                    f"{first_line(err)}") from None
         return module.eval()
 
     def _empty_module(self) -> nn.Module:
@@ -141,7 +142,7 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise InspectInputError(
             f"WEIGHTS {str(path)!r}: refused, it is not a plain tensor file "
             f"(torch.load(weights_only=True) failed without unpickling anything: "
-            f"{_first_line(err)})") from None
+            f"{first_line(err)})") from None
     return _tensor_mapping(obj, path)
 
 
@@ -155,7 +156,7 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
         return dict(load_file(str(path), device="cpu"))
     except Exception as err:  # noqa: BLE001
         raise InspectInputError(f"WEIGHTS {str(path)!r}: not a readable .safetensors file: "
-                                f"{_first_line(err)}") from None
+                                f"{first_line(err)}") from None
 
 
 def _tensor_mapping(obj, path: Path) -> dict[str, Tensor]:
@@ -169,11 +170,6 @@ def _tensor_mapping(obj, path: Path) -> dict[str, Tensor]:
     raise InspectInputError(
         f"WEIGHTS {str(path)!r}: expected a state_dict ({{name: tensor}}, or a checkpoint "
         f"holding one under {NESTED_KEYS}), got {type(obj).__name__}")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _prefix_of(key: str) -> str:
