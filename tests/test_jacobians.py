@@ -91,7 +91,8 @@ def test_gru_and_lstm_match_torch_cells():
 
 
 @pytest.mark.parametrize("parent", [gs.cells.PlainCell, gs.cells.LeakyCell,
-                                    gs.cells.MultiGateCell])
+                                    gs.cells.MultiGateCell, gs.cells.GRUCell,
+                                    gs.cells.LSTMCell])
 def test_a_subclass_that_redefines_the_split_gets_its_own_jacobian(parent):
     """J of a subclass follows its own split, not a shortcut inherited from its parent."""
 
@@ -105,3 +106,16 @@ def test_a_subclass_that_redefines_the_split_gets_its_own_jacobian(parent):
     A, B = gs.jacobian_split(cell, traj)
     torch.testing.assert_close(gs.jacobians(cell, traj), A + B, rtol=0, atol=1e-12)
     assert (gs.jacobians(cell, traj) - gs.jacobians_autograd(cell, traj)).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("problem", cases(cells=["gru", "lstm"], dtypes=[torch.float64]))
+def test_direct_gru_and_lstm_jacobians_equal_the_split_and_autograd(problem):
+    """Guards issue 16: GRU and LSTM build J directly (not A + B of the split); the direct
+    J equals the split's sum and torch.func's jacrev to 1e-12 in float64."""
+    cell = problem.cell()
+    assert "analytic_jacobian" in vars(type(cell))
+    traj = problem.trajectory(cell)
+    J = cell.analytic_jacobian(traj)
+    A, B = cell.analytic_jacobian_split(traj)
+    torch.testing.assert_close(J, A + B, rtol=0, atol=1e-12)
+    torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj), rtol=0, atol=1e-12)

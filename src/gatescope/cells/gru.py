@@ -13,10 +13,10 @@ import math
 from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import RecurrentCell, eye_like, scale_rows
+from .base import RecurrentCell, add_diagonal_, eye_like, scale_rows
 from .registry import register_cell
 
 
@@ -49,6 +49,20 @@ class TorchLayoutCell(RecurrentCell):
         """Rows of ``weight_hh`` for block ``i``: ``(n, n)``."""
         n = self.hidden_size
         return self.weight_hh[i * n:(i + 1) * n]
+
+    def scaled_recurrent_blocks(self, coefficients: Tensor) -> Tensor:
+        """``Σ_k diag(a_k) W_hk`` over the first ``k`` blocks of ``weight_hh``, in one
+        product rather than one full-size tensor per block.
+
+        Args:
+            coefficients: ``(..., k, n)``, ``a_k`` for blocks ``0..k-1``.
+
+        Returns:
+            ``(..., n, n)``.
+        """
+        n = self.hidden_size
+        W = self.weight_hh.reshape(self.blocks, n, n)[: coefficients.shape[-2]]
+        return torch.einsum("...kn,knj->...nj", coefficients, W)
 
 
 @register_cell("gru")
@@ -83,3 +97,17 @@ class GRUCell(TorchLayoutCell):
         B = (scale_rows(through_c * hn * r * (1 - r), self.recurrent_block(0))
              + scale_rows((h - c) * z * (1 - z), self.recurrent_block(1)))
         return A, B
+
+    def analytic_jacobian(self, traj):
+        """``J = A + B`` in one pass: ``diag(z) + Σ_k diag(a_k) W_hk`` over the three blocks,
+        with ``a_r = (1-z)(1-c²) hn r(1-r)``, ``a_z = (h-c) z(1-z)``, ``a_n = (1-z)(1-c²) r``.
+
+        Returns:
+            ``(B, T, n, n)``.
+        """
+        z, r = traj.retention, traj.cache["reset"]
+        c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
+        through_c = (1 - z) * (1 - c**2)
+        coefficients = torch.stack([through_c * hn * r * (1 - r), (h - c) * z * (1 - z),
+                                    through_c * r], dim=-2)
+        return add_diagonal_(self.scaled_recurrent_blocks(coefficients), z)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import eye_like, scale_rows
+from .base import add_diagonal_, eye_like, scale_rows
 from .gru import TorchLayoutCell
 from .registry import register_cell
 
@@ -68,6 +68,30 @@ class LSTMCell(TorchLayoutCell):
         B = _blocks(scale_rows(out, dc_dh_B) + scale_rows(tc * o * (1 - o), W_o), zeros,
                     dc_dh_B, zeros)
         return A, B
+
+    def analytic_jacobian(self, traj):
+        """``J = A + B`` written block by block into one ``(B, T, 2n, 2n)`` tensor:
+        ``∂c'/∂h = Σ_k diag(a_k) W_hk`` over the blocks i, f, g (one product),
+        ``∂h'/∂h = diag(o(1-tanh²c')) ∂c'/∂h + diag(tanh(c') o(1-o)) W_ho`` and the
+        diagonal blocks ``diag(o(1-tanh²c') f)``, ``diag(f)``.
+
+        Returns:
+            ``(B, T, 2n, 2n)``.
+        """
+        n = self.hidden_size
+        i, f = traj.gates, traj.retention
+        g, o, tc = traj.cache["candidate"], traj.cache["output_gate"], traj.cache["tanh_cell"]
+        c = traj.previous_states[..., n:]
+        out = o * (1 - tc**2)
+        coefficients = torch.stack([g * i * (1 - i), c * f * (1 - f), i * (1 - g**2)], dim=-2)
+        dc_dh = self.scaled_recurrent_blocks(coefficients)
+        J = dc_dh.new_zeros(*dc_dh.shape[:-2], 2 * n, 2 * n)
+        J[..., n:, :n] = dc_dh
+        J[..., :n, :n] = scale_rows(out, dc_dh) + scale_rows(tc * o * (1 - o),
+                                                             self.recurrent_block(3))
+        add_diagonal_(J[..., :n, n:], out * f)
+        add_diagonal_(J[..., n:, n:], f)
+        return J
 
 
 def _blocks(hh, hc, ch, cc):
