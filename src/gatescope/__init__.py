@@ -28,7 +28,9 @@ from .dynamics.jacobians import (
 from .dynamics.lag_gradients import lag_gradients
 from .dynamics.transport import sensitivities, transport
 from .measures import (
+    RateSummary,
     effective_learning_rates,
+    effective_rate_summary,
     envelope,
     fit_power,
     gate_product,
@@ -43,6 +45,7 @@ from .measures import (
     transport_alignment,
     update_anisotropy,
 )
+from .memory import DenseBudgetExceeded, dense_budget, dense_budget_limit, set_dense_budget
 from .metrics import Metric, declare_metric, get_metric, list_metrics
 from .model import SequenceModel
 from .probes import (
@@ -80,11 +83,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPERIMENT_API, *_INSPECT_API})
 
 __all__ = [
+    "DenseBudgetExceeded",
     "EnsembleTrainer",
     "Expansion",
     "Metric",
     "Probe",
     "ProbeResults",
+    "RateSummary",
     "RecurrentCell",
     "Schedule",
     "SequenceModel",
@@ -94,8 +99,11 @@ __all__ = [
     "__version__",
     "cell_class",
     "declare_metric",
+    "dense_budget",
+    "dense_budget_limit",
     "describe_tasks",
     "effective_learning_rates",
+    "effective_rate_summary",
     "envelope",
     "first_order_expansion",
     "fit_power",
@@ -129,6 +137,7 @@ __all__ = [
     "register_task",
     "run_experiment",
     "sensitivities",
+    "set_dense_budget",
     "sensitivity_profile",
     "spectrum_stats",
     "step_size_dispersion",

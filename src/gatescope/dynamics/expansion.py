@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..memory import check_dense, describe, tensor_bytes
 from .spectral import top_singular_values
 from .transport import ordered_product
 
@@ -80,12 +81,22 @@ def first_order_expansion(A: Tensor, B: Tensor, eps=DEFAULT_EPS, fit_points: int
 
     Returns:
         An :class:`Expansion`.
+
+    Raises:
+        DenseBudgetExceeded: before any compute, when the ``ε``-stack exceeds
+            :func:`gatescope.dense_budget`.
     """
     if A.shape != B.shape or A.dim() < 3 or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A and B must be equal stacks (..., l, N, N), got {A.shape}, {B.shape}")
     eps_t = torch.as_tensor(sorted(eps), dtype=A.dtype.to_real(), device=A.device)
     if (eps_t <= 0).any() or not 2 <= fit_points <= eps_t.numel():
         raise ValueError(f"eps must be positive and fit_points in [2, {eps_t.numel()}]")
+    shape = (*A.shape[:-3], eps_t.numel(), *A.shape[-3:])
+    # the ε-stack and its running product dominate; A + B for the exact product besides
+    check_dense(2 * tensor_bytes(shape, A.element_size()),
+                f"gs.first_order_expansion: the eps-stack A + eps*B of {describe(shape, A.dtype)}",
+                "expand fewer windows at once (slice the leading dimensions of A and B) or "
+                "pass a shorter eps grid")
     zeroth, first = zeroth_and_first_order(A, B)
     stacked = A.unsqueeze(-4) + eps_t.view(-1, 1, 1, 1) * B.unsqueeze(-4)  # (..., E, ℓ, N, N)
     F = ordered_product(stacked)

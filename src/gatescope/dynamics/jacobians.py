@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.func import jacrev, vmap
 
 from ..cells.base import RecurrentCell, Trajectory
+from ..memory import check_dense, describe, tensor_bytes
 
 _warned: set[type] = set()
 
@@ -41,6 +42,25 @@ def check_trajectory(cell: RecurrentCell, traj: Trajectory) -> None:
         )
 
 
+#: Where the dense Jacobian stack is too big: the matrix-free path.
+MATRIX_FREE = ("gs.transport_norms(cell, traj, lags) for transport norms (matrix-free), or "
+               "gs.effective_rate_summary(..., chunk_size=) for effective rates; or pass a "
+               "shorter or smaller batch")
+
+
+def check_jacobian_budget(traj: Trajectory, what: str, copies: int = 1) -> None:
+    """Refuse, before any compute, ``copies`` ``(B, T, N, N)`` stacks over the dense budget.
+
+    Raises:
+        DenseBudgetExceeded: naming ``what``, the stack's shape and dtype and the
+            matrix-free alternative.
+    """
+    shape = (traj.batch_size, traj.seq_len, traj.states.shape[-1], traj.states.shape[-1])
+    dtype = traj.states.dtype
+    check_dense(copies * tensor_bytes(shape, dtype.itemsize),
+                f"{what}: {copies} x (B, T, N, N) {describe(shape, dtype)}", MATRIX_FREE)
+
+
 def _flat_steps(traj: Trajectory) -> tuple[Tensor, Tensor]:
     """``h_{t-1}`` and ``u_t`` flattened over ``(B, T)``: ``(B*T, N)``, ``(B*T, m)``."""
     h = traj.previous_states.detach()
@@ -58,6 +78,7 @@ def jacobians_autograd(cell: RecurrentCell, traj: Trajectory) -> Tensor:
         ``(B, T, N, N)``.
     """
     check_trajectory(cell, traj)
+    check_jacobian_budget(traj, "gs.jacobians_autograd")
     h, u = _flat_steps(traj)
     return _unflatten(vmap(jacrev(cell.step))(h, u), traj)
 
@@ -67,6 +88,7 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
     the value it took (``compute(..., held=...)``), ``B = J - A``.
     """
     check_trajectory(cell, traj)
+    check_jacobian_budget(traj, "gs.jacobian_split_autograd", copies=3)
     h, u = _flat_steps(traj)
 
     def held_step(h_, u_, held):
@@ -80,10 +102,15 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
     return _unflatten(A, traj), _unflatten(J - A, traj)
 
 
-def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallback):
+def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallback,
+                          what: str, copies: int):
     """``analytic(traj)`` without autograd, or, when the cell has no closed form (``None``),
-    ``fallback(cell, traj)`` by ``torch.func`` with a one-time warning per cell class."""
+    ``fallback(cell, traj)`` by ``torch.func`` with a one-time warning per cell class.
+
+    ``copies`` ``(B, T, N, N)`` stacks are checked against the dense budget first
+    (:func:`check_jacobian_budget`)."""
     check_trajectory(cell, traj)
+    check_jacobian_budget(traj, what, copies)
     with torch.no_grad():
         result = analytic(traj.detach())
     if result is not None:
@@ -107,11 +134,21 @@ def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tenso
 
     Returns:
         ``(A, B)``, each ``(B, T, N, N)``, with ``A + B == J``.
+
+    Raises:
+        DenseBudgetExceeded: before any compute, when the two stacks exceed
+            :func:`gatescope.dense_budget`.
     """
     return _analytic_or_fallback(cell, traj, cell.analytic_jacobian_split,
-                                 jacobian_split_autograd)
+                                 jacobian_split_autograd, "gs.jacobian_split", copies=2)
 
 
 def jacobians(cell: RecurrentCell, traj: Trajectory) -> Tensor:
-    """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it."""
-    return _analytic_or_fallback(cell, traj, cell.analytic_jacobian, jacobians_autograd)
+    """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it.
+
+    Raises:
+        DenseBudgetExceeded: before any compute, when the stack exceeds
+            :func:`gatescope.dense_budget` (use the matrix-free ``gs.transport_norms``).
+    """
+    return _analytic_or_fallback(cell, traj, cell.analytic_jacobian, jacobians_autograd,
+                                 "gs.jacobians", copies=1)

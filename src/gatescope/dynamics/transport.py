@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..memory import check_dense, describe, tensor_bytes
 from .spectral import RTOL, top_singular_values
 
 #: Elements of the products held at once by :func:`sensitivities` (bounds peak memory).
@@ -22,6 +23,22 @@ _RENORMALISE_BELOW = 1e-12
 
 #: Squarings of ``MᵀM`` used for the flat spectra of short lags (fewer for longer lags).
 MAX_SQUARINGS = 3
+
+
+#: Where all-pairs transport is too big: norms at sampled lags and start times.
+SAMPLED_NORMS = ("gs.transport_norms(cell, traj, lags, starts) (matrix-free spectral norms at "
+                 "sampled lags and start times)")
+
+
+def check_sensitivities_budget(J: Tensor, what: str, copies_of_J: int = 0) -> None:
+    """Refuse, before any compute, an all-pairs ``(B, T+1, T+1)`` float64 result (with the
+    products held per chunk and ``copies_of_J`` copies of ``J``) over the dense budget."""
+    Bsz, T, N = J.shape[0], J.shape[1], J.shape[-1]
+    out = (Bsz, T + 1, T + 1)
+    # the products of one chunk of start times, their Gram matrices and squarings
+    products = 4 * min(_PRODUCT_ELEMENTS, Bsz * T * N * N) * J.element_size()
+    nbytes = tensor_bytes(out, 8) + products + copies_of_J * J.numel() * J.element_size()
+    check_dense(nbytes, f"{what}: S of {describe(out, torch.float64)}", SAMPLED_NORMS)
 
 
 def ordered_product(factors: Tensor) -> Tensor:
@@ -48,6 +65,9 @@ def transport(J: Tensor, t: int, k: int) -> Tensor:
     T = J.shape[1]
     if not 0 <= k <= t <= T:
         raise ValueError(f"need 0 <= k <= t <= T={T}, got t={t}, k={k}")
+    shape = (J.shape[0], *J.shape[-2:])
+    check_dense(3 * tensor_bytes(shape, J.element_size()),
+                f"gs.transport: M_{{t,k}} of {describe(shape, J.dtype)}", SAMPLED_NORMS)
     if t == k:
         return torch.eye(J.shape[-1], dtype=J.dtype, device=J.device).repeat(J.shape[0], 1, 1)
     return ordered_product(J[:, k:t]).clone()
@@ -80,8 +100,11 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
     Raises:
         ValueError: when ``J`` is not a ``(B, T, N, N)`` stack or contains NaN/Inf.
         TypeError: when ``J`` is neither floating point nor complex.
+        DenseBudgetExceeded: before any compute, when ``S`` and the products held at once
+            exceed :func:`gatescope.dense_budget` (use ``gs.transport_norms``).
     """
     _check_jacobians(J)
+    check_sensitivities_budget(J, "gs.sensitivities")
     Bsz, T, N, _ = J.shape
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
@@ -139,8 +162,7 @@ def chain_ordered(factors: Tensor, order: str = "chain") -> Tensor:
     Returns:
         ``factors`` itself for ``"chain"``, ``factors`` reversed in time for ``"reversed"``.
     """
-    if order not in PRODUCT_ORDERS:
-        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
+    _check_order(order)
     return factors if order == "chain" else factors.flip(-3)
 
 
@@ -154,8 +176,17 @@ def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
     Returns:
         ``(B, T+1, T+1)`` as :func:`~gatescope.sensitivities`.
     """
+    _check_order(order)
+    _check_jacobians(J)
+    check_sensitivities_budget(J, "gs.ordered_sensitivities",
+                               copies_of_J=int(order == "reversed"))
     S = sensitivities(chain_ordered(J, order))
     return S if order == "chain" else S.flip(1, 2).transpose(1, 2)
+
+
+def _check_order(order: str) -> None:
+    if order not in PRODUCT_ORDERS:
+        raise ValueError(f"product order must be one of {PRODUCT_ORDERS}, got {order!r}")
 
 
 def _check_jacobians(J: Tensor) -> None:

@@ -36,7 +36,14 @@ from .profiles import (
     profile_fit,
     sensitivity_profile,
 )
-from .rates import effective_learning_rates, envelope, neuron_cv, time_scales
+from .rates import (
+    RateSummary,
+    effective_learning_rates,
+    effective_rate_summary,
+    envelope,
+    neuron_cv,
+    time_scales,
+)
 
 __all__ = [
     "Alignment",
@@ -46,10 +53,12 @@ __all__ = [
     "PredictorFit",
     "ProfileFit",
     "PropagationAnisotropy",
+    "RateSummary",
     "SpectrumStats",
     "coefficient_of_variation",
     "dispersion",
     "effective_learning_rates",
+    "effective_rate_summary",
     "envelope",
     "final_state_gradient",
     "fit_power",

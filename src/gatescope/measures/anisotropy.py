@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..dynamics.spectral import wide_dtype, widen
+from ..memory import check_dense, describe, tensor_bytes
 from ..model import SequenceModel
 
 
@@ -184,13 +185,19 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     L, S = lags_t.numel(), samples_per_lag
+    wide = wide_dtype(J.dtype)
+    shape = (L * S, N, N)
+    check_dense(3 * tensor_bytes(shape, wide.itemsize),
+                f"gs.propagation_anisotropy: the sampled products of {describe(shape, wide)}",
+                "fewer lags or samples_per_lag per call (the statistics of each sample do not "
+                "depend on the others), or gs.transport_norms for norms only")
     b = torch.randint(B, (L, S), generator=generator)
     k = (torch.rand(L, S, generator=generator, dtype=torch.float64)
          * (T - lags_t + 1).unsqueeze(-1)).long()
     lag = lags_t.unsqueeze(-1).expand(L, S)
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
-    M = torch.eye(N, dtype=wide_dtype(J.dtype), device=J.device).repeat(L * S, 1, 1)
+    M = torch.eye(N, dtype=wide, device=J.device).repeat(L * S, 1, 1)
     for i in range(int(lags_t.max())):
         act = (lag > i).nonzero().squeeze(-1)  # products still growing: only those multiply
         Ma = widen(J[b[act], k[act] + i]) @ M[act]
@@ -201,8 +208,9 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
 
 
 class _AdjointObjective(nn.Module):
-    """One example's ``θ ↦ Σ_t ⟨λ_t, step_θ(h_{t-1}, u_t)⟩ + L(predict_θ(h_{0..T}))`` with the
-    states ``h`` and adjoints ``λ_t = dL/dh_t`` held fixed.
+    """One example's ``θ ↦ Σ_t w_t ⟨λ_t, step_θ(h_{t-1}, u_t)⟩ + L(predict_θ(h_{0..T}))`` with
+    the states ``h`` and adjoints ``λ_t = dL/dh_t`` held fixed; ``w_t`` is 1 for the steps
+    within the example's length and 0 for the held steps past it.
 
     Its gradient is the example's BPTT gradient ``Σ_t λ_t ∂⁺h_t/∂θ + ∂L/∂θ|_h`` (the last term
     is the readout's), and the step is applied to all ``T`` steps as one batch, so each weight
@@ -214,23 +222,40 @@ class _AdjointObjective(nn.Module):
         self.model = model
 
     def forward(self, states: Tensor, u: Tensor, lam: Tensor, y: Tensor,
-                mask: Tensor | None) -> Tensor:
-        transported = (lam * self.model.cell(states[:-1], u)).sum()
+                mask: Tensor | None, inside: Tensor) -> Tensor:
+        transported = (lam * inside.unsqueeze(-1) * self.model.cell(states[:-1], u)).sum()
         return transported + self.model.loss_from_states(
             states.unsqueeze(0), y.unsqueeze(0), None if mask is None else mask.unsqueeze(0))
 
 
-def _states_and_adjoints(model: SequenceModel, u: Tensor, y: Tensor,
-                         mask: Tensor | None) -> tuple[Tensor, Tensor]:
+#: State-sized activations per step one example's adjoint objective holds (gates, candidate,
+#: their cotangents).
+_STEP_ACTIVATIONS = 8
+
+
+def _step_inside(u: Tensor, lengths: Tensor | None) -> Tensor:
+    """``(M, T)`` bool: step ``t`` (index ``t - 1``) lies within each example's length."""
+    steps = torch.arange(1, u.shape[1] + 1, device=u.device)
+    if lengths is None:
+        return steps.new_ones(u.shape[:2], dtype=torch.bool)
+    if lengths.shape != u.shape[:1]:
+        raise ValueError(f"lengths must have shape ({u.shape[0]},) (one per example), got "
+                         f"{tuple(lengths.shape)}")
+    return steps <= lengths.to(u.device).unsqueeze(-1)
+
+
+def _states_and_adjoints(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | None,
+                         inside: Tensor) -> tuple[Tensor, Tensor]:
     """States ``(M, T+1, N)`` and adjoints ``λ_t = dL_i/dh_t`` ``(M, T, N)`` of every example's
     own loss ``L_i``, from one batched forward and backward pass (the examples do not
-    interact, so the gradient of ``Σ_i L_i`` with respect to ``h_t`` holds each ``λ_t``)."""
+    interact, so the gradient of ``Σ_i L_i`` with respect to ``h_t`` holds each ``λ_t``).
+    Past an example's length (``inside`` false) its state is held, as packed sequences do."""
     cell = model.cell
     with torch.enable_grad():
         h = cell.initial_state(u.shape[0], u).requires_grad_()
         hs = [h]
         for t in range(u.shape[1]):
-            hs.append(cell(hs[-1], u[:, t]))
+            hs.append(torch.where(inside[:, t, None], cell(hs[-1], u[:, t]), hs[-1]))
         states = torch.stack(hs, 1)
 
         def example_loss(s, y_i, mask_i):
@@ -242,8 +267,18 @@ def _states_and_adjoints(model: SequenceModel, u: Tensor, y: Tensor,
     return states.detach(), torch.stack(lam, 1)
 
 
+def _length_mask(model: SequenceModel, mask: Tensor | None, inside: Tensor,
+                 lengths: Tensor | None) -> Tensor | None:
+    """The step weights of readout "all" with the steps past each length zeroed."""
+    if lengths is None or model.readout_kind == "last":
+        return mask
+    return inside.to(torch.get_default_dtype() if mask is None else mask.dtype) * (
+        1 if mask is None else mask)
+
+
 def per_example_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | None = None,
-                          chunk_size: int | None = None) -> Tensor:
+                          chunk_size: int | None = None, lengths: Tensor | None = None
+                          ) -> Tensor:
     """The gradient of each example's own loss, all parameters flattened.
 
     Row ``i`` is ``∇_θ model.loss(u[i:i+1], y[i:i+1], mask[i:i+1])`` (for readout "all" the
@@ -253,6 +288,10 @@ def per_example_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tens
     ``Σ_t ⟨λ_t, step_θ(h_{t-1}, u_t)⟩ + L_i(readout_θ(h))`` (states and ``λ`` held fixed),
     whose gradient is exactly the example's gradient.
 
+    With ``lengths``, row ``i`` is the gradient of example ``i`` truncated to its length
+    (``u[i, :lengths[i]]``, and ``y``/``mask`` likewise for readout "all"): its state is held
+    past the length (readout "last" reads ``h_{len}``) and those steps contribute nothing.
+
     Args:
         model: a :class:`~gatescope.SequenceModel`.
         u: ``(M, T, m)`` inputs.
@@ -260,22 +299,49 @@ def per_example_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tens
         mask: optional ``(M, T)`` step weights.
         chunk_size: examples per vectorised call of the second pass (bounds memory); ``None``
             for all at once.
+        lengths: optional ``(M,)`` valid lengths of a padded batch
+            (:attr:`gatescope.Trajectory.lengths`).
 
     Returns:
         ``(M, P)``: columns are the parameters in ``model.named_parameters()`` order, each
         flattened row-major.
+
+    Raises:
+        ValueError: for a bad ``chunk_size`` or ``lengths`` of the wrong shape.
+        DenseBudgetExceeded: before any compute, when the result and one chunk's parameter
+            gradients exceed :func:`gatescope.dense_budget` (pass ``chunk_size=``, or fewer
+            examples).
     """
-    states, lam = _states_and_adjoints(model, u, y, mask)
-    objective = _AdjointObjective(model)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1 (examples per chunk), "
+                         f"got {chunk_size!r}")
     params = {name: p.detach() for name, p in model.named_parameters()}
+    M, T = u.shape[:2]
+    P = sum(p.numel() for p in params.values())
+    chunk = M if chunk_size is None else min(M, chunk_size)
+    itemsize = next(iter(params.values())).element_size()
+    # the result, and per example of a chunk its gradient and the step's activations
+    work = P + _STEP_ACTIVATIONS * T * model.cell.state_size
+    check_dense(tensor_bytes((M, P), itemsize) + chunk * work * itemsize,
+                f"gs.per_example_gradients: G of {describe((M, P), u.dtype)} and "
+                f"{chunk} examples' per-step work at once",
+                "pass chunk_size= (examples per vectorised call) or fewer examples")
+    inside = _step_inside(u, lengths)
+    u = u.masked_fill(~inside.unsqueeze(-1), 0)  # padding never reaches the cell
+    mask = _length_mask(model, mask, inside, lengths)
+    states, lam = _states_and_adjoints(model, u, y, mask, inside)
+    objective = _AdjointObjective(model)
+    inside_w = inside.to(lam.dtype)
 
-    def example_objective(p, s, u_i, lam_i, y_i, mask_i):
+    def example_objective(p, s, u_i, lam_i, y_i, mask_i, inside_i):
         return functional_call(objective, {f"model.{k}": v for k, v in p.items()},
-                               (s, u_i, lam_i, y_i, mask_i))
+                               (s, u_i, lam_i, y_i, mask_i, inside_i))
 
-    grads = vmap(grad(example_objective), in_dims=(None, 0, 0, 0, 0, None if mask is None else 0),
-                 chunk_size=chunk_size)(params, states, u, lam, y, mask)
-    return torch.cat([grads[name].reshape(u.shape[0], -1) for name in params], dim=1)
+    grads = vmap(grad(example_objective),
+                 in_dims=(None, 0, 0, 0, 0, None if mask is None else 0, 0),
+                 chunk_size=chunk_size)(params, states, u, lam, y, mask, inside_w)
+    return torch.cat([grads[name].reshape(M, -1) for name in params], dim=1)
 
 
 def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:

@@ -29,30 +29,53 @@ from .rates import window_products
 PREDICTORS = ("update", "retention")
 
 
-def lag_medians(X: Tensor) -> Tensor:
+def beyond_lengths(X: Tensor, lengths: Tensor | None) -> Tensor:
+    """``X`` ``(B, T+1, T+1)`` with the pairs ``(t, k)`` whose later time ``t`` lies past
+    example ``b``'s length set to NaN (they are then excluded like the pairs ``k > t``);
+    ``X`` itself when ``lengths`` is ``None``.
+
+    Args:
+        X: ``(B, T+1, T+1)`` pairs, ``X[:, t, k]``.
+        lengths: ``(B,)`` valid lengths (:attr:`gatescope.Trajectory.lengths`) or ``None``.
+    """
+    if lengths is None:
+        return X
+    if lengths.shape != X.shape[:1]:
+        raise ValueError(f"lengths must have shape ({X.shape[0]},) (one per example), got "
+                         f"{tuple(lengths.shape)}")
+    times = torch.arange(X.shape[1], device=X.device)
+    past = times > lengths.to(X.device).unsqueeze(-1)  # (B, T+1)
+    return X.masked_fill(past.unsqueeze(-1), math.nan)
+
+
+def lag_medians(X: Tensor, lengths: Tensor | None = None) -> Tensor:
     """``median_{t-k=ℓ} X_{t,k}`` over the batch and all ``t``, for ``ℓ = 1..T``.
 
     Args:
-        X: ``(B, T+1, T+1)`` with ``X[:, t, k]`` for ``k ≤ t``.
+        X: ``(B, T+1, T+1)`` with ``X[:, t, k]`` for ``k ≤ t``; NaN entries are skipped.
+        lengths: optional ``(B,)`` valid lengths: pairs whose ``t`` lies past example
+            ``b``'s length are skipped (:func:`beyond_lengths`).
 
     Returns:
-        ``(T,)`` float64, lag ``ℓ`` at index ``ℓ - 1``.
+        ``(T,)`` float64, lag ``ℓ`` at index ``ℓ - 1`` (NaN for a lag no pair has).
     """
+    X = beyond_lengths(X, lengths)
     T = X.shape[-1] - 1
     return torch.stack([quantile(X.diagonal(-lag, 1, 2).flatten().double(), 0.5)
                         for lag in range(1, T + 1)])
 
 
-def sensitivity_profile(S: Tensor) -> Tensor:
+def sensitivity_profile(S: Tensor, lengths: Tensor | None = None) -> Tensor:
     """``μ̃_eff(ℓ) = median_{t-k=ℓ} S / median_{t-k=1} S`` for ``ℓ = 1..T-1``.
 
     Args:
         S: ``(B, T+1, T+1)`` sensitivities.
+        lengths: optional ``(B,)`` valid lengths (pairs past a length are skipped).
 
     Returns:
         ``(T-1,)`` float64, lag ``ℓ`` at index ``ℓ - 1`` (so the first entry is 1).
     """
-    med = lag_medians(S)
+    med = lag_medians(S, lengths)
     return med[:-1] / med[0]
 
 
@@ -66,7 +89,8 @@ def gate_product(traj: Trajectory, kind: str = "update") -> Tensor:
 
     Returns:
         ``(B, T+1, T+1)`` float64 with ``P[:, t, k]`` for ``k ≤ t`` (``P[:, t, t] = 1``) and
-        NaN above the diagonal. A scalar gate gives the same product for every neuron.
+        NaN above the diagonal and where ``t`` lies past the sequence's length
+        (``traj.lengths``). A scalar gate gives the same product for every neuron.
     """
     if kind not in PREDICTORS:
         raise ValueError(f"kind must be one of {PREDICTORS}, got {kind!r}")
@@ -79,7 +103,7 @@ def gate_product(traj: Trajectory, kind: str = "update") -> Tensor:
     P = x.new_full((B, T + 1, T + 1), math.nan)
     for lag, (p, _) in enumerate(window_products(x)):
         P.diagonal(-lag, 1, 2).copy_(p.mean(-1))
-    return P
+    return beyond_lengths(P, traj.lengths)
 
 
 @dataclass
@@ -170,12 +194,16 @@ class ProfileFit:
 def profile_fit(traj: Trajectory, S: Tensor, trim: float = 0.01) -> ProfileFit:
     """The §VII-A analysis in one call: profile, both predictors, power fits, predictions.
 
+    Pairs whose later time lies past a sequence's length (``traj.lengths``) are left out of
+    the profiles, the predictors and the fits.
+
     Args:
         traj: the probe batch's trajectory.
         S: its sensitivities ``(B, T+1, T+1)`` (``gs.sensitivities(gs.jacobians(cell, traj))``).
         trim: the quantile cut of :func:`fit_power`.
     """
     T = traj.seq_len
+    S = beyond_lengths(S, traj.lengths)
     predictors = {}
     for kind in PREDICTORS:
         P = gate_product(traj, kind)

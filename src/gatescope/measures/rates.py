@@ -40,12 +40,14 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
+from ..memory import check_dense, dense_budget, describe, tensor_bytes
 from ._quantile import quantile
 from .anisotropy import coefficient_of_variation
 
@@ -104,48 +106,204 @@ def window_products(r: Tensor, d: Tensor | None = None) -> Iterator[tuple[Tensor
         yield p, s
 
 
+#: Float64 tensors of ``(c, T+1, n)`` the lag pass holds at once per chunk of ``c`` examples
+#: (``r``, ``d``, the dual number and the temporaries of one update).
+_WINDOW_TENSORS = 10
+
+#: Copies of one example's ``(T, N, N)`` Jacobians the analytic path may hold while forming
+#: them (the stack and its intermediates).
+_JACOBIAN_COPIES = 3
+
+
+@dataclass
+class RateSummary:
+    """The reductions of the effective rates that the envelope and dispersion plots need.
+
+    Attributes:
+        lags: ``(L,)`` int64, the lags in the order asked.
+        envelope: ``(L,)`` float64, :func:`envelope` of the full tensor.
+        neuron_cv: ``(L,)`` float64, :func:`neuron_cv` of the full tensor.
+        chunk_size: the examples processed at once.
+    """
+
+    lags: Tensor
+    envelope: Tensor
+    neuron_cv: Tensor
+    chunk_size: int
+
+
+def chunk_bytes(traj: Trajectory, n: int, order: int, with_jacobians: bool, chunk: int) -> int:
+    """Estimated bytes one chunk of ``chunk`` examples holds in the lag pass: the window
+    tensors, and the chunk's Jacobians when order 1 computes them."""
+    T, N = traj.seq_len, traj.states.shape[-1]
+    per_example = _WINDOW_TENSORS * (T + 1) * n * 8
+    if order == 1 and with_jacobians:
+        per_example += _JACOBIAN_COPIES * T * N * N * traj.states.element_size()
+    return chunk * per_example
+
+
+def auto_chunk_size(traj: Trajectory, n: int, order: int, with_jacobians: bool,
+                    budget: int | None = None) -> int:
+    """The most examples per chunk whose lag pass fits in half the dense budget (at least
+    one; the other half is left for what the caller holds)."""
+    budget = dense_budget() if budget is None else budget
+    one = chunk_bytes(traj, n, order, with_jacobians, 1)
+    return max(1, min(traj.batch_size, budget // 2 // max(1, one)))
+
+
+def batch_slice(traj: Trajectory, rows: slice) -> Trajectory:
+    """The trajectory of the examples ``rows`` (every per-example tensor sliced on dim 0)."""
+    return Trajectory(
+        inputs=traj.inputs[rows], states=traj.states[rows],
+        gates=None if traj.gates is None else traj.gates[rows],
+        retention=traj.retention[rows],
+        cache={k: v[rows] for k, v in traj.cache.items()},
+        cell_type=traj.cell_type,
+        lengths=None if traj.lengths is None else traj.lengths[rows],
+    )
+
+
+def times_beyond_length(traj: Trajectory) -> Tensor:
+    """``(B, T+1)`` bool: ``True`` at times ``t`` past the sequence's length (``t = 0`` is
+    always within it), from :attr:`Trajectory.step_mask`."""
+    inside = traj.step_mask
+    return torch.cat([inside.new_zeros(inside.shape[0], 1), ~inside], dim=1)
+
+
+def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: int,
+                 J: Tensor | None, chunk_size: int
+                 ) -> Iterator[tuple[slice, int, list[int], Tensor]]:
+    """Stream the effective rates chunk of examples by chunk, lag by lag.
+
+    Yields:
+        ``(rows, lag, positions, mu)``: ``mu`` ``(c, T+1-lag, n)`` float64 holds
+        ``μ_{t,lag,q}`` of the examples ``rows`` for ``t = lag..T`` (NaN at times past a
+        sequence's length), for the entries ``positions`` of ``lags``. Lags longer than the
+        sequence are not yielded. Only one chunk's tensors are held at a time.
+    """
+    T = traj.seq_len
+    wanted: dict[int, list[int]] = {}
+    for i, lag in enumerate(lags):
+        if lag <= T:
+            wanted.setdefault(lag, []).append(i)
+    last = max(wanted, default=-1)
+    for start in range(0, traj.batch_size, chunk_size):
+        rows = slice(start, min(start + chunk_size, traj.batch_size))
+        sub = batch_slice(traj, rows)
+        r = neuron_retention(cell, sub)
+        d = None if order == 0 else (
+            retained_diagonal(cell, sub, None if J is None else J[rows]) - r)
+        beyond = times_beyond_length(sub)
+        for lag, (p, s) in enumerate(window_products(r, d)):
+            if lag > last:
+                break
+            if lag in wanted:
+                mu = p if s is None else p + s
+                yield rows, lag, wanted[lag], mu.masked_fill(beyond[:, lag:, None], math.nan)
+
+
+def _rate_arguments(traj: Trajectory, lags, order: int,
+                    chunk_size: int | None) -> tuple[list[int], int | None]:
+    """Validate the arguments the rate functions share, before any compute."""
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1 (examples per chunk), "
+                         f"got {chunk_size!r}")
+    lags = list(range(traj.seq_len + 1)) if lags is None else integer_lags(lags)
+    return lags, chunk_size
+
+
 def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
                              lags: Sequence[int] | None = None, order: int = 1,
-                             J: Tensor | None = None) -> Tensor:
+                             J: Tensor | None = None, chunk_size: int | None = None) -> Tensor:
     """Lag- and neuron-resolved effective learning rates ``μ_{t,ℓ,q}``.
 
     Args:
         cell: the cell that produced ``traj``.
-        traj: its trajectory (``cell.unroll(u)``); only detached values are read.
+        traj: its trajectory (``cell.unroll(u)``); only detached values are read. With
+            ``traj.lengths`` set, times past a sequence's length are NaN (excluded by
+            :func:`envelope` and :func:`neuron_cv`).
         lags: the lags ``ℓ ≥ 0`` to report, in the order given (ints, or integer tensors
             of one element); ``None`` for ``0..T``.
         order: ``0`` for ``μ⁰`` (retention products only, no Jacobians), ``1`` for
             ``μ⁰ + μ¹``.
         J: the trajectory's Jacobians ``(B, T, N, N)`` if already computed (order 1 reads
-            their diagonal); computed when needed otherwise.
+            their diagonal); computed when needed otherwise, one chunk of examples at a time.
+        chunk_size: examples processed at once (bounds the Jacobians and window tensors held
+            besides the result); ``None`` for the whole batch. For the envelope and the
+            neuron dispersion without the full result use :func:`effective_rate_summary`.
 
     Returns:
         ``(B, T+1, L, n)`` float64: ``mu[b, t, i, q] = μ_{t, lags[i], q}`` for the window
-        ``j = t-ℓ+1..t``, ``t = 0..T`` (tensor index = time); NaN where ``ℓ > t``;
-        ``μ_{t,0} = 1``. ``n = hidden_size`` (see the module notes for the LSTM).
+        ``j = t-ℓ+1..t``, ``t = 0..T`` (tensor index = time); NaN where ``ℓ > t`` and at
+        times past the sequence's length; ``μ_{t,0} = 1``. ``n = hidden_size`` (see the
+        module notes for the LSTM).
 
     Raises:
         TypeError: for a lag that is not an integer (a float such as ``1.7``, a bool).
-        ValueError: for a negative lag or an ``order`` other than 0 and 1.
+        ValueError: for a negative lag, an ``order`` other than 0 and 1, or a bad
+            ``chunk_size``.
+        DenseBudgetExceeded: before any compute, when the result and one chunk's work exceed
+            :func:`gatescope.dense_budget`.
     """
-    if order not in (0, 1):
-        raise ValueError(f"order must be 0 or 1, got {order!r}")
-    T = traj.seq_len
-    lags = list(range(T + 1)) if lags is None else integer_lags(lags)
-    r = neuron_retention(cell, traj)
-    d = retained_diagonal(cell, traj, J) - r if order == 1 else None
-    B, n = r.shape[0], r.shape[-1]
-    out = r.new_full((B, T + 1, len(lags), n), math.nan)
-    wanted: dict[int, list[int]] = {}
-    for i, lag in enumerate(lags):
-        wanted.setdefault(lag, []).append(i)
-    last = max((x for x in wanted if x <= T), default=-1)
-    for lag, (p, s) in enumerate(window_products(r, d)):
-        if lag > last:
-            break
-        if lag in wanted:
-            out[:, lag:, wanted[lag]] = (p if s is None else p + s).unsqueeze(2)
+    lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
+    B, T, n = traj.batch_size, traj.seq_len, cell.hidden_size
+    chunk = B if chunk_size is None else min(chunk_size, B)
+    shape = (B, T + 1, len(lags), n)
+    check_dense(tensor_bytes(shape, 8) + chunk_bytes(traj, n, order, J is None, chunk),
+                f"gs.effective_learning_rates: mu of {describe(shape, torch.float64)} "
+                f"(and {chunk} examples' work at once)",
+                "gs.effective_rate_summary(cell, traj, lags, chunk_size=) for the envelope and "
+                "the neuron CV without the full tensor; chunk_size= bounds the work besides "
+                "the result; or pass fewer lags")
+    out = torch.full(shape, math.nan, dtype=torch.float64, device=traj.states.device)
+    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, max(1, chunk)):
+        out[rows, lag:, positions] = mu.unsqueeze(2)
     return out
+
+
+def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
+                           lags: Sequence[int] | None = None, order: int = 1,
+                           J: Tensor | None = None, chunk_size: int | None = None
+                           ) -> RateSummary:
+    """:func:`envelope` and :func:`neuron_cv` of the effective rates, streamed.
+
+    Equal to ``envelope(mu)`` and ``neuron_cv(mu)`` of ``mu = effective_learning_rates(...)``
+    (to rounding), without holding ``mu``: the rates are formed ``chunk_size`` examples and
+    one lag at a time; the envelope is accumulated as a running sum and count, and the
+    per-``(b, t)`` coefficients of variation ``(B, T+1, L)`` (``n`` times smaller than
+    ``mu``) are kept for their exact median. Peak memory is that ``(B, T+1, L)`` tensor
+    plus one chunk's work (``O(chunk_size · T · (n + N²))`` with Jacobians,
+    ``O(chunk_size · T · n)`` without). Times past a sequence's length are excluded.
+
+    Args:
+        cell, traj, lags, order, J: as for :func:`effective_learning_rates`.
+        chunk_size: examples per chunk; ``None`` picks the most whose work fits in half the
+            dense budget (:func:`gatescope.dense_budget`).
+
+    Returns:
+        A :class:`RateSummary`.
+    """
+    lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
+    B, T, n = traj.batch_size, traj.seq_len, cell.hidden_size
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(traj, n, order, J is None)
+    L = len(lags)
+    device = traj.states.device
+    cv = torch.full((B, T + 1, L), math.nan, dtype=torch.float64, device=device)
+    total = torch.zeros(L, dtype=torch.float64, device=device)
+    count = torch.zeros(L, dtype=torch.float64, device=device)
+    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
+        a = mu.abs()
+        valid = ~a.isnan()
+        total[positions] += a.nansum()
+        count[positions] += valid.sum()
+        cv[rows, lag:, positions] = coefficient_of_variation(mu).unsqueeze(-1)
+    mean = torch.where(count > 0, total / count.clamp_min(1), math.nan)
+    return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
+                       quantile(cv.flatten(0, 1), 0.5, dim=0), chunk_size)
 
 
 def integer_lags(lags: Sequence[int]) -> list[int]:
@@ -177,7 +335,8 @@ def envelope(mu: Tensor) -> Tensor:
     """The lag envelope ``f(ℓ) = mean_{b, t ≥ ℓ, q} |μ_{t,ℓ,q}|``.
 
     Args:
-        mu: ``(B, T+1, L, n)`` from :func:`effective_learning_rates` (NaN where ``ℓ > t``).
+        mu: ``(B, T+1, L, n)`` from :func:`effective_learning_rates` (NaN where ``ℓ > t``
+            and past a sequence's length: NaN entries are excluded from the mean).
 
     Returns:
         ``(L,)``; NaN for a lag longer than the sequence.
@@ -190,7 +349,8 @@ def neuron_cv(mu: Tensor) -> Tensor:
     ``|μ_{t,ℓ,·}|`` over the ``n`` neurons, median over examples and end times ``t ≥ ℓ``.
 
     Args:
-        mu: ``(B, T+1, L, n)`` from :func:`effective_learning_rates` (NaN where ``ℓ > t``).
+        mu: ``(B, T+1, L, n)`` from :func:`effective_learning_rates` (NaN where ``ℓ > t``
+            and past a sequence's length: those ``(b, t)`` are excluded from the median).
 
     Returns:
         ``(L,)`` float64.
@@ -202,12 +362,15 @@ def neuron_cv(mu: Tensor) -> Tensor:
 def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """Per-neuron time scales ``τ_q = -1 / log r̄_q``, ``r̄_q`` the mean retention.
 
-    ``r̄_q`` averages over the batch and all steps; ``τ_q`` is the lag at which the geometric
-    kernel ``r̄_q^ℓ`` (the zeroth-order rate with the retention frozen at its mean) falls by
-    ``e``. ``τ = 0`` for ``r̄ = 0`` (plain), ``∞`` for ``r̄ = 1``; leaky: ``-1/log(1-α)``.
+    ``r̄_q`` averages over the batch and all steps within each sequence's length; ``τ_q`` is
+    the lag at which the geometric kernel ``r̄_q^ℓ`` (the zeroth-order rate with the retention
+    frozen at its mean) falls by ``e``. ``τ = 0`` for ``r̄ = 0`` (plain), ``∞`` for ``r̄ = 1``;
+    leaky: ``-1/log(1-α)``.
 
     Returns:
         ``(n,)`` float64 (a scalar gate's value repeated across neurons).
     """
-    r = neuron_retention(cell, traj).mean((0, 1))
+    r = neuron_retention(cell, traj)
+    inside = traj.step_mask.to(r.device).unsqueeze(-1).double()  # steps within each length
+    r = (r * inside).sum((0, 1)) / inside.sum((0, 1))
     return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))
