@@ -77,3 +77,29 @@ def test_the_isolation_fixture_sees_every_registry():
                      metrics._CATALOGUE):
         assert id(registry) in found
     assert "test_softsign" not in gs.list_cells()
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_a_window_of_a_trajectory_is_the_unroll_from_its_first_state(name):
+    """Guards Trajectory.steps/examples: the window (start, stop] of the first two examples
+    equals unrolling those inputs from h_start (states, retention, gates and cache)."""
+    cell = gs.make_cell(name, 2, 3).double()
+    u = torch.randn(4, 7, 2, dtype=torch.float64)
+    with torch.no_grad():
+        traj = cell.unroll(u)
+        part = traj.examples(slice(0, 2)).steps(2, 6)
+        again = cell.unroll(u[:2, 2:6], h0=traj.states[:2, 2])
+    assert part.seq_len == 4 and part.batch_size == 2
+    for field in ("inputs", "states", "retention", "gates"):
+        torch.testing.assert_close(getattr(part, field), getattr(again, field),
+                                   rtol=1e-14, atol=1e-15)
+    assert part.cache.keys() == again.cache.keys()
+    for key in part.cache:
+        torch.testing.assert_close(part.cache[key], again.cache[key], rtol=1e-14, atol=1e-15)
+
+
+def test_a_window_shifts_and_clips_the_lengths():
+    traj = gs.make_cell("gru", 2, 3).unroll(torch.randn(3, 6, 2))
+    traj.lengths = torch.tensor([6, 3, 1])
+    assert traj.steps(2, 5).lengths.tolist() == [3, 1, 0]
+    assert traj.examples(slice(1, 3)).lengths.tolist() == [3, 1]

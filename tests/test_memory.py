@@ -80,9 +80,9 @@ def test_set_then_scoped_budget_take_precedence_in_that_order(monkeypatch):
     ("2 parsecs", ValueError), ("-1GiB", ValueError), ("0.1b", ValueError),
     (True, TypeError), (1.5e9, TypeError), (None, TypeError), ([4], TypeError)])
 def test_bad_budgets_are_refused_naming_the_argument_and_the_allowed_forms(bad, error):
-    with pytest.raises(error, match=r"nbytes must be a positive number of bytes.*GiB"):
-        with gs.dense_budget_limit(bad):
-            pass
+    with (pytest.raises(error, match=r"nbytes must be a positive number of bytes.*GiB"),
+          gs.dense_budget_limit(bad)):
+        pass
     if bad is not None:
         with pytest.raises(error, match="nbytes"):
             gs.set_dense_budget(bad)
@@ -96,10 +96,11 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
 
 def test_the_error_is_a_memory_error_with_the_numbers():
     with pytest.raises(gs.DenseBudgetExceeded) as info:
-        memory.check_dense(3 * 2**30, "gs.thing: X of shape (3,) float64", "gs.other")
+        memory.check_dense(5 * 2**30, "gs.thing: X of shape (3,) float64", "gs.other")
     err = info.value
     assert isinstance(err, MemoryError)
-    assert (err.nbytes, err.budget, err.alternative) == (3 * 2**30, 4 * 2**30, "gs.other")
+    assert (err.nbytes, err.budget, err.alternative) == (5 * 2**30, 4 * 2**30, "gs.other")
+    assert str(err).startswith("gs.thing: X of shape (3,) float64 would need 5.0 GiB")
     memory.check_dense(4 * 2**30, "at the budget", "-")  # the budget itself is allowed
 
 
@@ -145,9 +146,10 @@ def test_sensitivities_refuse_before_any_norm(monkeypatch):
 def test_transport_refuses_before_the_product(monkeypatch):
     J = gs.jacobians(*_traj())
     _spy(monkeypatch, transport_module, "ordered_product")
-    with gs.dense_budget_limit(3 * 2 * 9 * 8):  # exactly its three (B, N, N) products fit
-        with pytest.raises(AssertionError, match="ordered_product ran"):
-            gs.transport(J, 4, 1)
+    # exactly its three (B, N, N) products fit: the compute runs (and meets the spy)
+    with (gs.dense_budget_limit(3 * 2 * 9 * 8),
+          pytest.raises(AssertionError, match="ordered_product ran")):
+        gs.transport(J, 4, 1)
     _refuses(lambda: gs.transport(J, 4, 1), "gs.transport", "shape (2, 3, 3) float64")
 
 

@@ -74,14 +74,31 @@ class Trajectory:
 
     def detach(self) -> Trajectory:
         """A copy whose tensors are cut from the autograd graph."""
+        return self._map(Tensor.detach, Tensor.detach, self.lengths)
+
+    def examples(self, rows: slice) -> Trajectory:
+        """The trajectory of the examples ``rows`` (every per-example tensor sliced on dim 0)."""
+        return self._map(lambda x: x[rows], lambda x: x[rows],
+                         None if self.lengths is None else self.lengths[rows])
+
+    def steps(self, start: int, stop: int) -> Trajectory:
+        """The steps ``start+1..stop`` as a trajectory of ``stop - start`` steps whose
+        ``h_0`` is ``h_start`` (lengths shift with the window and clip to it)."""
+        lengths = (None if self.lengths is None
+                   else (self.lengths - start).clamp(0, stop - start))
+        return self._map(lambda x: x[:, start:stop], lambda h: h[:, start:stop + 1], lengths)
+
+    def _map(self, per_step, on_states, lengths: Tensor | None) -> Trajectory:
+        """A trajectory with ``per_step`` applied to every ``(B, T, ...)`` tensor and
+        ``on_states`` to the ``(B, T+1, N)`` states."""
         return Trajectory(
-            inputs=self.inputs.detach(),
-            states=self.states.detach(),
-            gates=None if self.gates is None else self.gates.detach(),
-            retention=self.retention.detach(),
-            cache={k: v.detach() for k, v in self.cache.items()},
+            inputs=per_step(self.inputs),
+            states=on_states(self.states),
+            gates=None if self.gates is None else per_step(self.gates),
+            retention=per_step(self.retention),
+            cache={k: per_step(v) for k, v in self.cache.items()},
             cell_type=self.cell_type,
-            lengths=self.lengths,
+            lengths=lengths,
         )
 
 

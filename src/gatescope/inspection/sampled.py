@@ -61,17 +61,6 @@ def tau_of(r: Tensor) -> Tensor:
     return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))
 
 
-def time_slice(traj: Trajectory, start: int, stop: int) -> Trajectory:
-    """The steps ``start+1..stop`` of ``traj`` as a trajectory of ``stop - start`` steps
-    (its ``h_0`` is ``h_start``)."""
-    return Trajectory(
-        inputs=traj.inputs[:, start:stop], states=traj.states[:, start:stop + 1],
-        gates=None if traj.gates is None else traj.gates[:, start:stop],
-        retention=traj.retention[:, start:stop],
-        cache={k: v[:, start:stop] for k, v in traj.cache.items()},
-        cell_type=traj.cell_type)
-
-
 def _lstm_diagonal(cell: LSTMCell, traj: Trajectory) -> Tensor:
     """The LSTM's ``c``–``c`` block is exactly ``diag(f)`` (the gates see ``c`` only
     through ``h``; see :mod:`gatescope.cells.lstm`)."""
@@ -122,7 +111,7 @@ def retained_diagonal_chunked(cell: RecurrentCell, traj: Trajectory,
     parts = []
     for start in range(0, T, chunk):
         stop = min(T, start + chunk)
-        parts.append(retained_diagonal(cell, time_slice(traj, start, stop)))
+        parts.append(retained_diagonal(cell, traj.steps(start, stop)))
         progress(stop - start)
     return torch.cat(parts, dim=1)
 

@@ -151,18 +151,6 @@ def auto_chunk_size(traj: Trajectory, n: int, order: int, with_jacobians: bool,
     return max(1, min(traj.batch_size, budget // 2 // max(1, one)))
 
 
-def batch_slice(traj: Trajectory, rows: slice) -> Trajectory:
-    """The trajectory of the examples ``rows`` (every per-example tensor sliced on dim 0)."""
-    return Trajectory(
-        inputs=traj.inputs[rows], states=traj.states[rows],
-        gates=None if traj.gates is None else traj.gates[rows],
-        retention=traj.retention[rows],
-        cache={k: v[rows] for k, v in traj.cache.items()},
-        cell_type=traj.cell_type,
-        lengths=None if traj.lengths is None else traj.lengths[rows],
-    )
-
-
 def times_beyond_length(traj: Trajectory) -> Tensor:
     """``(B, T+1)`` bool: ``True`` at times ``t`` past the sequence's length (``t = 0`` is
     always within it), from :attr:`Trajectory.step_mask`."""
@@ -189,7 +177,7 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
     last = max(wanted, default=-1)
     for start in range(0, traj.batch_size, chunk_size):
         rows = slice(start, min(start + chunk_size, traj.batch_size))
-        sub = batch_slice(traj, rows)
+        sub = traj.examples(rows)
         r = neuron_retention(cell, sub)
         d = None if order == 0 else (
             retained_diagonal(cell, sub, None if J is None else J[rows]) - r)
