@@ -17,6 +17,7 @@ from gatescope.measures import (
     envelope,
     fit_power,
     gate_product,
+    neuron_cv,
     profile_fit,
     sensitivity_profile,
     time_scales,
@@ -290,3 +291,42 @@ def test_gate_product_of_gru_and_lstm_follows_their_gates(name):
                     ref = ref * x[:, j - 1]
                 np.testing.assert_allclose(P[:, t, k], ref.mean(-1), rtol=1e-10, atol=0,
                                            err_msg=f"{kind} t={t} k={k}")
+
+
+@pytest.mark.parametrize("name, order", [("gru", 1), ("lstm", 1), ("multi_gate", 0)])
+def test_rates_streamed_by_example_chunks_equal_the_whole_batch(name, order):
+    """Guards chunk_size: chunks of 2 of 5 examples give the whole-batch tensor exactly, and
+    effective_rate_summary gives its envelope and neuron CV (to rounding)."""
+    cell = random_cell(name, M, N, True, 1)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(5, T, M, 1))
+    lags = [0, 4, 1, T + 1]
+    whole = effective_learning_rates(cell, traj, lags=lags, order=order)
+    chunked = effective_learning_rates(cell, traj, lags=lags, order=order, chunk_size=2)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0, equal_nan=True)
+    summary = gs.effective_rate_summary(cell, traj, lags=lags, order=order, chunk_size=2)
+    assert summary.lags.tolist() == lags and summary.chunk_size == 2
+    torch.testing.assert_close(summary.envelope, envelope(whole), equal_nan=True)
+    torch.testing.assert_close(summary.neuron_cv, neuron_cv(whole), equal_nan=True)
+    assert math.isnan(summary.envelope[-1]) and not summary.envelope[:-1].isnan().any()
+
+
+def test_rates_past_a_sequence_length_are_nan_and_left_out_of_the_reductions():
+    """Guards traj.lengths in the rates: times past a length are NaN; the envelope, the
+    neuron CV and the time scales are those of the valid steps only."""
+    cell, traj = _setup("multi_gate")
+    traj.lengths = torch.tensor([T, 3])
+    mu = effective_learning_rates(cell, traj)
+    assert mu[1, 4:].isnan().all() and not mu[1, 3, :4].isnan().any()
+    assert not mu[0, T, :].isnan().any()
+    valid = [mu[0, lag:, lag] for lag in range(T + 1)]
+    f = envelope(mu)
+    for lag in range(4):
+        ref = torch.cat([valid[lag], mu[1, lag:4, lag]]).abs().mean()
+        torch.testing.assert_close(f[lag], ref)
+    summary = gs.effective_rate_summary(cell, traj, chunk_size=1)
+    torch.testing.assert_close(summary.envelope, f, equal_nan=True)
+    torch.testing.assert_close(summary.neuron_cv, neuron_cv(mu), equal_nan=True)
+    r = traj.retention.expand(B, T, N)
+    mean_r = torch.cat([r[0], r[1, :3]]).mean(0)
+    torch.testing.assert_close(time_scales(cell, traj), -1 / mean_r.log())
