@@ -17,6 +17,7 @@ from gatescope.cells import cell_class, list_cells
 from gatescope.reporting.analogies import analogy_sections, fidelity_section
 from gatescope.reporting.anisotropy_figures import anisotropy_figures
 from gatescope.reporting.anisotropy_verdicts import judge_c4, judge_c5, judge_c6, judge_c7
+from gatescope.reporting.expansion_verdicts import judge_c8
 from gatescope.reporting.profiles_figures import profiles_figures
 from gatescope.reporting.profiles_verdicts import judge_c1, judge_c2, judge_c3
 from gatescope.reporting.verdicts import MIXED, NOT_MEASURED, NOT_SUPPORTED, SUPPORTED
@@ -35,6 +36,7 @@ PROFILE_JUDGES = (judge_c1, functools.partial(judge_c2, gated=GATED_CELLS), judg
 ANISOTROPY_JUDGES = (functools.partial(judge_c4, gated=GATED_CELLS), judge_c5,
                      functools.partial(judge_c6, gated=GATED_CELLS),
                      functools.partial(judge_c7, gated=GATED_CELLS))
+EXPANSION_CELLS = ("scalar_gate", "multi_gate")
 
 
 def jitter(seed: int) -> float:
@@ -149,6 +151,43 @@ def anisotropy_table(values=None, arms=FACTORIAL, tasks=("adding", "narma10"), s
                         add(task, arm, step, seed, "step_ai")
     return ResultsTable.from_rows(rows)
 
+
+
+def expansion_values(**override):
+    """Value functions ``f(cell, seed, eps, time)`` per expansion metric: a first-order-exact
+    expansion (slope 2, ``E = ε²``) with small corrections (ρ_j = 0.1)."""
+    base = {
+        "truncation_error": lambda c, s, e, t: e**2 * jitter(s),
+        "remainder_c2": lambda c, s, e, t: jitter(s),
+        "error_slope": lambda c, s, e, t: 2.0 * jitter(s),
+        "correction_ratio_median": lambda c, s, e, t: 0.1 * jitter(s),
+        "correction_ratio": lambda c, s, e, t: 0.1 * jitter(s),
+    }
+    return base | override
+
+
+def expansion_table(values=None, cells=EXPANSION_CELLS, eps=(1e-3, 1e-2, 0.1, 1.0), T=5):
+    """An expansion results table: per-ε, per-seed and per-step rows of every cell."""
+    values = values or expansion_values()
+    rows = []
+
+    def add(cell, seed, metric, eps=None, time=None):
+        if metric in values:
+            rows.append({"experiment": "expansion", "task": "sinusoid", "cell": cell,
+                         "optimizer": "none", "seed": seed, "step": 0, "metric": metric,
+                         "lag": None, "eps": eps, "time": time,
+                         "value": values[metric](cell, seed, eps, time)})
+
+    for cell in cells:
+        for seed in SEEDS:
+            for e in eps:
+                add(cell, seed, "truncation_error", eps=e)
+                add(cell, seed, "remainder_c2", eps=e)
+            add(cell, seed, "error_slope")
+            add(cell, seed, "correction_ratio_median")
+            for t in range(1, T + 1):
+                add(cell, seed, "correction_ratio", time=t)
+    return ResultsTable.from_rows(rows)
 
 EMPTY = ResultsTable.from_rows([])
 
@@ -335,7 +374,63 @@ def test_c7_supported_above_baseline_and_above_plain():
     assert any("r/N = 0.25" in line for line in v.evidence)
 
 
-@pytest.mark.parametrize("judge", PROFILE_JUDGES + ANISOTROPY_JUDGES)
+# --- C8 ---------------------------------------------------------------------------------
+
+
+def test_c8_supported_when_every_cell_has_slope_two_and_small_corrections():
+    """Guards judge_c8's rule on its passing side (only the empty table was tested): slopes
+    2.00-2.02 across seeds and ρ_j = 0.1 for both cells."""
+    v = judge_c8(expansion_table())
+    assert v.verdict == SUPPORTED
+    assert [line.split(":")[0] for line in v.evidence if "slope" in line] == \
+        ["multi_gate", "scalar_gate"]
+    assert sum("C₂(1)" in line for line in v.evidence) == 2
+
+
+@pytest.mark.parametrize("slope, verdict", [(1.79, MIXED), (1.81, SUPPORTED),
+                                            (2.19, SUPPORTED), (2.21, MIXED), (1.0, MIXED)],
+                         ids=str)
+def test_c8_slope_must_lie_within_its_range(slope, verdict):
+    """Guards the edges of SLOPE_RANGE = [1.8, 2.2] on the median over seeds (no jitter, so
+    the median is ``slope``). A slope out of range with small corrections is one failed check
+    of two per cell: mixed (:func:`combine`)."""
+    table = expansion_table(expansion_values(error_slope=lambda *a: slope))
+    assert judge_c8(table).verdict == verdict
+
+
+@pytest.mark.parametrize("slope, verdict", [(2.0, MIXED), (1.0, NOT_SUPPORTED)], ids=str)
+def test_c8_not_supported_when_the_slope_is_off_and_the_correction_large(slope, verdict):
+    """ρ_j ≥ 1 (the gate part as large as the time-scale part) fails C8's second check; with
+    the slope also off every check fails: not supported."""
+    table = expansion_table(expansion_values(correction_ratio_median=lambda *a: 1.5,
+                                             error_slope=lambda *a: slope))
+    assert judge_c8(table).verdict == verdict
+
+
+def test_c8_mixed_when_one_cell_fails():
+    values = expansion_values(error_slope=lambda c, *a: 1.0 if c == "multi_gate" else 2.0,
+                              correction_ratio_median=lambda c, *a: 2.0
+                              if c == "multi_gate" else 0.1)
+    v = judge_c8(expansion_table(values))
+    assert v.verdict == MIXED
+
+
+def test_c8_not_measured_without_its_rows():
+    """Guards judge_c8 on a table that lacks its rows: a cell with no error_slope rows (or a
+    table with only other metrics) was judged "not supported" (NaN fails every comparison)
+    instead of "not measured"."""
+    only_errors = expansion_table({"truncation_error": expansion_values()["truncation_error"]})
+    v = judge_c8(only_errors)
+    assert v.verdict == NOT_MEASURED and v.evidence[-1].startswith("not measured")
+    values = expansion_values()
+    partial = expansion_table(values).columns
+    keep = ~((partial["cell"] == "multi_gate") & (partial["metric"] == "error_slope"))
+    v = judge_c8(ResultsTable({k: c[keep] for k, c in partial.items()}))
+    assert v.verdict == SUPPORTED  # scalar_gate is measured and passes
+    assert any("not measured for: multi_gate" in line for line in v.evidence)
+
+
+@pytest.mark.parametrize("judge", PROFILE_JUDGES + ANISOTROPY_JUDGES + (judge_c8,))
 def test_every_judge_says_what_is_missing_on_an_empty_table(judge):
     v = judge(EMPTY)
     assert v.verdict == NOT_MEASURED
