@@ -5,8 +5,13 @@ With ``δ_t = ∂L/∂h_t`` (the direct dependence of the loss on ``h_t``), tran
 
     ``∇_θ L = Σ_{ℓ=0}^{T-1} G_ℓ``,  ``G_ℓ = Σ_t δ_t M_{t,t-ℓ} ∂⁺h_{t-ℓ}/∂θ``.
 
-The adjoints ``δ_t M_{t,k}`` come from the analytic Jacobians; the immediate derivatives are
-vector-Jacobian products of one cell step, vectorised with ``torch.func``.
+:func:`lag_gradients` never forms a Jacobian: the adjoints ``δ_t M_{t,k}`` are swept
+backwards with vector-Jacobian products of the cell step. For readout "last" one backward
+pass through the unrolled states gives every ``λ_k = δ_T M_{T,k}``; for readout "all" each
+lag takes one VJP of the step, vectorised over batch and time. The immediate derivatives
+are VJPs of one cell step vectorised with ``torch.func``. :func:`lag_gradients_dense` is
+the twin that builds the dense ``J`` (analytic where the cell has it) and multiplies by it;
+the two agree to rounding.
 """
 
 from __future__ import annotations
@@ -66,6 +71,69 @@ def lag_cotangents(delta: Tensor, J: Tensor):
         yield c
 
 
+def last_state_adjoints_by_vjp(model: SequenceModel, u: Tensor, y: Tensor,
+                               mask: Tensor | None, h0: Tensor | None
+                               ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """Unroll ``model.cell`` keeping every state as a graph node and backpropagate the loss
+    once, through the states only (no cell parameter gradient is formed).
+
+    For readout "last" the total adjoint ``∂L/∂h_k`` is ``λ_k = δ_T M_{T,k}``.
+
+    Args:
+        model: the :class:`~gatescope.SequenceModel`.
+        u: ``(B, T, m)``; ``y``, ``mask`` as for :meth:`SequenceModel.loss`.
+        h0: ``(B, N)`` or ``None`` (zeros).
+
+    Returns:
+        ``(states, adjoints, readout_grads)``: the detached states ``(B, T+1, N)``, the
+        adjoints ``(B, T, N)`` with ``∂L/∂h_k`` at index ``k - 1``, and the gradients of the
+        readout's parameters (in ``model.readout.named_parameters()`` order).
+    """
+    cell = model.cell
+    readout = [p for _, p in model.readout.named_parameters()]
+    h = (cell.initial_state(u.shape[0], u) if h0 is None else h0).detach().requires_grad_()
+    hs = [h]
+    with torch.enable_grad():
+        for t in range(u.shape[1]):
+            hs.append(cell(hs[-1], u[:, t]))
+        states = torch.stack(hs, dim=1)
+        loss = model.loss_from_states(states, y, mask)
+        grads = torch.autograd.grad(loss, [*hs[1:], *readout], allow_unused=True)
+    T = u.shape[1]
+    adjoints = torch.stack([torch.zeros_like(h) if g is None else g for g in grads[:T]], 1)
+    d_readout = tuple(torch.zeros_like(p) if g is None else g
+                      for p, g in zip(readout, grads[T:], strict=True))
+    return states.detach(), adjoints, d_readout
+
+
+def lag_cotangents_by_vjp(cell: RecurrentCell, traj: Trajectory, delta: Tensor):
+    """:func:`lag_cotangents` without Jacobians: ``c_ℓ[k] = c_{ℓ-1}[k+1] J_{k+1}`` as one
+    VJP of the cell step at every ``(b, t)`` at once.
+
+    Args:
+        traj: the trajectory (``previous_states`` and ``inputs`` are read).
+        delta: ``(B, T, N)``, ``δ_t`` at index ``t - 1``.
+
+    Yields:
+        ``(B, T, N)`` with ``c_ℓ[k]`` at index ``k - 1`` (zero where ``k + ℓ > T``).
+    """
+    params = _detached_parameters(cell)
+    step = _step_function(cell)
+    u = traj.inputs.detach()
+    _, pull = vjp(lambda h: step(params, h, u), traj.previous_states.detach())
+    pad = delta.new_zeros(delta.shape[0], 1, delta.shape[-1])
+    c = delta
+    yield c
+    for _ in range(1, delta.shape[1]):
+        back = pull(c)[0]  # back[:, j] = c[:, j] J_{j+1}: step j+1 is at index j
+        c = torch.cat([back[:, 1:], pad], dim=1)
+        yield c
+
+
+def _detached_parameters(cell: RecurrentCell) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in cell.named_parameters()}
+
+
 def _step_function(cell: RecurrentCell):
     def step(params: dict[str, Tensor], h: Tensor, u: Tensor) -> Tensor:
         return functional_call(cell, params, (h, u))
@@ -73,24 +141,26 @@ def _step_function(cell: RecurrentCell):
     return step
 
 
-def per_step_parameter_vjps(cell: RecurrentCell, traj: Trajectory,
+def per_step_parameter_vjps(cell: RecurrentCell, previous_states: Tensor, inputs: Tensor,
                             cotangents: Tensor) -> dict[str, Tensor]:
     """``c_k ∂⁺h_k/∂θ`` for every step ``k`` separately, summed over the batch.
 
     Args:
+        previous_states: ``(B, T, N)``, ``h_{k-1}`` at index ``k - 1``.
+        inputs: ``(B, T, m)``.
         cotangents: ``(B, T, N)``, ``c_k`` at index ``k - 1``.
 
     Returns:
         ``{name: (T, *shape)}`` with step ``k`` at index ``k - 1``.
     """
-    params = {k: v.detach() for k, v in cell.named_parameters()}
+    params = _detached_parameters(cell)
     step = _step_function(cell)
 
     def one(h, u, c):
         return vjp(lambda p: step(p, h, u), params)[1](c)[0]
 
-    return vmap(one)(traj.previous_states.transpose(0, 1), traj.inputs.transpose(0, 1),
-                     cotangents.transpose(0, 1))
+    return vmap(one)(previous_states.detach().transpose(0, 1),
+                     inputs.detach().transpose(0, 1), cotangents.transpose(0, 1))
 
 
 def time_summed_parameter_vjps(cell: RecurrentCell, traj: Trajectory,
@@ -104,7 +174,7 @@ def time_summed_parameter_vjps(cell: RecurrentCell, traj: Trajectory,
         ``{name: (L, *shape)}``, one row per cotangent set, computed in chunks of ``ℓ`` with
         one vectorised VJP per chunk.
     """
-    params = {k: v.detach() for k, v in cell.named_parameters()}
+    params = _detached_parameters(cell)
     N = traj.states.shape[-1]
     h = traj.previous_states.reshape(-1, N)
     u = traj.inputs.reshape(-1, traj.inputs.shape[-1])
@@ -131,7 +201,7 @@ def time_summed_parameter_vjps(cell: RecurrentCell, traj: Trajectory,
 
 def lag_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | None = None,
                   h0: Tensor | None = None) -> dict[str, Tensor]:
-    """The gradient of ``model.loss(u, y, mask)`` split by lag.
+    """The gradient of ``model.loss(u, y, mask)`` split by lag, without forming a Jacobian.
 
     Args:
         model: a :class:`~gatescope.SequenceModel`.
@@ -146,24 +216,55 @@ def lag_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | Non
         gradient. Readout parameters are attributed to lag 0.
     """
     cell = model.cell
+    if model.readout_kind == "last":
+        states, lam, d_readout = last_state_adjoints_by_vjp(model, u, y, mask, h0)
+        per_step = per_step_parameter_vjps(cell, states[:, :-1], u, lam)
+        cell_parts = {k: g.flip(0) for k, g in per_step.items()}
+    else:
+        with torch.no_grad():
+            traj = cell.unroll(u, h0)
+        delta, d_readout = _direct_adjoints(model, traj.states, y, mask)
+        cell_parts = time_summed_parameter_vjps(cell, traj,
+                                                lag_cotangents_by_vjp(cell, traj, delta))
+    return _by_model_name(model, cell_parts, d_readout, u.shape[1])
+
+
+def lag_gradients_dense(model: SequenceModel, u: Tensor, y: Tensor,
+                        mask: Tensor | None = None, h0: Tensor | None = None
+                        ) -> dict[str, Tensor]:
+    """:func:`lag_gradients` by dense Jacobians ``J`` (``(B, T, N, N)``): the twin the
+    Jacobian-free sweep is checked against. Same arguments and result."""
+    cell = model.cell
     with torch.no_grad():
         traj = cell.unroll(u, h0)
-    states = traj.states.detach().requires_grad_()
-    readout = dict(model.readout.named_parameters())
-    loss = model.loss_from_states(states, y, mask)
-    d_states, *d_readout = torch.autograd.grad(loss, [states, *readout.values()])
-    delta = d_states[:, 1:]
+    delta, d_readout = _direct_adjoints(model, traj.states, y, mask)
     J = jacobians(cell, traj)
-    T = traj.seq_len
-
     if model.readout_kind == "last":
         lam = last_state_adjoints(delta[:, -1], J)
-        cell_parts = {k: g.flip(0) for k, g in per_step_parameter_vjps(cell, traj, lam).items()}
+        per_step = per_step_parameter_vjps(cell, traj.previous_states, traj.inputs, lam)
+        cell_parts = {k: g.flip(0) for k, g in per_step.items()}
     else:
         cell_parts = time_summed_parameter_vjps(cell, traj, lag_cotangents(delta, J))
+    return _by_model_name(model, cell_parts, d_readout, traj.seq_len)
 
+
+def _direct_adjoints(model: SequenceModel, states: Tensor, y: Tensor, mask: Tensor | None
+                     ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``δ_t = ∂L/∂h_t`` (direct dependence only) ``(B, T, N)`` and the readout's gradients."""
+    states = states.detach().requires_grad_()
+    readout = [p for _, p in model.readout.named_parameters()]
+    with torch.enable_grad():
+        loss = model.loss_from_states(states, y, mask)
+        d_states, *d_readout = torch.autograd.grad(loss, [states, *readout])
+    return d_states[:, 1:], tuple(d_readout)
+
+
+def _by_model_name(model: SequenceModel, cell_parts: dict[str, Tensor],
+                   d_readout: tuple[Tensor, ...], T: int) -> dict[str, Tensor]:
+    """``{name: (T, *shape)}`` in ``model.named_parameters()`` order; the readout's
+    gradients sit at lag 0."""
     parts = {f"cell.{k}": v for k, v in cell_parts.items()}
-    for (name, p), g in zip(readout.items(), d_readout, strict=True):
+    for (name, p), g in zip(model.readout.named_parameters(), d_readout, strict=True):
         lagged = p.new_zeros(T, *p.shape)
         lagged[0] = g
         parts[f"readout.{name}"] = lagged
