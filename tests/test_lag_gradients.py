@@ -9,6 +9,7 @@ from problems import cases
 from torch.func import functional_call
 
 import gatescope as gs
+from gatescope.dynamics.lag_gradients import lag_gradients_dense
 
 
 def _model(name, readout, seed=0, n=4, m=3, out=2, loss="mse"):
@@ -96,3 +97,24 @@ def test_readout_all_lag_term_is_the_gradient_from_losses_lag_steps_later():
                 total[n] += g
         for n, g in total.items():
             torch.testing.assert_close(parts[f"cell.{n}"][lag], g, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("readout", ["last", "all"])
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64], sizes=["typical"]))
+def test_jacobian_free_lag_terms_equal_the_dense_twin_lag_by_lag(problem, readout):
+    """Guards the Jacobian-free paths of lag_gradients (one backward over per-step parameter
+    rows for "last", VJP sweeps for "all") against lag_gradients_dense, which multiplies by
+    the dense J: every lag term, not only their sum, to 1e-10."""
+    model = gs.SequenceModel(problem.cell(), 2, readout=readout).double()
+    u = problem.inputs()
+    B, T = u.shape[:2]
+    gen = torch.Generator().manual_seed(problem.seed + 1)
+    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
+        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(B, model.cell.state_size, generator=gen, dtype=torch.float64)
+    parts = gs.lag_gradients(model, u, y, h0=h0)
+    dense = lag_gradients_dense(model, u, y, h0=h0)
+    assert list(parts) == list(dense)
+    for k, g in dense.items():
+        assert g[1:].abs().max() > 0 or k.startswith("readout")  # the lags carry terms
+        torch.testing.assert_close(parts[k], g, rtol=1e-10, atol=1e-13)

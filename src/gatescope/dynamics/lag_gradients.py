@@ -6,12 +6,14 @@ With ``δ_t = ∂L/∂h_t`` (the direct dependence of the loss on ``h_t``), tran
     ``∇_θ L = Σ_{ℓ=0}^{T-1} G_ℓ``,  ``G_ℓ = Σ_t δ_t M_{t,t-ℓ} ∂⁺h_{t-ℓ}/∂θ``.
 
 :func:`lag_gradients` never forms a Jacobian: the adjoints ``δ_t M_{t,k}`` are swept
-backwards with vector-Jacobian products of the cell step. For readout "last" one backward
-pass through the unrolled states gives every ``λ_k = δ_T M_{T,k}``; for readout "all" each
-lag takes one VJP of the step, vectorised over batch and time. The immediate derivatives
-are VJPs of one cell step vectorised with ``torch.func``. :func:`lag_gradients_dense` is
-the twin that builds the dense ``J`` (analytic where the cell has it) and multiplies by it;
-the two agree to rounding.
+backwards with vector-Jacobian products of the cell step. For readout "last" ``G_ℓ`` is the
+gradient with respect to the parameters of step ``T - ℓ`` alone, so one backward pass
+through an unroll whose steps each read their own row of a ``(T, *shape)`` parameter view
+gives every lag (:func:`last_readout_lag_terms`); for readout "all" each lag takes one VJP
+of the step, vectorised over batch and time (:func:`lag_cotangents_by_vjp`), and the
+immediate derivatives are VJPs of one cell step vectorised with ``torch.func``.
+:func:`lag_gradients_dense` is the twin that builds the dense ``J`` (analytic where the
+cell has it) and multiplies by it; the two agree to rounding.
 """
 
 from __future__ import annotations
@@ -71,39 +73,43 @@ def lag_cotangents(delta: Tensor, J: Tensor):
         yield c
 
 
-def last_state_adjoints_by_vjp(model: SequenceModel, u: Tensor, y: Tensor,
-                               mask: Tensor | None, h0: Tensor | None
-                               ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Unroll ``model.cell`` keeping every state as a graph node and backpropagate the loss
-    once, through the states only (no cell parameter gradient is formed).
+def last_readout_lag_terms(model: SequenceModel, u: Tensor, y: Tensor,
+                           mask: Tensor | None, h0: Tensor | None
+                           ) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
+    """Readout "last": every lag term from one backward pass, without a Jacobian.
 
-    For readout "last" the total adjoint ``∂L/∂h_k`` is ``λ_k = δ_T M_{T,k}``.
+    With readout "last", ``G_ℓ`` is the gradient with respect to a copy of ``θ`` used only
+    at step ``T - ℓ`` (``δ_t = 0`` for ``t < T``, so ``G_ℓ = λ_{T-ℓ} ∂⁺h_{T-ℓ}/∂θ``). Each
+    parameter enters the unrolled graph as a ``(T, *shape)`` leaf ``Θ`` (an expanded view:
+    no copy in the forward) whose row ``k - 1`` is the parameter of step ``k``; one backward
+    pass gives ``∂L/∂Θ``, row ``k - 1`` being step ``k``'s term (``unbind``'s backward stacks
+    the rows, so the per-step gradients cost one ``(T, *shape)`` tensor each).
 
     Args:
-        model: the :class:`~gatescope.SequenceModel`.
+        model: the :class:`~gatescope.SequenceModel` (``readout_kind == "last"``).
         u: ``(B, T, m)``; ``y``, ``mask`` as for :meth:`SequenceModel.loss`.
         h0: ``(B, N)`` or ``None`` (zeros).
 
     Returns:
-        ``(states, adjoints, readout_grads)``: the detached states ``(B, T+1, N)``, the
-        adjoints ``(B, T, N)`` with ``∂L/∂h_k`` at index ``k - 1``, and the gradients of the
-        readout's parameters (in ``model.readout.named_parameters()`` order).
+        ``({name: (T, *shape)} with lag ℓ at index ℓ, readout gradients)``; the readout's
+        in ``model.readout.named_parameters()`` order.
     """
-    cell = model.cell
+    cell, T = model.cell, u.shape[1]
+    per_step = {k: v.detach().unsqueeze(0).expand(T, *v.shape).requires_grad_()
+                for k, v in cell.named_parameters()}
+    rows = {k: v.unbind(0) for k, v in per_step.items()}
     readout = [p for _, p in model.readout.named_parameters()]
-    h = (cell.initial_state(u.shape[0], u) if h0 is None else h0).detach().requires_grad_()
-    hs = [h]
+    h = cell.initial_state(u.shape[0], u) if h0 is None else h0.detach()
+    states = [h]
     with torch.enable_grad():
-        for t in range(u.shape[1]):
-            hs.append(cell(hs[-1], u[:, t]))
-        states = torch.stack(hs, dim=1)
-        loss = model.loss_from_states(states, y, mask)
-        grads = torch.autograd.grad(loss, [*hs[1:], *readout], allow_unused=True)
-    T = u.shape[1]
-    adjoints = torch.stack([torch.zeros_like(h) if g is None else g for g in grads[:T]], 1)
-    d_readout = tuple(torch.zeros_like(p) if g is None else g
-                      for p, g in zip(readout, grads[T:], strict=True))
-    return states.detach(), adjoints, d_readout
+        for t in range(T):
+            params = {k: r[t] for k, r in rows.items()}
+            states.append(functional_call(cell, params, (states[-1], u[:, t])))
+        loss = model.loss_from_states(torch.stack(states, dim=1), y, mask)
+        grads = torch.autograd.grad(loss, [*per_step.values(), *readout])
+    cell_grads, readout_grads = grads[:len(per_step)], grads[len(per_step):]
+    return ({k: g.flip(0) for k, g in zip(per_step, cell_grads, strict=True)},
+            tuple(readout_grads))
 
 
 def lag_cotangents_by_vjp(cell: RecurrentCell, traj: Trajectory, delta: Tensor):
@@ -217,9 +223,7 @@ def lag_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tensor | Non
     """
     cell = model.cell
     if model.readout_kind == "last":
-        states, lam, d_readout = last_state_adjoints_by_vjp(model, u, y, mask, h0)
-        per_step = per_step_parameter_vjps(cell, states[:, :-1], u, lam)
-        cell_parts = {k: g.flip(0) for k, g in per_step.items()}
+        cell_parts, d_readout = last_readout_lag_terms(model, u, y, mask, h0)
     else:
         with torch.no_grad():
             traj = cell.unroll(u, h0)
