@@ -5,8 +5,10 @@ included) the suite builds a small random instance and compares
 
 * the analytic Jacobians ``J_t`` with :func:`~gatescope.jacobians_autograd`;
 * the analytic split ``(A_t, B_t)`` with :func:`~gatescope.jacobian_split_autograd`;
-* the sum over lags of :func:`~gatescope.lag_gradients` with autograd's gradient, for both
-  readouts (``"last"`` and ``"all"``);
+* the sum over lags of :func:`~gatescope.lag_gradients` (Jacobian-free) and of its twin
+  through the analytic Jacobians (:func:`~gatescope.dynamics.lag_gradients.
+  lag_gradients_dense`) with autograd's gradient, for both readouts (``"last"`` and
+  ``"all"``);
 * the effective learning rates (zeroth order and
   with the first-order term) with a brute-force evaluation of their definition
   (docs/maths.md#effective-learning-rates),
@@ -35,7 +37,7 @@ from .dynamics.jacobians import (
     jacobians,
     jacobians_autograd,
 )
-from .dynamics.lag_gradients import lag_gradients
+from .dynamics.lag_gradients import lag_gradients, lag_gradients_dense
 from .measures import effective_learning_rates, per_example_gradients
 from .model import SequenceModel
 
@@ -242,12 +244,16 @@ def _check_lag_gradients(cell: RecurrentCell, u: Tensor, readout: str,
                          gen: torch.Generator) -> float:
     model = _model(cell, readout)
     y = _targets(model, u, gen)
-    parts = lag_gradients(model, u, y)
     names = [k for k, _ in model.named_parameters()]
     grads = torch.autograd.grad(model.loss(u, y), list(model.parameters()))
-    if sorted(parts) != sorted(names):
-        raise ValueError(f"lag_gradients returned {sorted(parts)}, expected {sorted(names)}")
-    return _worst_error([(parts[k].sum(0), g) for k, g in zip(names, grads, strict=True)])
+    pairs = []
+    for method in (lag_gradients, lag_gradients_dense):
+        parts = method(model, u, y)
+        if sorted(parts) != sorted(names):
+            raise ValueError(f"{method.__name__} returned {sorted(parts)}, expected "
+                             f"{sorted(names)}")
+        pairs += [(parts[k].sum(0), g) for k, g in zip(names, grads, strict=True)]
+    return _worst_error(pairs)
 
 
 def _product(factors: list[Tensor], one: Tensor) -> Tensor:
