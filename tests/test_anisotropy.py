@@ -72,6 +72,43 @@ def test_propagation_anisotropy_matches_explicit_products():
         propagation_anisotropy(J, [10])
 
 
+def test_the_paper_codes_epsilon_regularises_ai_and_ce_absolutely():
+    """Guards spectrum_stats(epsilon=): AI = s1/(s_r + eps), CE = top/(energy + eps); at the
+    scale of a vanished product (s ~ 1e-10) eps = 1e-12 dominates CE (issue 15: the plain
+    cell's CE@40 = 3e-8 in the paper's code against 1.000)."""
+    sigma = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    st = spectrum_stats(sigma, r=2, epsilon=0.5)
+    torch.testing.assert_close(st.ai, torch.tensor(4 / 2.5, dtype=torch.float64))
+    torch.testing.assert_close(st.ce, torch.tensor(20 / 22.5, dtype=torch.float64))
+    tiny = spectrum_stats(sigma * 1e-10, r=2, epsilon=1e-12)
+    torch.testing.assert_close(tiny.ce, torch.tensor(20e-20 / (22e-20 + 1e-12),
+                                                     dtype=torch.float64))
+    assert tiny.ce < 1e-6 and spectrum_stats(sigma * 1e-10, r=2).ce > 0.9
+    for bad in (-1e-12, math.nan, math.inf, True, "1e-12"):
+        with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+            spectrum_stats(sigma, r=2, epsilon=bad)
+
+
+def test_propagation_anisotropy_with_epsilon_sees_the_products_true_scale():
+    """Guards the true-scale path of propagation_anisotropy(epsilon>0): the factors are
+    renormalised while multiplying, so the singular values must be taken back by their
+    logged norms; they equal those of the explicit product (gs.transport)."""
+    cell = random_cell("plain", 3, 5, True, 2)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(2, 12, 3, 2))
+    J = 0.3 * gs.jacobians(cell, traj)  # contracting: the products shrink with the lag
+    res = propagation_anisotropy(J, [2, 10], samples_per_lag=4, r=2, epsilon=1e-30)
+    b, t, k = res.samples.unbind(-1)
+    for i in range(2):
+        for s in range(4):
+            M = gs.transport(J, int(t[i, s]), int(k[i, s]))[b[i, s]]
+            torch.testing.assert_close(res.stats.sigma[i, s], torch.linalg.svdvals(M),
+                                       rtol=1e-9, atol=0)
+    assert res.stats.sigma[1, :, 0].max() < 1e-3  # the lag-10 products have shrunk
+    with pytest.raises(ValueError, match="epsilon"):
+        propagation_anisotropy(J, [2], epsilon=-1.0)
+
+
 def _model(name, readout, loss="mse", out=2):
     cell = random_cell(name, 3, 4, True, 1)
     return gs.SequenceModel(cell, out, readout=readout, loss=loss).double()

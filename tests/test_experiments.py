@@ -115,6 +115,31 @@ def test_anisotropy_designs_and_rows(tmp_path):
     assert {r["step"] for r in rows if r["metric"] == "step_cv"} == {3}  # Adam: after a step
 
 
+def test_the_paper_codes_spectrum_settings_change_only_what_the_code_changes(tmp_path):
+    """Guards the anisotropy experiment's spectrum settings (issues 15, 17): ce_denominator=16
+    moves the transport CE only (the paper's code takes the gradient covariance's CE over all
+    its singular values); spectrum_epsilon=1e-12 lowers the plain cell's long-lag transport
+    CE to almost 0, where its products have vanished."""
+    common = dict(design="paper", seeds=2, steps=1, checkpoints=(0,), seq_len=40,
+                  hidden_size=20, tasks=("adding",), lags=(1, 30), samples_per_lag=4,
+                  gradient_examples=16, probe_batch=4, rank=4)
+    exp = AnisotropyExperiment()
+
+    def values(**switch):
+        settings = AnisotropySettings(**common | switch)
+        rows = exp.run_group(settings, exp.groups(settings)[0], tmp_path / str(switch), _quiet)
+        return {(r["metric"], r["seed"], r["lag"]): r["value"] for r in rows
+                if r["metric"] in ("jacobian_ce", "gradcov_ce", "gradcov_ai")}
+
+    default, top16, eps = values(), values(ce_denominator=16), values(spectrum_epsilon=1e-12)
+    for key, v in default.items():
+        if key[0] == "gradcov_ce":
+            assert top16[key] == v  # over all singular values in both
+    assert any(top16[k] != v for k, v in default.items() if k[0] == "jacobian_ce")
+    long_ce = [(default[k], eps[k]) for k in default if k[0] == "jacobian_ce" and k[2] == 30]
+    assert all(d > 0.5 and e < 1e-3 for d, e in long_ce), long_ce
+
+
 @pytest.mark.parametrize("assignment, key", [
     ({"lags": [1, 30]}, "lags"), ({"rank": 80}, "rank"), ({"design": "mixed"}, "design"),
     ({"lr": {"sgd": 0.1}}, "lr"),

@@ -68,6 +68,7 @@ BAD = {
         "rank": ["0", "65", BIG],  # 65 > hidden_size=64
         "lags": [*_LAGS, "[120]"],  # seq_len is 120
         "rate_lags": [*_LAGS, "[120]"],
+        "spectrum_epsilon": ["-1e-12", "inf", "nan", "true", "tiny"],
     },
     "expansion": {
         **_SIZES,

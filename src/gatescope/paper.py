@@ -90,4 +90,9 @@ FIDELITY = {s.name: s for s in (
     FidelitySwitch("fixed_batch", "anisotropy", True,
                    "§VII-B trains on one fixed batch",
                    ((M.GRADCOV_AI, ("task", "cell", "optimizer")),)),
+    FidelitySwitch("spectrum_epsilon", "anisotropy", 1e-12,
+                   "AI_r and CE_r regularised by an absolute 1e-12, which dominates once a "
+                   "transport product has vanished (the plain cell at long lags)",
+                   ((M.JACOBIAN_AI, ("task", "cell", "optimizer", "lag")),
+                    (M.JACOBIAN_CE, ("task", "cell", "optimizer", "lag")))),
 )}

@@ -42,6 +42,7 @@ from .settings import (
     CellNames,
     Lags,
     LearningRates,
+    NonNegativeFloat,
     OptimizerNames,
     OptionalInputSize,
     QuantityNames,
@@ -90,7 +91,12 @@ class AnisotropySettings(GridSettings):
     rank: Annotated[int, integer(1)] = Field(
         10, description="r of AI_r, CE_r and the alignment (<= hidden_size, gradient_examples)")
     ce_denominator: Literal["all", 16] = Field(
-        "all", description="CE_r over all singular values, or the top 16 (the paper's code)")
+        "all", description="CE_r of the transport products over all singular values, or the "
+        "top 16 (the paper's code; the gradient covariance's CE_r is over all in both)")
+    spectrum_epsilon: NonNegativeFloat = Field(
+        0.0, description="absolute regulariser of AI_r = s1/(s_r+eps) and CE_r (0: "
+        "scale-invariant; the paper's code: 1e-12, which dominates once a transport product "
+        "has vanished)")
     gradient_examples: BatchSize = Field(256, description="M per-example gradients")
     rate_lags: Lags = Field((1, 4, 16), description="lags of the gate-induced rate "
                             "dispersion (each < seq_len)")
@@ -181,7 +187,8 @@ class AnisotropyExperiment(Experiment):
                 step=t.steps_done, rate_lags=settings.rate_lags,
                 gradient_batch=(grads[0][k], grads[1][k]),
                 step_sizes={p: v[k] for p, v in steps.items()}, sampling_seed=seed,
-                ce_denominator=settings.ce_denominator)
+                ce_denominator=settings.ce_denominator,
+                spectrum_epsilon=settings.spectrum_epsilon)
                 for k, seed, model in zip(idx, seeds, models, strict=True))
             record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows

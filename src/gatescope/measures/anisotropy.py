@@ -15,6 +15,7 @@ the matrix of per-example gradients; transport alignment asks how much of the lo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,14 +99,30 @@ def coefficient_of_variation(x: Tensor) -> Tensor:
     return a.std(-1, correction=0) / a.mean(-1)
 
 
-def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:
+def check_epsilon(epsilon: float) -> None:
+    """Refuse an ``epsilon`` of :func:`spectrum_stats` that is not a finite number ``>= 0``."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
+            math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite number >= 0 (0: the scale-invariant "
+                         f"definitions; the paper's code: 1e-12), got {epsilon!r}")
+
+
+def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all",
+                   epsilon: float = 0.0) -> SpectrumStats:
     """Anisotropy statistics of singular values.
 
+    ``AI_r = σ_1/(σ_r + ε)`` and ``CE_r = Σ_{i≤r} σ_i² / (Σ_{i≤k} σ_i² + ε)``. With ``ε = 0``
+    (the default) both are scale-invariant, as the paper defines them; the paper's code adds
+    ``ε = 1e-12``, an absolute regulariser that dominates once the spectrum itself is that
+    small (a vanished transport product: docs/fidelity.md#spectrum-epsilon).
+
     Args:
-        sigma: ``(..., K)`` non-negative values, in any order (sorted here).
+        sigma: ``(..., K)`` non-negative values, in any order (sorted here), at their true
+            scale when ``epsilon > 0``.
         r: the rank of ``AI_r`` and ``CE_r``, ``1 ≤ r ≤ K``.
         ce_denominator: ``"all"`` to divide ``CE_r`` by the energy of all ``K`` values, or an
             int ``k`` (``r ≤ k ≤ K``) to divide by the top ``k`` (the paper's code: 16).
+        epsilon: ``ε ≥ 0``.
 
     Returns:
         A :class:`SpectrumStats`. All-zero spectra give NaN (the ratios are undefined).
@@ -126,6 +143,7 @@ def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all"
     else:
         raise ValueError(f"ce_denominator must be 'all' or an int in [r={r}, K={K}], "
                          f"got {ce_denominator!r}")
+    check_epsilon(epsilon)
     s = sigma.double().sort(-1, descending=True).values
     energy = s**2
     total = energy.sum(-1)
@@ -133,8 +151,8 @@ def spectrum_stats(sigma: Tensor, r: int = 10, ce_denominator: str | int = "all"
     entropy = -torch.xlogy(p, p).sum(-1)
     return SpectrumStats(
         sigma=s,
-        ai=s[..., 0] / s[..., r - 1],
-        ce=energy[..., :r].sum(-1) / energy[..., :k].sum(-1),
+        ai=s[..., 0] / (s[..., r - 1] + epsilon),
+        ce=energy[..., :r].sum(-1) / (energy[..., :k].sum(-1) + epsilon),
         participation_ratio=total**2 / (energy**2).sum(-1),
         effective_rank=entropy.exp(),
     )
@@ -159,7 +177,8 @@ class PropagationAnisotropy:
 
 def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int = 64,
                            generator: torch.Generator | None = None, r: int = 10,
-                           ce_denominator: str | int = "all") -> PropagationAnisotropy:
+                           ce_denominator: str | int = "all", epsilon: float = 0.0
+                           ) -> PropagationAnisotropy:
     """Anisotropy of ``M_{t,k} = J_t ⋯ J_{k+1}`` at sampled ``(b, t, k)`` per lag.
 
     For each lag, ``samples_per_lag`` triples are drawn uniformly with replacement: ``b``
@@ -177,7 +196,11 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
             so the result is reproducible by default.
         r: the rank of ``AI_r``/``CE_r``.
         ce_denominator: as in :func:`spectrum_stats`.
+        epsilon: as in :func:`spectrum_stats`; with ``epsilon > 0`` the singular values are
+            taken back to the products' true scale (the factors' norms are kept as logs)
+            before the statistics.
     """
+    check_epsilon(epsilon)
     B, T, N, _ = J.shape
     lags_t = torch.as_tensor(list(lags), dtype=torch.long)
     if lags_t.numel() == 0 or (lags_t < 1).any() or (lags_t > T).any():
@@ -198,13 +221,18 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
     M = torch.eye(N, dtype=wide, device=J.device).repeat(L * S, 1, 1)
+    log_scale = torch.zeros(L * S, dtype=torch.float64, device=J.device)
     for i in range(int(lags_t.max())):
         act = (lag > i).nonzero().squeeze(-1)  # products still growing: only those multiply
         Ma = widen(J[b[act], k[act] + i]) @ M[act]
-        M[act] = Ma / torch.linalg.matrix_norm(Ma).clamp_min(
-            torch.finfo(Ma.dtype).tiny).view(-1, 1, 1)
-    sigma = singular_values(M).reshape(L, S, N)
-    return PropagationAnisotropy(lags_t, samples, spectrum_stats(sigma, r, ce_denominator))
+        norm = torch.linalg.matrix_norm(Ma).clamp_min(torch.finfo(Ma.dtype).tiny)
+        M[act] = Ma / norm.view(-1, 1, 1)
+        log_scale[act] += norm.log()
+    sigma = singular_values(M)
+    if epsilon > 0:  # the true scale (it may underflow to 0, as the products themselves do)
+        sigma = sigma * log_scale.exp().unsqueeze(-1)
+    stats = spectrum_stats(sigma.reshape(L, S, N), r, ce_denominator, epsilon)
+    return PropagationAnisotropy(lags_t, samples, stats)
 
 
 class _AdjointObjective(nn.Module):
@@ -344,18 +372,20 @@ def per_example_gradients(model: SequenceModel, u: Tensor, y: Tensor, mask: Tens
     return torch.cat([grads[name].reshape(M, -1) for name in params], dim=1)
 
 
-def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all") -> SpectrumStats:
+def update_anisotropy(G: Tensor, r: int = 10, ce_denominator: str | int = "all",
+                      epsilon: float = 0.0) -> SpectrumStats:
     """Anisotropy of the per-example gradient matrix ``G`` ``(M, P)``.
 
     Rows are normalised to unit length (zero rows stay zero), columns are then centred, and
     the statistics are taken of the singular values of the result (an exact float64 SVD;
-    centring leaves one zero singular value when ``M ≤ P``).
+    centring leaves one zero singular value when ``M ≤ P``). ``r``, ``ce_denominator`` and
+    ``epsilon`` as in :func:`spectrum_stats`.
     """
     G = widen(G)
     G = G / torch.linalg.vector_norm(G, dim=1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
     G = G - G.mean(0, keepdim=True)
     sigma = singular_values(G)
-    return spectrum_stats(sigma, r, ce_denominator)
+    return spectrum_stats(sigma, r, ce_denominator, epsilon)
 
 
 @dataclass

@@ -48,7 +48,12 @@ class ProbeContext:
         sampling_seed: seed of the ``(b, t, k)`` sampling of propagation anisotropy.
         product_order: ``"chain"`` or the paper code's ``"reversed"`` transport products.
         trim: the quantile cut of the profile's power fit.
-        ce_denominator: ``CE_r`` over ``"all"`` singular values or the top ``16``.
+        ce_denominator: ``CE_r`` of the transport products over ``"all"`` singular values or
+            the top ``16`` (the gradient covariance's ``CE_r`` is always over all, as in the
+            paper's code).
+        spectrum_epsilon: the absolute regulariser ``ε`` of ``AI_r`` and ``CE_r``
+            (:func:`~gatescope.measures.anisotropy.spectrum_stats`; ``0``: scale-invariant,
+            the paper's code: ``1e-12``).
     """
 
     model: SequenceModel
@@ -69,6 +74,7 @@ class ProbeContext:
     product_order: str = "chain"
     trim: float = 0.01
     ce_denominator: str | int = "all"
+    spectrum_epsilon: float = 0.0
 
     @property
     def cell(self) -> RecurrentCell:

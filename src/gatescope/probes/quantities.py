@@ -130,7 +130,8 @@ def propagation(ctx: ProbeContext) -> dict[str, Tensor]:
     J = ctx.jacobians
     res = propagation_anisotropy(J, ctx.lags, ctx.samples_per_lag,
                                  torch.Generator().manual_seed(ctx.sampling_seed),
-                                 ctx.spectrum_rank(J.shape[-1]), ctx.ce_denominator)
+                                 ctx.spectrum_rank(J.shape[-1]), ctx.ce_denominator,
+                                 ctx.spectrum_epsilon)
     return _spectrum(res.stats, JACOBIAN_METRICS, lambda x: quantile(x, 0.5))
 
 
@@ -154,10 +155,12 @@ GRADCOV_METRICS = (M.GRADCOV_AI, M.GRADCOV_CE, M.GRADCOV_PARTICIPATION_RATIO,
                    description="anisotropy of the per-example gradients")
 def update(ctx: ProbeContext) -> dict[str, Tensor]:
     """:func:`~gatescope.update_anisotropy` of the per-example gradients (of the gradient
-    batch when the context has one, else of the probe batch)."""
+    batch when the context has one, else of the probe batch); ``CE_r`` over all singular
+    values whatever ``ctx.ce_denominator`` says (the paper's code takes its top 16 for the
+    transport products only)."""
     G = ctx.per_example_gradients
-    return _spectrum(update_anisotropy(G, ctx.spectrum_rank(min(G.shape)), ctx.ce_denominator),
-                     GRADCOV_METRICS)
+    stats = update_anisotropy(G, ctx.spectrum_rank(min(G.shape)), "all", ctx.spectrum_epsilon)
+    return _spectrum(stats, GRADCOV_METRICS)
 
 
 @register_quantity("profile", cost=4,

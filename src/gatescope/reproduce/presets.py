@@ -77,6 +77,7 @@ _FIDELITY_QUICK = (
     FidelityRun.of("product_order", seeds=2, cells=["scalar_gate", "multi_gate"]),
     FidelityRun.of("gate_term"),
     FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
+    FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
 )
 
 PRESETS = {
@@ -100,6 +101,7 @@ PRESETS = {
             FidelityRun.of("product_order", cells=["scalar_gate", "multi_gate"]),
             FidelityRun.of("gate_term"),
             FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
+            FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
         ),
     ),
 }
