@@ -102,3 +102,43 @@ def test_top_singular_values_are_exact_for_hard_spectra(kind):
     sigma, basis, _, _ = top_singular_values(M.float())
     torch.testing.assert_close(sigma, torch.linalg.matrix_norm(M, 2), rtol=1e-5, atol=1e-6)
     assert basis.shape == (50, 16, RANK)
+
+
+def test_power_iteration_norms_follow_the_paper_codes_algorithm():
+    """Guards sensitivities(power_iterations=p): at lag 1 each estimate is the paper code's
+    loop (v Gaussian, p steps of v <- Jv/(|Jv| + 1e-12), then |Jv|) on the vectors the
+    generator draws, one per (start time, example)."""
+    cell = random_cell("gru", 2, 4, True, 3)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(3, 5, 2, 3))
+    J = gs.jacobians(cell, traj)
+    S = gs.sensitivities(J, power_iterations=5, generator=torch.Generator().manual_seed(7))
+    v0 = torch.randn(5 * 3, 4, 1, generator=torch.Generator().manual_seed(7),
+                     dtype=torch.float64).view(5, 3, 4)
+    for k in range(5):
+        for b in range(3):
+            v = v0[k, b] / (v0[k, b].norm() + 1e-12)
+            for _ in range(5):
+                v = J[b, k] @ v
+                v = v / (v.norm() + 1e-12)
+            torch.testing.assert_close(S[b, k + 1, k], (J[b, k] @ v).norm(), rtol=1e-12, atol=0)
+
+
+def test_power_iteration_underestimates_a_non_normal_product():
+    """Guards the switch's meaning: iterating M (not MᵀM) finds the dominant eigenvector,
+    so for a non-normal M the estimate is a lower bound, strictly below ‖M‖₂ (here the
+    swap [[0, 4], [1, 0]] with ‖M‖₂ = 4 and |λ| = 2), and never above it."""
+    J = torch.tensor([[0.0, 4.0], [1.0, 0.0]], dtype=torch.float64).expand(1, 1, 2, 2)
+    est = gs.sensitivities(J, power_iterations=5)[0, 1, 0]
+    assert 1.0 <= est < 4.0 - 0.5
+    cell = random_cell("multi_gate", 3, 6, True, 4)
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(2, 8, 3, 4))
+    Jg = gs.jacobians(cell, traj)
+    exact, power = gs.sensitivities(Jg), gs.sensitivities(Jg, power_iterations=5)
+    lower = torch.tril(torch.ones(9, 9, dtype=torch.bool), -1)
+    assert (power[:, lower] <= exact[:, lower] * (1 + 1e-9)).all()
+    assert (power[:, lower] < exact[:, lower] * (1 - 1e-6)).any()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="power_iterations"):
+            gs.sensitivities(Jg, power_iterations=bad)

@@ -73,8 +73,9 @@ def transport(J: Tensor, t: int, k: int) -> Tensor:
     return ordered_product(J[:, k:t]).clone()
 
 
-def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
-    """Exact spectral norms of every transport product.
+def sensitivities(J: Tensor, rtol: float = RTOL, power_iterations: int | None = None,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Exact spectral norms of every transport product (or the paper code's estimate).
 
     Products are formed lag by lag (``M_{k+ℓ,k} = J_{k+ℓ} M_{k+ℓ-1,k}``, one batched matmul
     per lag), renormalised whenever their size drifts so long windows neither underflow nor
@@ -92,6 +93,11 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
         J: ``(B, T, N, N)`` real (float32/float64) or complex (complex64/complex128) finite
             Jacobians, ``N ≥ 1``. An empty batch (``B = 0``) gives an empty result.
         rtol: relative tolerance of each norm.
+        power_iterations: ``None`` for the exact norms; an int ``p ≥ 1`` for the paper
+            code's estimate instead: ``p`` steps of ``v ← Mv/‖Mv‖`` from a Gaussian ``v``,
+            then ``‖Mv‖`` (a lower bound of ``‖M‖_2``, docs/fidelity.md#power-iteration).
+        generator: CPU generator of the starting vectors of ``power_iterations`` (``None``:
+            one seeded with 0).
 
     Returns:
         ``(B, T+1, T+1)`` float64 with ``S[:, t, k] = ‖M_{t,k}‖_2`` for ``k ≤ t``
@@ -104,7 +110,10 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
             exceed :func:`gatescope.dense_budget` (use ``gs.transport_norms``).
     """
     _check_jacobians(J)
+    _check_power_iterations(power_iterations)
     check_sensitivities_budget(J, "gs.sensitivities")
+    if power_iterations is not None and generator is None:
+        generator = torch.Generator().manual_seed(0)
     Bsz, T, N, _ = J.shape
     S = torch.full((Bsz, T + 1, T + 1), math.nan, dtype=torch.float64, device=J.device)
     S.diagonal(dim1=1, dim2=2).fill_(1.0)
@@ -117,20 +126,14 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
         k1 = min(k0 + chunk, T)
         P = Jt[k0:k1]  # P[i] = M_{k+1,k} for k = k0 + i, shape (count, B, N, N)
         log_scale = torch.zeros(k1 - k0, Bsz, dtype=torch.float64, device=J.device)
-        basis, squarings = None, MAX_SQUARINGS
+        norms = (_ExactNorms(rtol) if power_iterations is None
+                 else _PowerIterationNorms(power_iterations, generator))
         for lag in range(1, T - k0 + 1):
             count = min(k1, T - lag + 1) - k0  # start times k with k + lag <= T
             if lag > 1:
                 P = Jt[k0 + lag - 1 : k0 + lag - 1 + count] @ P[:count]
                 log_scale = log_scale[:count]
-                basis = basis[: count * Bsz]
-            sigma, basis, frobenius_sq, share = top_singular_values(
-                P.flatten(0, 1), basis, rtol=rtol, squarings=squarings)
-            # spectra decay with the lag: square less while the iteration certifies nearly all
-            if share > 0.95:
-                squarings = max(0, squarings - 1)
-            elif share < 0.5:
-                squarings = min(MAX_SQUARINGS, squarings + 1)
+            sigma, frobenius_sq = norms(P.flatten(0, 1))
             ks = torch.arange(k0, k0 + count, device=J.device)
             S[:, ks + lag, ks] = (sigma.view(count, Bsz) * log_scale.exp()).T
             frobenius_sq = frobenius_sq.view(count, Bsz)
@@ -141,6 +144,55 @@ def sensitivities(J: Tensor, rtol: float = RTOL) -> Tensor:
                 P = P / norm.to(P.dtype).view(count, Bsz, 1, 1)
                 log_scale = log_scale + norm.log()
     return S
+
+
+class _ExactNorms:
+    """Certified ``‖M‖_2`` of the products of one chunk of start times, lag after lag:
+    :func:`~gatescope.dynamics.spectral.top_singular_values` warm-started from the previous
+    lag's basis (``M_{t,k}`` and ``M_{t-1,k}`` share their input space), with as many
+    squarings as the previous lag's spectra needed."""
+
+    def __init__(self, rtol: float) -> None:
+        self.rtol, self.basis, self.squarings = rtol, None, MAX_SQUARINGS
+
+    def __call__(self, P: Tensor) -> tuple[Tensor, Tensor]:
+        """``(σ_1 (c,), ‖P‖_F² (c,))`` of ``P`` ``(c, N, N)``, the first ``c`` products of
+        the previous call's (start times drop out from the end as the lag grows)."""
+        basis = None if self.basis is None else self.basis[: P.shape[0]]
+        sigma, self.basis, frobenius_sq, share = top_singular_values(
+            P, basis, rtol=self.rtol, squarings=self.squarings)
+        # spectra decay with the lag: square less while the iteration certifies nearly all
+        if share > 0.95:
+            self.squarings = max(0, self.squarings - 1)
+        elif share < 0.5:
+            self.squarings = min(MAX_SQUARINGS, self.squarings + 1)
+        return sigma, frobenius_sq
+
+
+class _PowerIterationNorms:
+    """The paper code's estimate of ``‖M‖_2``: ``p`` steps of ``v ← Mv/(‖Mv‖ + 1e-12)`` from
+    a fresh Gaussian ``v`` (normalised), then ``‖Mv‖``."""
+
+    def __init__(self, iterations: int, generator: torch.Generator) -> None:
+        self.iterations, self.generator = iterations, generator
+
+    def __call__(self, P: Tensor) -> tuple[Tensor, Tensor]:
+        """``(estimate (c,), ‖P‖_F² (c,))`` of ``P`` ``(c, N, N)``."""
+        v = torch.randn(P.shape[0], P.shape[-1], 1, generator=self.generator,
+                        dtype=torch.float64).to(device=P.device, dtype=P.dtype)
+        v = v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + 1e-12)
+        for _ in range(self.iterations):
+            v = P @ v
+            v = v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + 1e-12)
+        sigma = torch.linalg.vector_norm(P @ v, dim=(1, 2)).double()
+        return sigma, P.abs().square().sum((-2, -1)).double()
+
+
+def _check_power_iterations(power_iterations) -> None:
+    if power_iterations is not None and (isinstance(power_iterations, bool) or not isinstance(
+            power_iterations, int) or power_iterations < 1):
+        raise ValueError(f"power_iterations must be None (exact norms) or an int >= 1 (the "
+                         f"paper's code: 5), got {power_iterations!r}")
 
 
 #: Transport product orders: the chain rule, or the paper code's reversed products.
@@ -166,7 +218,9 @@ def chain_ordered(factors: Tensor, order: str = "chain") -> Tensor:
     return factors if order == "chain" else factors.flip(-3)
 
 
-def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
+def ordered_sensitivities(J: Tensor, order: str = "chain",
+                          power_iterations: int | None = None,
+                          generator: torch.Generator | None = None) -> Tensor:
     """:func:`~gatescope.sensitivities` of chain-rule or reversed products.
 
     The reversed product ``J_{k+1} ⋯ J_t`` is the chain-rule product of the time-reversed
@@ -178,9 +232,11 @@ def ordered_sensitivities(J: Tensor, order: str = "chain") -> Tensor:
     """
     _check_order(order)
     _check_jacobians(J)
+    _check_power_iterations(power_iterations)
     check_sensitivities_budget(J, "gs.ordered_sensitivities",
                                copies_of_J=int(order == "reversed"))
-    S = sensitivities(chain_ordered(J, order))
+    S = sensitivities(chain_ordered(J, order), power_iterations=power_iterations,
+                      generator=generator)
     return S if order == "chain" else S.flip(1, 2).transpose(1, 2)
 
 

@@ -53,6 +53,10 @@ PLAN = {
 }
 
 
+#: Power iterations of each ``norms`` setting (``None``: exact norms).
+POWER_ITERATIONS = {"exact": None, "power5": 5}
+
+
 class ProfilesSettings(GridSettings):
     """Settings of :class:`ProfilesExperiment` (defaults: the paper's §VII-A)."""
 
@@ -75,6 +79,9 @@ class ProfilesSettings(GridSettings):
     log_every: StepCount = Field(10, description="record the training loss every k steps")
     product_order: Literal["chain", "reversed"] = Field(
         "chain", description="transport product order; reversed = the paper code's defect")
+    norms: Literal["exact", "power5"] = Field(
+        "exact", description="transport norms: exact (certified), or power5 = the paper "
+        "code's 5 power iterations")
     extra_quantities: QuantityNames = Field(
         (), description="more registered quantities measured at each checkpoint")
 
@@ -117,7 +124,8 @@ class ProfilesExperiment(Experiment):
             contexts = (ProbeContext(
                 model, probe_u[k], probe_y[k], None, None, lags=settings.rate_lags, rank=10,
                 samples_per_lag=1, step=t.steps_done, schedule_lags=settings.schedule_lags,
-                lr=lr, product_order=settings.product_order, trim=settings.trim)
+                lr=lr, product_order=settings.product_order, trim=settings.trim,
+                power_iterations=POWER_ITERATIONS[settings.norms])
                 for k, model in zip(idx, models, strict=True))
             record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows

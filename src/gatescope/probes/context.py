@@ -48,6 +48,8 @@ class ProbeContext:
         sampling_seed: seed of the ``(b, t, k)`` sampling of propagation anisotropy.
         product_order: ``"chain"`` or the paper code's ``"reversed"`` transport products.
         trim: the quantile cut of the profile's power fit.
+        power_iterations: ``None`` for exact transport norms, or the paper code's estimate
+            with that many power iterations (starting vectors drawn with ``sampling_seed``).
         ce_denominator: ``CE_r`` of the transport products over ``"all"`` singular values or
             the top ``16`` (the gradient covariance's ``CE_r`` is always over all, as in the
             paper's code).
@@ -73,6 +75,7 @@ class ProbeContext:
     sampling_seed: int = 0
     product_order: str = "chain"
     trim: float = 0.01
+    power_iterations: int | None = None
     ce_denominator: str | int = "all"
     spectrum_epsilon: float = 0.0
 
@@ -115,8 +118,9 @@ class ProbeContext:
     @cached_property
     def sensitivities(self) -> Tensor:
         """``(B, T+1, T+1)`` transport norms (:func:`gatescope.sensitivities`) of products
-        in ``product_order``."""
-        return ordered_sensitivities(self.jacobians, self.product_order)
+        in ``product_order``, exact or by ``power_iterations``."""
+        return ordered_sensitivities(self.jacobians, self.product_order, self.power_iterations,
+                                     torch.Generator().manual_seed(self.sampling_seed))
 
     @cached_property
     def rates(self) -> Tensor:

@@ -75,6 +75,7 @@ QUICK_TRADE_OFFS = (
 
 _FIDELITY_QUICK = (
     FidelityRun.of("product_order", seeds=2, cells=["scalar_gate", "multi_gate"]),
+    FidelityRun.of("norms", seeds=2),
     FidelityRun.of("gate_term"),
     FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
     FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
@@ -99,6 +100,7 @@ PRESETS = {
         {"expansion": {"seeds": 20}, "profiles": {"seeds": 20}, "anisotropy": {"seeds": 20}},
         (
             FidelityRun.of("product_order", cells=["scalar_gate", "multi_gate"]),
+            FidelityRun.of("norms"),
             FidelityRun.of("gate_term"),
             FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
             FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
