@@ -11,13 +11,14 @@ on first use, with its pydantic settings and its process pool (PEP 562).
 
 from .cells import (
     RecurrentCell,
+    StackedCell,
     Trajectory,
     cell_class,
     list_cells,
     make_cell,
     register_cell,
 )
-from .convert import from_torch
+from .convert import from_torch, layer_inputs
 from .dynamics.expansion import Expansion, first_order_expansion
 from .dynamics.jacobians import (
     jacobian_split,
@@ -94,6 +95,7 @@ __all__ = [
     "Schedule",
     "SequenceModel",
     "SkipQuantity",
+    "StackedCell",
     "Task",
     "Trajectory",
     "__version__",
@@ -117,6 +119,7 @@ __all__ = [
     "jacobians",
     "jacobians_autograd",
     "lag_gradients",
+    "layer_inputs",
     "list_cells",
     "list_experiments",
     "list_metrics",

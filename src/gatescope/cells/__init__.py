@@ -12,8 +12,10 @@ from .leaky import LeakyCell
 from .lstm import LSTMCell
 from .plain import PlainCell
 from .registry import cell_class, list_cells, make_cell, register_cell
+from .stack import StackedCell
 
 __all__ = [
     "GRUCell", "LSTMCell", "LeakyCell", "MultiGateCell", "PlainCell", "RecurrentCell",
-    "ScalarGateCell", "Trajectory", "cell_class", "list_cells", "make_cell", "register_cell",
+    "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
+    "register_cell",
 ]

@@ -119,6 +119,28 @@ def add_diagonal_(M: Tensor, v: Tensor) -> Tensor:
     return M
 
 
+def check_lengths(lengths, batch_size: int, seq_len: int) -> Tensor:
+    """``lengths`` checked as ``(B,)`` integers in ``1..T``; returned as int64.
+
+    Raises:
+        TypeError: when ``lengths`` is not an integer tensor (or a list of ints).
+        ValueError: for another shape, or a length outside ``1..seq_len``.
+    """
+    if not isinstance(lengths, Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"lengths must be a (B,) integer tensor, got {type(lengths).__name__}"
+                            ) from None
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be a (B,) integer tensor, got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (batch_size,):
+        raise ValueError(f"lengths must have shape (B={batch_size},), got {tuple(lengths.shape)}")
+    if lengths.numel() and not bool(((lengths >= 1) & (lengths <= seq_len)).all()):
+        raise ValueError(f"lengths must lie in 1..T={seq_len}, got {lengths.tolist()}")
+    return lengths.to(torch.int64)
+
+
 def _positive_size(name: str, value) -> int:
     """``value`` as an int ``>= 1``; a clear error naming ``name`` otherwise (bools, floats
     and other non-integers are refused rather than truncated)."""
@@ -196,19 +218,28 @@ class RecurrentCell(nn.Module):
         """``(B, N)`` zeros with the dtype and device of ``like``."""
         return like.new_zeros(batch_size, self.state_size)
 
-    def unroll(self, u: Tensor, h0: Tensor | None = None) -> Trajectory:
+    def unroll(self, u: Tensor, h0: Tensor | None = None,
+               lengths: Tensor | None = None) -> Trajectory:
         """Run the cell over a batch of sequences.
 
         Args:
             u: ``(B, T, m)`` inputs, batch first.
             h0: ``(B, N)`` initial state; zeros when ``None``.
+            lengths: ``(B,)`` integer valid lengths ``1 <= len <= T`` of a padded batch, or
+                ``None`` (every sequence runs ``T`` steps). With torch's packed-sequence
+                semantics, sequence ``b``'s state is held past its length
+                (``h_t = h_{len_b}`` for ``t > len_b``), so ``traj.states[:, -1]`` is torch's
+                ``h_n``; the gates and cache at those steps are what the cell computes from
+                the held state and the padding (measures ignore them, ``traj.step_mask``).
 
         Returns:
-            The :class:`Trajectory`, differentiable with respect to the parameters.
+            The :class:`Trajectory`, differentiable with respect to the parameters, with
+            ``traj.lengths`` set (int64) when ``lengths`` is given.
 
         Raises:
-            ValueError: for a wrong shape of ``u`` or ``h0``.
-            TypeError: when ``u`` or ``h0`` has another dtype than the cell's parameters.
+            ValueError: for a wrong shape of ``u`` or ``h0``, or bad ``lengths``.
+            TypeError: when ``u`` or ``h0`` has another dtype than the cell's parameters, or
+                ``lengths`` is not an integer tensor.
         """
         if u.dim() != 3 or u.shape[-1] != self.input_size or u.shape[1] < 1:
             raise ValueError(
@@ -221,14 +252,18 @@ class RecurrentCell(nn.Module):
         self._check_dtype("u", u)
         if h0 is not None:
             self._check_dtype("h0", h0)
+        lengths = None if lengths is None else check_lengths(lengths, *u.shape[:2])
         h = self.initial_state(u.shape[0], u) if h0 is None else h0
         states, steps = [h], []
         for t in range(u.shape[1]):
             out = self.compute(h, u[:, t])
-            h = out["state"]
+            h = out["state"] if lengths is None else torch.where(
+                (lengths > t).to(h.device).unsqueeze(-1), out["state"], h)
             states.append(h)
             steps.append(out)
-        return self._assemble(u, states, steps)
+        traj = self._assemble(u, states, steps)
+        traj.lengths = lengths
+        return traj
 
     def _check_dtype(self, name: str, x: Tensor) -> None:
         """Refuse an input whose dtype is neither the parameters' nor its real counterpart."""
@@ -259,6 +294,12 @@ class RecurrentCell(nn.Module):
         ``A[:, t-1]`` is ``∂h_t/∂h_{t-1}`` with every gate held at its value; ``B`` is the
         remainder, the part that flows through the gates.
         """
+        return None
+
+    def analytic_input_jacobian(self, traj: Trajectory) -> Tensor | None:
+        """``∂h_t/∂u_t`` at every step: ``(B, T, N, m)`` (step ``t`` at index ``t - 1``), or
+        ``None`` when the cell has no closed form. A :class:`~gatescope.StackedCell` chains
+        its layers with it."""
         return None
 
     def analytic_jacobian(self, traj: Trajectory) -> Tensor | None:

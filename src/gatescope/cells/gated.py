@@ -53,6 +53,13 @@ class GatedCell(ElmanCore):
         # J += B in place, without a full-size temporary
         return J.addcmul_(self._gate_sensitivity(traj).unsqueeze(-1), self.gate_recurrent.weight)
 
+    def analytic_input_jacobian(self, traj):
+        """``∂h_t/∂u_t = diag(g_t ⊙ φ'(a_t)) W_i + diag((φ(a_t) - h_{t-1}) ⊙ g_t(1-g_t)) W_ig``:
+        ``(B, T, n, m)``."""
+        g, phi = traj.gates, traj.cache["phi"]
+        E = self.candidate_input_jacobian(traj, g.expand_as(phi))
+        return E.addcmul_(self._gate_sensitivity(traj).unsqueeze(-1), self.gate_input.weight)
+
     @staticmethod
     def _gate_sensitivity(traj):
         """``(φ(a_t) - h_{t-1}) ⊙ g_t(1-g_t)``, the row scale of ``B_t``: ``(B, T, n)``."""

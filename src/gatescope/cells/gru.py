@@ -46,8 +46,8 @@ class TorchLayoutCell(RecurrentCell):
         return F.linear(u, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
 
     def recurrent_block(self, i: int):
-        """Rows of ``weight_hh`` for block ``i``: ``(n, n)``."""
-        n = self.hidden_size
+        """Rows of ``weight_hh`` for block ``i``: ``(n, n)`` (``(n, p)`` for a projected LSTM)."""
+        n = self.weight_hh.shape[0] // self.blocks
         return self.weight_hh[i * n:(i + 1) * n]
 
     def scaled_recurrent_blocks(self, coefficients: Tensor) -> Tensor:
@@ -60,9 +60,28 @@ class TorchLayoutCell(RecurrentCell):
         Returns:
             ``(..., n, n)``.
         """
-        n = self.hidden_size
-        W = self.weight_hh.reshape(self.blocks, n, n)[: coefficients.shape[-2]]
-        return torch.einsum("...kn,knj->...nj", coefficients, W)
+        return scaled_blocks(self.weight_hh, coefficients)
+
+    def scaled_input_blocks(self, coefficients: Tensor) -> Tensor:
+        """``Σ_k diag(a_k) W_ik`` over the first ``k`` blocks of ``weight_ih``:
+        ``(..., k, n) -> (..., n, m)``."""
+        return scaled_blocks(self.weight_ih, coefficients)
+
+
+def scaled_blocks(weight: Tensor, coefficients: Tensor) -> Tensor:
+    """``Σ_k diag(a_k) W_k`` over the first ``k`` row blocks ``W_k`` (``(n, j)`` each) of a
+    torch-layout ``weight`` (``(blocks n, j)``), in one product.
+
+    Args:
+        weight: ``(blocks * n, j)``.
+        coefficients: ``(..., k, n)``, ``a_k`` for blocks ``0..k-1``.
+
+    Returns:
+        ``(..., n, j)``.
+    """
+    k, n = coefficients.shape[-2:]
+    W = weight[: k * n].reshape(k, n, weight.shape[-1])
+    return torch.einsum("...kn,knj->...nj", coefficients, W)
 
 
 @register_cell("gru")
@@ -111,3 +130,18 @@ class GRUCell(TorchLayoutCell):
         coefficients = torch.stack([through_c * hn * r * (1 - r), (h - c) * z * (1 - z),
                                     through_c * r], dim=-2)
         return add_diagonal_(self.scaled_recurrent_blocks(coefficients), z)
+
+    def analytic_input_jacobian(self, traj):
+        """``∂h'/∂u = Σ_k diag(a_k) W_ik`` over the blocks r, z, n of ``weight_ih``, with
+        ``a_r = (1-z)(1-c²) hn r(1-r)``, ``a_z = (h-c) z(1-z)``, ``a_n = (1-z)(1-c²)``
+        (the input enters ``c`` outside ``r``).
+
+        Returns:
+            ``(B, T, n, m)``.
+        """
+        z, r = traj.retention, traj.cache["reset"]
+        c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
+        through_c = (1 - z) * (1 - c**2)
+        coefficients = torch.stack([through_c * hn * r * (1 - r), (h - c) * z * (1 - z),
+                                    through_c], dim=-2)
+        return self.scaled_input_blocks(coefficients)

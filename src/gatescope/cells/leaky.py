@@ -42,3 +42,7 @@ class LeakyCell(GateFreeJacobian, ElmanCore):
     def _jacobian(self, traj):
         J = self.candidate_jacobian(traj, torch.full_like(traj.cache["phi"], self.alpha))
         return add_diagonal_(J, 1 - self.alpha)
+
+    def analytic_input_jacobian(self, traj):
+        """``∂h_t/∂u_t = α D_t W_i``: ``(B, T, n, m)``."""
+        return self.candidate_input_jacobian(traj, torch.full_like(traj.cache["phi"], self.alpha))
