@@ -88,11 +88,34 @@ def _brute_first_order(r, d, t, lag):
 @pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
                                           sizes=["typical", "smallest"]))
 def test_first_order_matches_the_brute_force_sum(problem):
-    cell, traj = problem.cell(), problem.trajectory()
+    _check_first_order_by_brute_force(problem.cell(), problem.trajectory())
+
+
+def _stack_of_a_gru_under_a_projected_lstm():
+    torch.manual_seed(4)
+    return gs.StackedCell([gs.make_cell("gru", M, 3), gs.make_cell("lstm", 3, 5, proj_size=2)]
+                          ).double()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gs.make_cell("lstm", M, 5, proj_size=2).double(),
+    _stack_of_a_gru_under_a_projected_lstm], ids=["lstm_proj", "stack_gru_lstm_proj"])
+def test_rates_act_on_the_retained_entries_of_projected_and_stacked_cells(make):
+    """Guards cell.retention_size: an LSTM with proj_size p != n retains its n cell entries
+    (not hidden_size = p), a stack retains layer 0's (the last of its state); the rates
+    equal the brute-force sum there."""
+    cell = make()
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(B, T, M, 4))
+    assert traj.retention.shape[-1] == cell.retention_size != cell.hidden_size
+    _check_first_order_by_brute_force(cell, traj)
+
+
+def _check_first_order_by_brute_force(cell, traj):
     mu0 = effective_learning_rates(cell, traj, order=0)
     mu = effective_learning_rates(cell, traj, order=1)
     J = gs.jacobians_autograd(cell, traj).detach()  # independent of the analytic path
-    n, S = cell.hidden_size, cell.state_size
+    n, S = cell.retention_size, cell.state_size
     Bn, Tn = traj.batch_size, traj.seq_len
     diag = J.diagonal(dim1=-2, dim2=-1)[..., S - n:].numpy()
     r = traj.retention.expand(Bn, Tn, n).numpy()

@@ -191,6 +191,12 @@ class RecurrentCell(nn.Module):
         """``N``, the size of the full recurrent state."""
         return self.hidden_size
 
+    @property
+    def retention_size(self) -> int:
+        """``n_r``, the number of state entries the retention acts on: the **last** ``n_r``
+        of the state (``hidden_size`` unless a cell says otherwise, e.g. an LSTM's ``c``)."""
+        return self.hidden_size
+
     def compute(self, h: Tensor, u: Tensor, held: tuple[Tensor, ...] | None = None) -> dict:
         """One step ``h_{t-1}, u_t -> h_t``.
 

@@ -73,6 +73,11 @@ class LSTMCell(TorchLayoutCell):
     def state_size(self) -> int:
         return self.hidden_size + self.cell_size
 
+    @property
+    def retention_size(self) -> int:
+        """The forget gate acts on the cell state ``c``: ``cell_size`` entries, last."""
+        return self.cell_size
+
     def compute(self, h, u, held=None):
         p = self.hidden_size
         hid, cell = h[..., :p], h[..., p:]

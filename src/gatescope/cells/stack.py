@@ -85,6 +85,11 @@ class StackedCell(RecurrentCell):
         return sum(c.state_size for c in self.layers)
 
     @property
+    def retention_size(self) -> int:
+        """``traj.retention`` is layer 0's, whose state is last in the stack's state."""
+        return self.layers[0].retention_size
+
+    @property
     def gated(self) -> bool:
         """Whether any layer has a learned, state-dependent update gate."""
         return any(getattr(c, "gated", False) for c in self.layers)

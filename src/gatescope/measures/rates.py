@@ -55,14 +55,16 @@ from .anisotropy import coefficient_of_variation
 def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """The retention broadcast to one value per neuron: ``(B, T, n)`` float64.
 
-    A scalar-gate retention ``(B, T, 1)`` is repeated across the ``n = hidden_size`` neurons.
+    A scalar-gate retention ``(B, T, 1)`` is repeated across the ``n = cell.retention_size``
+    neurons (``hidden_size`` except for an LSTM with ``proj_size``, whose ``c`` has
+    ``cell_size`` entries, and stacks, whose retention is layer 0's).
     """
     r = traj.retention.detach()
     if r.is_complex():
         raise TypeError(f"traj.retention must be real for effective learning rates, got {r.dtype}")
-    n = cell.hidden_size
+    n = cell.retention_size
     if r.shape[-1] not in (1, n):
-        raise ValueError(f"retention must have 1 or hidden_size={n} columns, got {r.shape}")
+        raise ValueError(f"retention must have 1 or retention_size={n} columns, got {r.shape}")
     return r.double().expand(*r.shape[:-1], n)
 
 
@@ -77,7 +79,7 @@ def retained_diagonal(cell: RecurrentCell, traj: Trajectory, J: Tensor | None = 
     J = jacobians(cell, traj) if J is None else J
     if J.is_complex():
         raise TypeError(f"J must be real for effective learning rates, got {J.dtype}")
-    N, n = J.shape[-1], cell.hidden_size
+    N, n = J.shape[-1], cell.retention_size
     return J.diagonal(dim1=-2, dim2=-1)[..., N - n:].double()
 
 
@@ -226,7 +228,7 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
     Returns:
         ``(B, T+1, L, n)`` float64: ``mu[b, t, i, q] = μ_{t, lags[i], q}`` for the window
         ``j = t-ℓ+1..t``, ``t = 0..T`` (tensor index = time); NaN where ``ℓ > t`` and at
-        times past the sequence's length; ``μ_{t,0} = 1``. ``n = hidden_size`` (see the
+        times past the sequence's length; ``μ_{t,0} = 1``. ``n = cell.retention_size`` (see the
         module notes for the LSTM).
 
     Raises:
@@ -237,7 +239,7 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
             :func:`gatescope.dense_budget`.
     """
     lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
-    B, T, n = traj.batch_size, traj.seq_len, cell.hidden_size
+    B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     chunk = B if chunk_size is None else min(chunk_size, B)
     shape = (B, T + 1, len(lags), n)
     check_dense(tensor_bytes(shape, 8) + chunk_bytes(traj, n, order, J is None, chunk),
@@ -275,7 +277,7 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
         A :class:`RateSummary`.
     """
     lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
-    B, T, n = traj.batch_size, traj.seq_len, cell.hidden_size
+    B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     if chunk_size is None:
         chunk_size = auto_chunk_size(traj, n, order, J is None)
     L = len(lags)
