@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 import shutil
 
 import pytest
+from references import percentile
 
 from gatescope.cli import main
 from gatescope.experiments import SettingsError
@@ -90,6 +93,59 @@ def test_tiny_reproduce_writes_everything_and_resumes(built):
     # an untouched rerun rebuilds nothing: no output of the report step is written again
     assert {path: path.stat().st_mtime_ns for path in before} == before and stamp == \
         (tmp_path / "report_stamp.json").read_text()
+
+
+def reference_summary(path) -> dict[tuple, dict]:
+    """The aggregates ``summary.json`` must hold, recomputed from ``results.csv`` in plain
+    Python: one quantity per distinct combination of every column but ``seed`` and
+    ``value`` (rows with a ``time`` are per-step data, not aggregated); median and quartiles
+    of its finite values, ``n`` of them and ``seeds`` rows. Keys are ``(column, value)``
+    pairs of the non-empty columns, numbers as floats."""
+    groups: dict[tuple, list[float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("time"):
+                continue
+            key = tuple(sorted((c, _number(v)) for c, v in row.items()
+                               if c not in ("seed", "value", "experiment") and v != ""))
+            groups.setdefault(key, []).append(float(row["value"]))
+    out = {}
+    for key, values in groups.items():
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = {"n": len(finite), "seeds": len(values),
+                    **{name: percentile(finite, q) if finite else None
+                       for name, q in (("q25", 25), ("median", 50), ("q75", 75))}}
+    return out
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@pytest.mark.parametrize("run, experiment", [
+    ("expansion", "expansion"), ("profiles", "profiles"), ("anisotropy", "anisotropy"),
+    ("fidelity/fixed_batch", "anisotropy")])
+def test_summary_json_holds_each_quantitys_median_quartiles_and_count(built, run, experiment):
+    """Guards the values in ``summary.json`` (only its existence was tested): every
+    quantity of ``results.csv`` appears once, with the median, quartiles and counts across
+    seeds recomputed here without numpy; a wrong grouping key (a quantity split or merged),
+    percentile convention, NaN handling or count fails."""
+    summary = json.loads((built / run / "summary.json").read_text())
+    assert summary["experiment"] == experiment
+    expected = reference_summary(built / run / "results.csv")
+    got = {}
+    for entry in summary["quantities"]:
+        stats = {k: entry.pop(k) for k in ("median", "q25", "q75", "n", "seeds")}
+        key = tuple(sorted((c, v if isinstance(v, str) else float(v))
+                           for c, v in entry.items()))
+        assert key not in got, key
+        got[key] = stats
+    assert got.keys() == expected.keys()
+    for key, stats in expected.items():
+        assert got[key] == pytest.approx(stats, rel=1e-12, abs=0), key
 
 
 def test_the_stamp_records_every_file_the_report_step_writes(built):
