@@ -15,7 +15,7 @@ from gatescope.cli import main
 from gatescope.experiments import SettingsError
 from gatescope.experiments.storage import FOLDER_MARKER
 from gatescope.reproduce import PRESETS, FidelityRun, Preset, plan, reproduce
-from gatescope.reproduce.report_inputs import STAMP, results_stamp, up_to_date
+from gatescope.reproduce.report_inputs import STAMP, build_report, results_stamp, up_to_date
 
 TINY = Preset(
     "tiny",
@@ -146,6 +146,59 @@ def test_summary_json_holds_each_quantitys_median_quartiles_and_count(built, run
     assert got.keys() == expected.keys()
     for key, stats in expected.items():
         assert got[key] == pytest.approx(stats, rel=1e-12, abs=0), key
+
+
+def rewrite_rows(path, change) -> None:
+    """Rewrite a results.csv with ``change(row)`` applied to each row (a dict of text
+    cells); a row for which it returns ``None`` is dropped."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, [change(dict(row)) for row in reader]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row for row in rows if row is not None)
+
+
+def c8(out) -> dict:
+    return next(v for v in json.loads((out / "verdicts.json").read_text()) if v["claim"] == "C8")
+
+
+def test_the_report_is_rebuilt_from_changed_results(built, tmp_path):
+    """Guards the report step against a stale table: after results.csv changes (values
+    altered, then rows dropped), building the report again judges and writes the new table
+    -- verdicts.json, REPORT.md and the stamp -- instead of keeping the report of the old
+    one; built again without a change, nothing is rewritten."""
+    out = shutil.copytree(built, tmp_path / "out")
+    runs, results = plan(TINY, out), out / "expansion" / "results.csv"
+    assert c8(out)["verdict"] == "supported"
+
+    def slope_one(row):  # scalar_gate's small-ε slope 1 instead of 2: outside [1.8, 2.2]
+        if row["metric"] == "error_slope" and row["cell"] == "scalar_gate":
+            row["value"] = "1.0"
+        return row
+
+    rewrite_rows(results, slope_one)
+    assert build_report(out, TINY, runs, {}) == out / "REPORT.md"
+    verdict = c8(out)
+    assert verdict["verdict"] == "mixed"
+    assert any(line.startswith("scalar_gate: slope 1 [IQR 1–1, n=2]")
+               for line in verdict["evidence"]), verdict["evidence"]
+    report = (out / "REPORT.md").read_text()
+    assert "slope 1 [IQR 1–1, n=2]" in report
+    assert json.loads((out / STAMP).read_text())["stamp"] == results_stamp(runs, TINY)
+
+    rewrite_rows(results, lambda row: None if row["metric"] == "error_slope"
+                 and row["cell"] == "multi_gate" else row)
+    build_report(out, TINY, runs, {})
+    evidence = c8(out)["evidence"]
+    assert "not measured for: multi_gate (no error_slope or correction_ratio_median rows)" \
+        in evidence and not any(line.startswith("multi_gate: slope") for line in evidence)
+    assert "not measured for: multi_gate" in (out / "REPORT.md").read_text()
+
+    before = {path: path.stat().st_mtime_ns for path in report_outputs(out)}
+    build_report(out, TINY, runs, {})
+    assert {path: path.stat().st_mtime_ns for path in before} == before
 
 
 def test_the_stamp_records_every_file_the_report_step_writes(built):
