@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from problems import CELLS  # noqa: F401 (the catalogue's cells; tests import them from here)
 
 import gatescope as gs
 from gatescope.conftest import registries, restored_registries  # noqa: F401 (tests use both)
 
-CELLS = ("plain", "leaky", "scalar_gate", "multi_gate", "gru", "lstm")
 
 def random_cell(name: str, m: int, n: int, bias: bool, seed: int, dtype=torch.float64):
     torch.manual_seed(seed)

@@ -64,3 +64,14 @@ def steady_state_step_sizes(model: torch.nn.Module, optimizer: torch.optim.Optim
         opt.step()
     return {p: (b - q.detach()) / g for p, q, b, g in
             zip(model.parameters(), twin.parameters(), before, grads, strict=True)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (``0 <= q <= 100``) of a non-empty list, interpolated
+    linearly between the two closest ranks (numpy's default, written out in plain Python so
+    it can check numpy-based aggregates): rank ``q/100 · (n - 1)`` of the sorted values."""
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import CELLS, random_cell, random_inputs
+from conftest import random_cell, random_inputs
+from problems import cases
 
 import gatescope as gs
 from gatescope.measures import (
@@ -125,14 +126,17 @@ def _loop_gradients(model, u, y, mask=None):
 
 
 @pytest.mark.parametrize("readout", ["last", "all"])
-@pytest.mark.parametrize("name", CELLS)
-def test_per_example_gradients_equal_single_example_autograd(name, readout):
-    model = _model(name, readout)
-    u = random_inputs(3, 5, 3, 2)
-    y = torch.randn(3, 2, dtype=torch.float64) if readout == "last" else \
-        torch.randn(3, 5, 2, dtype=torch.float64)
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
+                                          sizes=["typical", "smallest"]))
+def test_per_example_gradients_equal_single_example_autograd(problem, readout):
+    model = gs.SequenceModel(problem.cell(), 2, readout=readout).double()
+    u = problem.inputs()
+    B, T = u.shape[:2]
+    gen = torch.Generator().manual_seed(problem.seed)
+    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
+        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
     G = per_example_gradients(model, u, y)
-    assert G.shape == (3, sum(p.numel() for p in model.parameters()))
+    assert G.shape == (B, sum(p.numel() for p in model.parameters()))
     torch.testing.assert_close(G, _loop_gradients(model, u, y), rtol=1e-10, atol=1e-12)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from problems import GATED, cases
 from torch.func import jacfwd
 
 import gatescope as gs
@@ -44,6 +45,21 @@ def test_first_order_term_is_the_derivative_in_eps():
     gen = torch.Generator().manual_seed(1)
     A = torch.randn(2, 5, 4, 4, generator=gen, dtype=torch.float64) / 2
     B = torch.randn(2, 5, 4, 4, generator=gen, dtype=torch.float64) / 5
+    _check_against_jacfwd(A, B)
+
+
+@pytest.mark.parametrize("problem", cases(cells=GATED, dtypes=[torch.float64],
+                                          sizes=["typical", "smallest", "long"]))
+def test_first_order_term_of_a_cells_split_is_the_derivative_in_eps(problem):
+    """The same twin check on the time-scale and gate parts of each gated cell's Jacobians."""
+    with torch.no_grad():
+        A, B = gs.jacobian_split(problem.cell(), problem.trajectory())
+    _check_against_jacfwd(A, B)
+
+
+def _check_against_jacfwd(A, B):
+    """Every part of the expansion of ``∏ (A_j + ε B_j)`` against the product multiplied out
+    by hand, its first-order term against ``torch.func.jacfwd`` in ε."""
     ex = gs.first_order_expansion(A, B)
     zero = torch.zeros((), dtype=torch.float64)
     dF = jacfwd(lambda e: _by_hand(A + e * B))(zero)

@@ -46,14 +46,17 @@ def test_analytic_jacobians_match_autograd_at_random_sizes(name, B, T, n, m, bia
     _check_twins(cell, problem.trajectory(cell), {"rtol": 0, "atol": 1e-10})
 
 
-def test_jacobian_of_step_t_is_at_index_t_minus_1():
-    cell = random_cell("multi_gate", 2, 3, True, 0)
-    u = random_inputs(1, 4, 2, 0)
-    traj = cell.unroll(u)
-    h2 = traj.states[0, 2].clone().requires_grad_()
-    h3 = cell.step(h2, u[0, 2])  # u_3 at index 2
-    ref = torch.stack([torch.autograd.grad(h3[i], h2, retain_graph=True)[0] for i in range(3)])
-    torch.testing.assert_close(gs.jacobians(cell, traj)[0, 2], ref)
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64], sizes=["typical"]))
+def test_jacobian_of_step_t_is_at_index_t_minus_1(problem):
+    """``J[:, t-1] = ∂h_t/∂h_{t-1}``, by autograd through one step of the cell (the input
+    ``u_t`` sits at index ``t - 1``)."""
+    cell, u = problem.cell(), problem.inputs()
+    traj = problem.trajectory(cell)
+    J = gs.jacobians(cell, traj)
+    for t in range(1, u.shape[1] + 1):
+        step = torch.func.jacrev(lambda h, t=t: cell.step(h, u[0, t - 1]))
+        torch.testing.assert_close(J[0, t - 1], step(traj.states[0, t - 1]),
+                                   rtol=0, atol=1e-12)
 
 
 def test_gate_term_uses_state_before_update():

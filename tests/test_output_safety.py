@@ -21,9 +21,9 @@ from test_runner import TINY, as_set_args
 import gatescope as gs
 from gatescope.atomic import atomic_write_bytes
 from gatescope.cli import main
-from gatescope.experiments import OutputFolderError, run_experiment
-from gatescope.experiments.storage import FOLDER_MARKER, folder_kind
-from gatescope.reproduce import reproduce
+from gatescope.experiments import OutputFolderError, RunLocked, run_experiment
+from gatescope.experiments.storage import FOLDER_MARKER, claim_folder, folder_kind, run_lock
+from gatescope.reproduce import PRESETS, reproduce
 from gatescope.training import EnsembleTrainer, task_model_factory, train_resumable
 from gatescope.training.checkpoints import digest_path
 
@@ -276,6 +276,49 @@ def test_the_lock_file_is_not_truncated(tmp_path):
     (tmp_path / ".lock").write_text("a note")
     run_experiment("train", TINY, tmp_path, quiet=True)
     assert (tmp_path / ".lock").read_text() == "a note"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock and folder marker) by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name not in (".lock", FOLDER_MARKER)}
+
+
+def test_a_run_into_a_locked_folder_is_refused_and_touches_nothing(tmp_path, capsys):
+    """Guards the run lock itself: while another run holds ``OUT/.lock`` (held here through
+    :func:`run_lock`; an OS lock on a second open file conflicts even in one process), a
+    second run -- here with other settings, which would otherwise delete the stale
+    results.csv and summary.json and rewrite config.json -- is refused with ``RunLocked``,
+    and the CLI exits 1 with a one-line message naming the folder; every file of the
+    finished run is left as it was. Without the lock both runs would write the folder."""
+    run_experiment("train", TINY, tmp_path, quiet=True)
+    before = snapshot(tmp_path)
+    other = {**TINY, "steps": 8, "checkpoints": [4]}
+    with run_lock(tmp_path):
+        with pytest.raises(RunLocked, match=f"another gatescope run is writing to {tmp_path}"):
+            run_experiment("train", other, tmp_path, quiet=True)
+        assert main(["run", "train", "--quiet", "--set", *as_set_args(other),
+                     "--out", str(tmp_path)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"gatescope: error: another gatescope run is writing to {tmp_path}", err
+        assert snapshot(tmp_path) == before
+    assert run_experiment("train", other, tmp_path, quiet=True).ran == GROUPS  # lock released
+
+
+def test_reproduce_into_a_locked_run_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """Guards the lock on ``reproduce``'s runs: a run folder of the reproduction held by
+    another process (a reproduction already running into the same folder) stops
+    ``gatescope reproduce`` with exit 1 and the lock's message, before that run writes
+    anything."""
+    monkeypatch.setitem(PRESETS, "quick", TINY_PRESET)
+    claim_folder(tmp_path, "reproduce")  # as a reproduction running there has them
+    claim_folder(tmp_path / "expansion", "run")
+    with run_lock(tmp_path / "expansion"):
+        assert main(["reproduce", "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"another gatescope run is writing to {tmp_path / 'expansion'}" in err, err
+    assert not (tmp_path / "expansion" / "config.json").exists()
+    assert not (tmp_path / "REPORT.md").exists()
 
 
 # ---------------------------------------------------------------------- 8: checkpoints

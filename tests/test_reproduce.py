@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 import shutil
 
 import pytest
+from references import percentile
 
 from gatescope.cli import main
 from gatescope.experiments import SettingsError
 from gatescope.experiments.storage import FOLDER_MARKER
 from gatescope.reproduce import PRESETS, FidelityRun, Preset, plan, reproduce
-from gatescope.reproduce.report_inputs import STAMP, results_stamp, up_to_date
+from gatescope.reproduce.report_inputs import STAMP, build_report, results_stamp, up_to_date
 
 TINY = Preset(
     "tiny",
@@ -90,6 +93,112 @@ def test_tiny_reproduce_writes_everything_and_resumes(built):
     # an untouched rerun rebuilds nothing: no output of the report step is written again
     assert {path: path.stat().st_mtime_ns for path in before} == before and stamp == \
         (tmp_path / "report_stamp.json").read_text()
+
+
+def reference_summary(path) -> dict[tuple, dict]:
+    """The aggregates ``summary.json`` must hold, recomputed from ``results.csv`` in plain
+    Python: one quantity per distinct combination of every column but ``seed`` and
+    ``value`` (rows with a ``time`` are per-step data, not aggregated); median and quartiles
+    of its finite values, ``n`` of them and ``seeds`` rows. Keys are ``(column, value)``
+    pairs of the non-empty columns, numbers as floats."""
+    groups: dict[tuple, list[float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("time"):
+                continue
+            key = tuple(sorted((c, _number(v)) for c, v in row.items()
+                               if c not in ("seed", "value", "experiment") and v != ""))
+            groups.setdefault(key, []).append(float(row["value"]))
+    out = {}
+    for key, values in groups.items():
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = {"n": len(finite), "seeds": len(values),
+                    **{name: percentile(finite, q) if finite else None
+                       for name, q in (("q25", 25), ("median", 50), ("q75", 75))}}
+    return out
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@pytest.mark.parametrize("run, experiment", [
+    ("expansion", "expansion"), ("profiles", "profiles"), ("anisotropy", "anisotropy"),
+    ("fidelity/fixed_batch", "anisotropy")])
+def test_summary_json_holds_each_quantitys_median_quartiles_and_count(built, run, experiment):
+    """Guards the values in ``summary.json`` (only its existence was tested): every
+    quantity of ``results.csv`` appears once, with the median, quartiles and counts across
+    seeds recomputed here without numpy; a wrong grouping key (a quantity split or merged),
+    percentile convention, NaN handling or count fails."""
+    summary = json.loads((built / run / "summary.json").read_text())
+    assert summary["experiment"] == experiment
+    expected = reference_summary(built / run / "results.csv")
+    got = {}
+    for entry in summary["quantities"]:
+        stats = {k: entry.pop(k) for k in ("median", "q25", "q75", "n", "seeds")}
+        key = tuple(sorted((c, v if isinstance(v, str) else float(v))
+                           for c, v in entry.items()))
+        assert key not in got, key
+        got[key] = stats
+    assert got.keys() == expected.keys()
+    for key, stats in expected.items():
+        assert got[key] == pytest.approx(stats, rel=1e-12, abs=0), key
+
+
+def rewrite_rows(path, change) -> None:
+    """Rewrite a results.csv with ``change(row)`` applied to each row (a dict of text
+    cells); a row for which it returns ``None`` is dropped."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, [change(dict(row)) for row in reader]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row for row in rows if row is not None)
+
+
+def c8(out) -> dict:
+    return next(v for v in json.loads((out / "verdicts.json").read_text()) if v["claim"] == "C8")
+
+
+def test_the_report_is_rebuilt_from_changed_results(built, tmp_path):
+    """Guards the report step against a stale table: after results.csv changes (values
+    altered, then rows dropped), building the report again judges and writes the new table
+    -- verdicts.json, REPORT.md and the stamp -- instead of keeping the report of the old
+    one; built again without a change, nothing is rewritten."""
+    out = shutil.copytree(built, tmp_path / "out")
+    runs, results = plan(TINY, out), out / "expansion" / "results.csv"
+    assert c8(out)["verdict"] == "supported"
+
+    def slope_one(row):  # scalar_gate's small-ε slope 1 instead of 2: outside [1.8, 2.2]
+        if row["metric"] == "error_slope" and row["cell"] == "scalar_gate":
+            row["value"] = "1.0"
+        return row
+
+    rewrite_rows(results, slope_one)
+    assert build_report(out, TINY, runs, {}) == out / "REPORT.md"
+    verdict = c8(out)
+    assert verdict["verdict"] == "mixed"
+    assert any(line.startswith("scalar_gate: slope 1 [IQR 1–1, n=2]")
+               for line in verdict["evidence"]), verdict["evidence"]
+    report = (out / "REPORT.md").read_text()
+    assert "slope 1 [IQR 1–1, n=2]" in report
+    assert json.loads((out / STAMP).read_text())["stamp"] == results_stamp(runs, TINY)
+
+    rewrite_rows(results, lambda row: None if row["metric"] == "error_slope"
+                 and row["cell"] == "multi_gate" else row)
+    build_report(out, TINY, runs, {})
+    evidence = c8(out)["evidence"]
+    assert "not measured for: multi_gate (no error_slope or correction_ratio_median rows)" \
+        in evidence and not any(line.startswith("multi_gate: slope") for line in evidence)
+    assert "not measured for: multi_gate" in (out / "REPORT.md").read_text()
+
+    before = {path: path.stat().st_mtime_ns for path in report_outputs(out)}
+    build_report(out, TINY, runs, {})
+    assert {path: path.stat().st_mtime_ns for path in before} == before
 
 
 def test_the_stamp_records_every_file_the_report_step_writes(built):

@@ -4,6 +4,7 @@ SIGKILL, integrity of results files, parallel workers, ``gatescope list``."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import percentile
 
 from gatescope.cli import main
 from gatescope.experiments import (
@@ -28,6 +30,7 @@ from gatescope.experiments import (
 from gatescope.experiments.rows import RowWriter
 from gatescope.experiments.storage import GroupFolder, GroupTiming, wall_span
 from gatescope.metrics import declare_metric
+from gatescope.tasks import make_task
 
 #: The one metric of the test experiments below (workers import this module too).
 TEST_METRIC = declare_metric("m", "a constant written by the test experiments")
@@ -98,6 +101,35 @@ def test_huge_learning_rate_is_a_diverged_record_and_the_grid_goes_on(tmp_path):
     sgd, adam = result.summary["groups"]
     assert set(sgd["diverged"]) == {"0", "1"} and sgd["final_eval_loss"] is None
     assert adam["diverged"] == {} and adam["final_eval_loss"]["n"] == 2
+
+
+def test_train_summary_holds_the_final_eval_loss_quartiles_per_group(tmp_path):
+    """Guards the values in ``summary.json`` of ``train`` (only a count was tested): per
+    group, the median, quartiles and count of the seeds' ``eval_loss`` at the last step,
+    recomputed from ``results.csv`` without numpy (4 seeds: ranks 0.75, 1.5 and
+    2.25, so every quartile interpolates), and the median over the task's baseline loss."""
+    settings = {**TINY, "seeds": 4}
+    run_experiment("train", settings, tmp_path, quiet=True)
+    final: dict[tuple, list[float]] = {}
+    with open(tmp_path / "results.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["metric"] == "eval_loss" and int(row["step"]) == TINY["steps"]:
+                key = (row["task"], row["cell"], row["optimizer"])
+                final.setdefault(key, []).append(float(row["value"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["experiment"] == "train" and summary["steps"] == TINY["steps"]
+    baseline = make_task("adding", seq_len=TINY["seq_len"]).baseline_loss
+    groups = {(g["task"], g["cell"], g["optimizer"]): g for g in summary["groups"]}
+    assert groups.keys() == final.keys() == {("adding", c, "sgd") for c in TINY["cells"]}
+    for key, values in final.items():
+        entry = groups[key]
+        assert len(values) == 4 and entry["seeds"] == 4 and entry["diverged"] == {}
+        assert entry["final_eval_loss"] == pytest.approx(
+            {"median": percentile(values, 50), "q25": percentile(values, 25),
+             "q75": percentile(values, 75), "n": 4}, rel=1e-12, abs=0)
+        assert entry["baseline_loss"] == pytest.approx(baseline, rel=1e-12)
+        assert entry["median_over_baseline"] == pytest.approx(
+            percentile(values, 50) / baseline, rel=1e-12)
 
 
 def test_rerun_skips_finished_groups_and_redoes_truncated_files(tmp_path, capsys):

@@ -24,18 +24,23 @@ def test_transport_is_the_chain_rule_product():
     assert not torch.allclose(gs.transport(J, 4, 1), J[:, 1] @ J[:, 2] @ J[:, 3])
 
 
-def test_transport_is_the_derivative_of_a_later_state():
-    cell = random_cell("gru", 2, 4, True, 1)
-    u = random_inputs(1, 6, 2, 1)
-    h1 = cell.unroll(u).states[:, 1].detach()
+@pytest.mark.parametrize("problem", cases(dtypes=[torch.float64],
+                                          sizes=["typical", "smallest"]))
+def test_transport_is_the_derivative_of_a_later_state(problem):
+    """M_{T,k} = ∂h_T/∂h_k by autograd through the cell's steps k+1..T, for every k."""
+    cell, u = problem.cell(), problem.inputs()
+    T = u.shape[1]
+    with torch.no_grad():
+        traj = cell.unroll(u)
+    J = gs.jacobians(cell, traj)
+    for k in range(T + 1):
+        def later(h, k=k):
+            for t in range(k, T):
+                h = cell.step(h, u[:, t])
+            return h.sum(0)  # examples are independent: the sum keeps each one's rows
 
-    def from_h1(h):
-        for t in range(1, 6):
-            h = cell.step(h, u[:, t])
-        return h
-
-    ref = torch.autograd.functional.jacobian(from_h1, h1)[0, :, 0]
-    torch.testing.assert_close(gs.transport(gs.jacobians(cell, cell.unroll(u)), 6, 1)[0], ref)
+        ref = torch.autograd.functional.jacobian(later, traj.states[:, k]).transpose(0, 1)
+        torch.testing.assert_close(gs.transport(J, T, k), ref, rtol=0, atol=1e-12)
 
 
 def test_transport_rejects_bad_windows():
