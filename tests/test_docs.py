@@ -10,7 +10,10 @@ that stops running the docstring examples.
 from __future__ import annotations
 
 import importlib
+import json
 import re
+import shlex
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -105,6 +108,27 @@ def test_readme_analysing_your_own_model_runs(tmp_path, monkeypatch):
     assert namespace["mu"].shape == (12, 6, 3, 64)
     assert (tmp_path / "run" / "probe.json").exists()
     assert namespace["results"].steps.tolist() == [0]
+
+
+def test_readme_inspect_commands_run_as_written(tmp_path, monkeypatch):
+    """Guards README's `gatescope inspect` promise (issue 11): its bash block (a state_dict of
+    a 2-layer batch-first nn.GRU, an .npy of inputs, the command) runs as written and reports
+    every layer."""
+    monkeypatch.chdir(tmp_path)
+    readme = section((ROOT / "README.md").read_text(), "Analysing your own model")
+    blocks = re.findall(r"^([ \t]*)```bash[ \t]*\n(.*?)^\1```", readme, re.M | re.S)
+    block = next(textwrap.dedent(b) for _, b in blocks if "gatescope inspect" in b)
+    for line in block.splitlines():
+        command = shlex.split(line, comments=True)
+        assert command[0] in ("python", "gatescope"), line
+        command = ([sys.executable, *command[1:]] if command[0] == "python"
+                   else [sys.executable, "-m", "gatescope", *command[1:], "--quiet"])
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "inspect-report" / "inspect.json").read_text())
+    assert summary["module"].startswith("nn.GRU(4, 16, num_layers=2")
+    assert [u["label"] for u in summary["units"]] == ["layer 0 forward", "layer 1 forward"]
+    assert [u["input_size"] for u in summary["units"]] == [4, 16]
 
 
 # ---------------------------------------------------------------------- docs/ pages

@@ -21,6 +21,7 @@ from gatescope.inspection import (
     load_array,
     load_state_dict,
     module_from_state_dict,
+    module_units,
     recognise,
 )
 from gatescope.inspection.sampled import fit_decay, memory_horizon
@@ -374,3 +375,24 @@ def test_a_bad_setting_is_refused_before_any_compute(setting, message, monkeypat
     with pytest.raises(InspectInputError) as err:
         gs.inspect(module, torch.randn(2, 5, 2), quiet=True, **setting)
     assert message in str(err.value)
+
+
+def test_every_layer_and_direction_is_a_unit_fed_what_torch_feeds_it():
+    """Guards module_units for stacks (issue 11, inspect phase 2): a 2-layer bidirectional
+    time-first LSTM gives four units, bottom layer first; each unit's cell run on its inputs
+    reproduces torch's output of that layer and direction."""
+    torch.manual_seed(5)
+    module = nn.LSTM(3, 4, num_layers=2, bidirectional=True).double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)  # batch first, as inspect hands it
+    units = module_units(module, x)
+    assert [u.label for u in units] == ["layer 0 forward", "layer 0 backward",
+                                        "layer 1 forward", "layer 1 backward"]
+    assert [u.inputs.shape[-1] for u in units] == [3, 3, 8, 8]
+    with torch.no_grad():
+        top, _ = module(x.transpose(0, 1))  # (T, B, 2n): the top layer's two directions
+        for unit, half in zip(units[2:], (slice(0, 4), slice(4, 8)), strict=True):
+            h = unit.cell.unroll(unit.inputs).states[:, 1:, :4]
+            if unit.direction == "backward":
+                h = h.flip(1)
+            torch.testing.assert_close(h, top[..., half].transpose(0, 1), rtol=1e-12,
+                                       atol=1e-12)

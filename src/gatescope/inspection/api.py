@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..cells.base import RecurrentCell
 from ..checks import as_device, as_float, as_int
-from ..convert import from_torch
+from ..convert import from_torch, layer_inputs
 from ..measures.rates import time_scales
 from ..model import SequenceModel
 from ..probes.measure import measure
@@ -71,31 +71,31 @@ class InspectResult:
 
 
 def module_units(module: nn.Module | RecurrentCell, x: Tensor) -> list[AnalysisUnit]:
-    """The analysis units of ``module`` for batch-first inputs ``x``.
+    """The analysis units of ``module`` for batch-first inputs ``x``: one per (layer,
+    direction), each layer's cell (:func:`~gatescope.from_torch` with ``layer`` and
+    ``direction``) with the inputs torch feeds it (:func:`~gatescope.layer_inputs`, run on
+    the module's own lower layers), bottom layer first, forward before backward.
 
     Raises:
         InspectInputError: for a module ``from_torch`` cannot convert (its message).
     """
     if isinstance(module, RecurrentCell):
         return [AnalysisUnit(0, "forward", module, x)]
-    layers = getattr(module, "num_layers", 1)
-    directions = ("forward", "backward") if getattr(module, "bidirectional", False) \
-        else ("forward",)
-    return [AnalysisUnit(k, d, _unit_cell(module, k, d), _unit_inputs(module, x, k, d))
-            for k in range(layers) for d in directions]
+    if not isinstance(module, nn.RNNBase):  # a torch cell (nn.GRUCell, ...): one unit
+        return [AnalysisUnit(0, "forward", _converted(module), x)]
+    directions = ("forward", "backward") if module.bidirectional else ("forward",)
+    own_layout = x if module.batch_first else x.transpose(0, 1)
+    return [AnalysisUnit(k, d, _converted(module, layer=k, direction=d),
+                         layer_inputs(module, own_layout, layer=k, direction=d))
+            for k in range(module.num_layers) for d in directions]
 
 
-def _unit_cell(module: nn.Module, layer: int, direction: str) -> RecurrentCell:
-    """The cell of one (layer, direction): ``from_torch`` of a single-layer module."""
+def _converted(module: nn.Module, **unit) -> RecurrentCell:
+    """``from_torch(module, **unit)``, its refusals as :class:`InspectInputError`."""
     try:
-        return from_torch(module)
-    except (NotImplementedError, TypeError) as err:
+        return from_torch(module, **unit)
+    except (NotImplementedError, TypeError, ValueError) as err:
         raise InspectInputError(f"module: {err}") from None
-
-
-def _unit_inputs(module: nn.Module, x: Tensor, layer: int, direction: str) -> Tensor:
-    """The inputs torch feeds one (layer, direction): ``x`` itself for a single layer."""
-    return x
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:
@@ -152,8 +152,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
             ) -> InspectResult:
     """How a recurrent model uses time, on the given inputs; optionally written as a report.
 
-    Per analysis unit (layer and direction; phase 1: single-layer unidirectional modules and
-    gatescope cells) it measures:
+    Per analysis unit (each layer and direction of a stacked or bidirectional module, run
+    on the inputs torch feeds it; a cell is one unit) it measures:
 
     * the **time-scale spectrum** of the gates: ``τ = -1/log r`` over every (sequence, step,
       neuron), as quantiles and a histogram of ``log10 τ``, plus the per-neuron ``τ_q`` of
