@@ -26,6 +26,7 @@ from .dynamics.jacobians import (
     jacobians_autograd,
 )
 from .dynamics.lag_gradients import lag_gradients
+from .dynamics.matrix_free import TransportNorms, transport_norms
 from .dynamics.transport import sensitivities, transport
 from .measures import (
     RateSummary,
@@ -96,6 +97,7 @@ __all__ = [
     "SkipQuantity",
     "Task",
     "Trajectory",
+    "TransportNorms",
     "__version__",
     "cell_class",
     "declare_metric",
@@ -143,5 +145,6 @@ __all__ = [
     "step_size_dispersion",
     "transport",
     "transport_alignment",
+    "transport_norms",
     "update_anisotropy",
 ]

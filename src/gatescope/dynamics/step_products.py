@@ -1,8 +1,10 @@
 """Products with the one-step Jacobians ``J_t = ∂h_t/∂h_{t-1}`` that never form ``J``.
 
-``J_t V`` is a forward-mode derivative (``torch.func.jvp``) and ``J_tᴴ W`` a reverse-mode one
-(``torch.func.vjp``) of the cell's one-step map ``h ↦ cell.step(h, u_t)`` at ``h_{t-1}``;
-several columns at once are ``vmap`` ped over the last dimension. Memory is that of the
+``J_t V`` is a forward-mode derivative (dual numbers, ``torch.autograd.forward_ad``) and
+``J_tᴴ W`` a reverse-mode one (``torch.autograd.grad``) of the cell's one-step map
+``h ↦ cell.step(h, u_t)`` at ``h_{t-1}``; the ``k`` columns of a block are folded in as ``k``
+more points, so one call of the cell serves them all. (These are the products
+``torch.func.jvp``/``vjp`` compute, at about half their per-call overhead.) Memory is that of the
 vectors, ``O(B·T·N·k)``, not the ``O(B·T·N²)`` of :func:`gatescope.jacobians`
 (docs/maths.md#matrix-free-transport).
 
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
+from torch.autograd import forward_ad
 
 from ..cells.base import RecurrentCell, Trajectory
 from .jacobians import check_trajectory
@@ -34,11 +36,20 @@ def _check_vectors(name: str, V: Tensor, points: tuple[int, ...], N: int) -> Non
                          f"got {shape}")
 
 
-def _columns(product: Callable[[Tensor], Tensor], V: Tensor, vector_dims: int) -> Tensor:
-    """``product`` of one vector, applied to ``V`` or to each of its last-dim columns."""
-    if V.dim() == vector_dims:
-        return product(V)
-    return vmap(product, in_dims=-1, out_dims=-1)(V)
+def _columns_as_points(h: Tensor, u: Tensor, V: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``h``, ``u`` and ``V`` with ``V``'s ``k`` columns folded in as points: a
+    ``(*P, N, k)`` ``V`` becomes ``(*P, k, N)`` against ``h``, ``u`` repeated over ``k``
+    (a ``(*P, N)`` ``V`` is returned as it is)."""
+    if V.dim() == h.dim():
+        return h, u, V
+    k = V.shape[-1]
+    return (h.unsqueeze(-2).expand(*h.shape[:-1], k, h.shape[-1]).contiguous(),
+            u.unsqueeze(-2).expand(*u.shape[:-1], k, u.shape[-1]), V.mT)
+
+
+def _unfold(out: Tensor, V: Tensor, h: Tensor) -> Tensor:
+    """Undo :func:`_columns_as_points` on a result."""
+    return out if V.dim() == h.dim() else out.mT
 
 
 def _held(out: Tensor, V: Tensor, keep: Tensor | None) -> Tensor:
@@ -51,7 +62,8 @@ def _held(out: Tensor, V: Tensor, keep: Tensor | None) -> Tensor:
 
 def point_jvp(cell: RecurrentCell, h: Tensor, u: Tensor, V: Tensor,
               keep: Tensor | None = None) -> Tensor:
-    """``J V`` at the points ``(h, u)``: the Jacobian of ``cell.step`` in ``h`` applied to ``V``.
+    """``J V`` at the points ``(h, u)``: the Jacobian of ``cell.step`` in ``h`` applied to ``V``
+    by forward-mode differentiation (``k`` columns of ``V`` as ``k`` more points).
 
     Args:
         cell: the cell.
@@ -63,16 +75,18 @@ def point_jvp(cell: RecurrentCell, h: Tensor, u: Tensor, V: Tensor,
     Returns:
         The shape of ``V``.
     """
-    def product(v: Tensor) -> Tensor:
-        return jvp(lambda x: cell.step(x, u), (h,), (v,))[1]
-
-    with torch.no_grad():
-        return _held(_columns(product, V, h.dim()), V, keep)
+    hp, up, Vp = _columns_as_points(h, u, V)
+    with torch.no_grad(), forward_ad.dual_level():
+        out = forward_ad.unpack_dual(cell.step(forward_ad.make_dual(hp, Vp), up)).tangent
+    if out is None:  # the step does not depend on h
+        out = torch.zeros_like(Vp)
+    return _held(_unfold(out, V, h), V, keep)
 
 
 def point_vjp(cell: RecurrentCell, h: Tensor, u: Tensor, W: Tensor,
               keep: Tensor | None = None) -> Tensor:
-    """``Jᴴ W`` at the points ``(h, u)`` (the conjugate transpose for complex states).
+    """``Jᴴ W`` at the points ``(h, u)`` (the conjugate transpose for complex states), by
+    reverse-mode differentiation (``k`` columns of ``W`` as ``k`` more points).
 
     Args:
         cell: the cell.
@@ -84,9 +98,13 @@ def point_vjp(cell: RecurrentCell, h: Tensor, u: Tensor, W: Tensor,
     Returns:
         The shape of ``W``.
     """
-    with torch.no_grad():
-        _, pullback = vjp(lambda x: cell.step(x, u), h)
-        return _held(_columns(lambda w: pullback(w)[0], W, h.dim()), W, keep)
+    hp, up, Wp = _columns_as_points(h, u, W)
+    with torch.enable_grad():
+        x = hp.detach().requires_grad_()
+        (out,) = torch.autograd.grad(cell.step(x, up.detach()), x, Wp, allow_unused=True)
+    if out is None:  # the step does not depend on h
+        out = torch.zeros_like(Wp)
+    return _held(_unfold(out, W, h), W, keep)
 
 
 def _trajectory_points(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor, Tensor]:
@@ -123,8 +141,6 @@ def step_vjp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
     """A function applying every step's conjugate-transposed Jacobian at once:
     ``W[:, t-1] ↦ J_tᴴ W[:, t-1]`` (``J_tᵀ`` for real states).
 
-    The pullback is built once (one forward pass over all steps) and reused by every call.
-
     Args:
         cell: the cell that produced ``traj``.
         traj: its trajectory.
@@ -138,12 +154,9 @@ def step_vjp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
             of another shape.
     """
     h, u, keep = _trajectory_points(cell, traj)
-    with torch.no_grad():
-        _, pullback = vjp(lambda x: cell.step(x, u), h)
 
     def apply(W: Tensor) -> Tensor:
         _check_vectors("W", W, tuple(h.shape[:2]), h.shape[-1])
-        with torch.no_grad():
-            return _held(_columns(lambda w: pullback(w)[0], W, 3), W, keep)
+        return point_vjp(cell, h, u, W, keep)
 
     return apply
