@@ -26,6 +26,7 @@ from .dynamics.jacobians import (
     jacobians_autograd,
 )
 from .dynamics.lag_gradients import lag_gradients
+from .dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
 from .dynamics.matrix_free import TransportNorms, transport_norms
 from .dynamics.transport import sensitivities, transport
 from .measures import (
@@ -111,6 +112,7 @@ __all__ = [
     "fit_power",
     "from_torch",
     "gate_product",
+    "gate_time_scale_exponents",
     "gates_vs_optimizer",
     "get_metric",
     "inspect",
@@ -126,6 +128,7 @@ __all__ = [
     "list_quantities",
     "list_tasks",
     "load_probe",
+    "lyapunov_exponents",
     "make_cell",
     "make_optimizer",
     "make_task",
