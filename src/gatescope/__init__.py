@@ -27,6 +27,8 @@ from .dynamics.jacobians import (
     jacobians_autograd,
 )
 from .dynamics.lag_gradients import lag_gradients
+from .dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
+from .dynamics.matrix_free import TransportNorms, transport_norms
 from .dynamics.transport import sensitivities, transport
 from .measures import (
     RateSummary,
@@ -98,6 +100,7 @@ __all__ = [
     "StackedCell",
     "Task",
     "Trajectory",
+    "TransportNorms",
     "__version__",
     "cell_class",
     "declare_metric",
@@ -111,6 +114,7 @@ __all__ = [
     "fit_power",
     "from_torch",
     "gate_product",
+    "gate_time_scale_exponents",
     "gates_vs_optimizer",
     "get_metric",
     "inspect",
@@ -127,6 +131,7 @@ __all__ = [
     "list_quantities",
     "list_tasks",
     "load_probe",
+    "lyapunov_exponents",
     "make_cell",
     "make_optimizer",
     "make_task",
@@ -146,5 +151,6 @@ __all__ = [
     "step_size_dispersion",
     "transport",
     "transport_alignment",
+    "transport_norms",
     "update_anisotropy",
 ]
