@@ -1,11 +1,11 @@
-"""``gs.inspect`` at a real size: an ``nn.LSTM`` (input 32, hidden 256, random weights), B = 8.
+"""``gs.inspect`` at a real size: a 2-layer ``nn.LSTM`` (input 32, hidden 256, random weights), B = 8.
 
 Each sequence length runs in its own subprocess, so its peak memory (``resource`` maxrss) is
 its own. Prints, per T, the wall time of ``gs.inspect`` (no report written), the time of each
 part of each layer, and the peak memory; then the ratio of the times.
 
-    PYTHONPATH=src python benchmarks/bench_inspect.py            # T = 2000 and 4000, 1 layer
-    PYTHONPATH=src python benchmarks/bench_inspect.py --layers 2 # once stacks convert
+    PYTHONPATH=src python benchmarks/bench_inspect.py              # T = 2000 and 4000
+    PYTHONPATH=src python benchmarks/bench_inspect.py --layers 1   # one layer
 
 The target (issue 11): 2 layers, T = 2000 in <= 3 min on a 2-core machine with < 4 GiB,
 T = 4000 in <= 2.3x the T = 2000 time.
@@ -42,7 +42,7 @@ def child(T: int, layers: int, batch: int, hidden: int, threads: int | None) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--T", type=int, nargs="+", default=[2000, 4000])
-    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")

@@ -207,11 +207,12 @@ def test_cli_writes_markdown_html_json_and_figures(tmp_path, capsys):
     assert summary["module"].startswith("nn.GRU(5, 6)")
     assert summary["sampled"]["sequences"] == [0, 1, 2]
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
-    assert "memory horizon" in (out / "REPORT.md").read_text()
+    assert page.count("data:image/png;base64,") == 5
+    report = (out / "REPORT.md").read_text()
+    assert "memory horizon" in report and "Top Lyapunov exponents" in report
     assert sorted(p.name for p in out.glob("*.png")) == [
         f"layer0_forward_{k}.png" for k in ("dispersion", "envelope", "lookback",
-                                             "time_scales")]
+                                             "time_scales", "transport")]
 
 
 # ------------------------------------------------------------------ the numbers
@@ -354,7 +355,7 @@ def test_importing_inspection_leaves_the_probe_presets_alone():
 
     names = {q.name for q in INSPECT_QUANTITIES}
     assert names == {"time_scale_spectrum", "gate_saturation", "sampled_effective_rates",
-                     "output_lookback"}
+                     "output_lookback", "transport_norms", "lyapunov"}
     assert not names & set(gs.list_quantities())
 
 
@@ -364,6 +365,8 @@ def test_importing_inspection_leaves_the_probe_presets_alone():
     ({"lookback_probes": "x"}, "lookback_probes must be an integer >= 1; got 'x' (or 'auto'"),
     ({"horizon_threshold": 1.0}, "horizon_threshold must be a finite number in (0, 1)"),
     ({"max_sequences": True}, "max_sequences must be an integer >= 1; got True (or None)"),
+    ({"transport_lags": -1}, "transport_lags must be an integer >= 0; got -1"),
+    ({"lyapunov_count": 1.5}, "lyapunov_count must be an integer >= 0; got 1.5"),
     ({"device": "banana"}, "--device must be cpu, cuda or cuda:N; got 'banana'"),
 ])
 def test_a_bad_setting_is_refused_before_any_compute(setting, message, monkeypatch):
@@ -396,3 +399,38 @@ def test_every_layer_and_direction_is_a_unit_fed_what_torch_feeds_it():
                 h = h.flip(1)
             torch.testing.assert_close(h, top[..., half].transpose(0, 1), rtol=1e-12,
                                        atol=1e-12)
+
+
+def test_transport_section_equals_the_dense_norms_at_the_sampled_pairs(tiny):
+    """Guards the inspect transport section: per lag, the median over sequences and sampled
+    end times of the dense ‖M_{t,t-ℓ}‖₂ (gs.transport of the analytic Jacobians)."""
+    module, x, summary = tiny
+    cell = gs.from_torch(module)
+    with torch.no_grad():
+        J = gs.jacobians(cell, cell.unroll(x))
+    tr = summary["units"][0]["transport"]
+    assert tr["lags"] and tr["converged_fraction"] == 1.0
+    assert min(tr["end_times"]) >= max(tr["lags"])
+    for lag, got in zip(tr["lags"], tr["norms"], strict=True):
+        dense = torch.stack([torch.linalg.matrix_norm(gs.transport(J, t, t - lag), ord=2)
+                             for t in tr["end_times"]])
+        assert got == pytest.approx(dense.flatten().median().item()
+                                    if dense.numel() % 2 else
+                                    dense.flatten().quantile(0.5).item(), rel=1e-3)
+
+
+def test_lyapunov_section_equals_the_public_estimators(tiny):
+    """Guards the inspect Lyapunov section: the mean over sequences of
+    gs.lyapunov_exponents and of gs.gate_time_scale_exponents, same discard and seed."""
+    module, x, summary = tiny
+    cell = gs.from_torch(module)
+    with torch.no_grad():
+        traj = cell.unroll(x)
+    ly = summary["units"][0]["lyapunov"]
+    k, discard = len(ly["exponents"]), min(100, x.shape[1] // 10)
+    assert k == min(8, cell.state_size)
+    ref = gs.lyapunov_exponents(cell, traj, k, discard=discard,
+                                generator=torch.Generator().manual_seed(0)).mean(0)
+    np.testing.assert_allclose(ly["exponents"], ref.numpy(), rtol=1e-12)
+    gates = gs.gate_time_scale_exponents(traj, discard=discard)[:, :k].mean(0)
+    np.testing.assert_allclose(ly["gate_prediction"], gates.numpy(), rtol=1e-12)

@@ -295,6 +295,11 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
                    help="sampled end times of the effective rates (default 16)")
     p.add_argument("--rate-lags", type=_positive_int, default=24, metavar="N",
                    help="log-spaced lags of the rate dispersion (default 24)")
+    p.add_argument("--transport-lags", type=int, default=8, metavar="N",
+                   help="log-spaced lags of the matrix-free transport norms, up to min(T/2, "
+                   "256); 0: not measured (default 8)")
+    p.add_argument("--lyapunov", type=int, default=8, metavar="K",
+                   help="how many Lyapunov exponents; 0: not measured (default 8)")
     p.add_argument("--lookback-probes", type=_lookback_probes, default="auto",
                    metavar="auto|exact|K", help="output lookback: exact (n directions) or K "
                    "Gaussian directions; auto: exact for n <= 64, else 16 (default)")
@@ -330,6 +335,7 @@ def _inspect(args: argparse.Namespace) -> int:
         result = inspect(module, data, out=args.out, batch_first=args.batch_first,
                          end_times=args.end_times, rate_lags=args.rate_lags,
                          lookback_probes=args.lookback_probes,
+                         transport_lags=args.transport_lags, lyapunov_count=args.lyapunov,
                          horizon_threshold=args.horizon_threshold,
                          max_sequences=args.max_sequences, seed=args.seed,
                          device=args.device, dtype=dtype, quiet=args.quiet,

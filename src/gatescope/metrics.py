@@ -23,8 +23,11 @@ from dataclasses import dataclass
 #: levels; ``eps``: the expansion's bookkeeping parameter.
 AXIS_COLUMNS = {
     "lag": "lag", "rate_lag": "lag", "schedule_lag": "lag", "profile_lag": "lag",
+    "transport_lag": "lag",
     "time": "time", "predictor": "predictor", "neuron": "neuron", "level": "level",
     "eps": "eps",
+    # the k-th largest of a spectrum over the state's directions (Lyapunov exponents)
+    "exponent": "neuron",
 }
 
 

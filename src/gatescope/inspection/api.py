@@ -40,6 +40,10 @@ from .sampled import (
 #: Defaults of :func:`inspect` (see its arguments).
 END_TIMES = 16
 RATE_LAGS = 24
+TRANSPORT_LAGS = 8
+TRANSPORT_MAX_LAG = 256
+TRANSPORT_STARTS = 4
+LYAPUNOV_COUNT = 8
 EXACT_LOOKBACK_MAX_N = 64
 LOOKBACK_PROBES = 16
 HISTOGRAM_BINS = 40
@@ -144,7 +148,8 @@ def sampled_end_times(T: int, count: int) -> list[int]:
 def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor | None = None,
             out: str | Path | None = None, *, batch_first: bool = True,
             end_times: int = END_TIMES, rate_lags: int = RATE_LAGS,
-            lookback_probes: int | str | None = "auto",
+            lookback_probes: int | str | None = "auto", transport_lags: int = TRANSPORT_LAGS,
+            lyapunov_count: int = LYAPUNOV_COUNT,
             horizon_threshold: float = HORIZON_THRESHOLD, max_sequences: int | None = None,
             seed: int = 0, device: str | torch.device | None = None,
             dtype: torch.dtype | None = None, quiet: bool = False,
@@ -168,6 +173,11 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
       sequence);
     * the **effective-rate dispersion** across neurons (CV of ``|μ|``) at ``rate_lags``
       log-spaced lags;
+    * **transport sensitivity** ``‖M_{t,t-ℓ}‖_2`` at ``transport_lags`` log-spaced lags up
+      to ``min(T/2, 256)`` and 4 end times, matrix-free (:func:`gatescope.transport_norms`,
+      tolerance 1e-3, at most 30 Lanczos steps; the converged fraction is reported);
+    * the top ``lyapunov_count`` **Lyapunov exponents** (:func:`gatescope.
+      lyapunov_exponents`) beside the gates' zeroth-order prediction ``E_t log r_t``;
     * **gate saturation** fractions per gate;
     * what was sampled and how long each part took.
 
@@ -182,6 +192,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
         batch_first: the layout of ``inputs``.
         end_times: sampled end times of the effective rates.
         rate_lags: log-spaced lags of the dispersion.
+        transport_lags: log-spaced lags of the transport norms (``0``: not measured).
+        lyapunov_count: how many Lyapunov exponents (``0``: not measured).
         lookback_probes: ``None`` exact (``n`` directions); an int: that many Gaussian
             directions (Hutchinson); ``"auto"``: exact when ``n <= 64``, else 16.
         horizon_threshold: the memory horizon's fraction of the peak, in ``(0, 1)``.
@@ -198,6 +210,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
             a module gatescope cannot convert or a bad setting, before any compute.
     """
     _check_settings(end_times, rate_lags, lookback_probes, horizon_threshold, max_sequences)
+    _checked(as_int, "transport_lags", transport_lags, minimum=0)
+    _checked(as_int, "lyapunov_count", lyapunov_count, minimum=0)
     dev = _resolve_device(device, module)
     dtype = _module_dtype(module) if dtype is None else dtype
     x = check_inputs(inputs, module.input_size, batch_first, dtype, name="inputs")
@@ -212,20 +226,29 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
     B, T = x.shape[:2]
     ends = sampled_end_times(T, end_times)
     rlags = log_lag_grid(T, rate_lags)
-    with _progress_bar(len(units) * 3 * T, quiet) as bar:
-        results = [_inspect_unit(u, ends, rlags, lookback_probes, horizon_threshold, seed,
+    # lags up to half the sequence (so the end times spread over its second half)
+    tlags = (log_lag_grid(max(1, min(T // 2, TRANSPORT_MAX_LAG)), transport_lags)
+             if transport_lags else [])
+    tstarts = sampled_end_times(T, TRANSPORT_STARTS)
+    tstarts = [t for t in tstarts if t >= max(tlags, default=0)] or [T]
+    sampling = {"ends": ends, "rate_lags": rlags, "transport_lags": tlags,
+                "transport_starts": tstarts, "lyapunov_count": lyapunov_count}
+    with _progress_bar(len(units) * (3 + bool(lyapunov_count)) * T, quiet) as bar:
+        results = [_inspect_unit(u, sampling, lookback_probes, horizon_threshold, seed,
                                  jacobian_budget, bar.update) for u in units]
     summary = {
         "module": module_description or repr(module).replace("\n", " "),
         "settings": {"batch_first": batch_first, "end_times": end_times,
                      "rate_lags": rate_lags, "lookback_probes": lookback_probes,
+                     "transport_lags": transport_lags, "lyapunov_count": lyapunov_count,
                      "horizon_threshold": horizon_threshold, "max_sequences": max_sequences,
                      "seed": seed, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
                      "jacobian_budget": jacobian_budget},
         "sampled": {"sequences": chosen.tolist(), "sequences_given": int(inputs.shape[
                     0 if batch_first else 1]), "batch": B, "seq_len": T,
                     "input_size": int(x.shape[-1]), "end_times": ends,
-                    "envelope_lags": [1, T], "rate_lags": rlags},
+                    "envelope_lags": [1, T], "rate_lags": rlags,
+                    "transport_lags": tlags, "transport_end_times": tstarts},
         "targets": None if targets is None else "given; not used by any section of this "
                                                 "version",
         "units": results,
@@ -278,10 +301,12 @@ def _timed(timings: dict, name: str, work: Callable):
     return value
 
 
-def _inspect_unit(unit: AnalysisUnit, ends: list[int], rlags: list[int], lookback_probes,
+def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
                   horizon_threshold: float, seed: int, jacobian_budget: int,
                   progress: Callable[[int], object]) -> dict:
-    """Every number of one analysis unit, as plain Python/numpy-convertible values."""
+    """Every number of one analysis unit, as plain Python/numpy-convertible values
+    (``sampling``: the end times, rate lags, transport lags and end times, Lyapunov count)."""
+    ends, rlags = sampling["ends"], sampling["rate_lags"]
     cell, x = unit.cell, unit.inputs
     B, T = x.shape[:2]
     n = cell.hidden_size
@@ -292,7 +317,9 @@ def _inspect_unit(unit: AnalysisUnit, ends: list[int], rlags: list[int], lookbac
                          lags=tuple(range(1, T + 1)), rank=1, samples_per_lag=1, step=0,
                          rate_lags=tuple(rlags), sampling_seed=seed, end_times=tuple(ends),
                          lookback_probes=probes, jacobian_budget=jacobian_budget,
-                         progress=progress)
+                         transport_lags=tuple(sampling["transport_lags"]),
+                         transport_starts=tuple(sampling["transport_starts"]),
+                         lyapunov_count=sampling["lyapunov_count"], progress=progress)
     timings: dict[str, float] = {}
     traj = _timed(timings, "forward", lambda: ctx.trajectory)
     record, skipped = {}, {}
@@ -325,6 +352,14 @@ def _inspect_unit(unit: AnalysisUnit, ends: list[int], rlags: list[int], lookbac
                      "horizon_threshold": horizon_threshold},
         "dispersion": None if "sampled_rate_cv" not in record else {
             "lags": rlags, "cv": record["sampled_rate_cv"].tolist()},
+        "transport": None if "sampled_transport_norm" not in record else {
+            "lags": sampling["transport_lags"], "end_times": sampling["transport_starts"],
+            "norms": record["sampled_transport_norm"].tolist(),
+            "converged_fraction": float(record["transport_norm_converged"])},
+        "lyapunov": None if "lyapunov_exponents" not in record else {
+            "exponents": record["lyapunov_exponents"].tolist(),
+            "gate_prediction": None if "gate_exponents" not in record
+            else record["gate_exponents"].tolist()},
         "saturation": saturation,
         "saturation_totals": {k: float(record[k]) for k in
                               ("gate_saturated_fraction", "tanh_saturated_fraction")

@@ -19,6 +19,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
+from ..dynamics.matrix_free import transport_norms
 from ..measures._quantile import quantile
 from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..measures.rates import neuron_cv, neuron_retention
@@ -65,6 +67,19 @@ SAMPLED_ENVELOPE = declare_metric(
 SAMPLED_RATE_CV = declare_metric(
     "sampled_rate_cv", "median over (b, sampled t ≥ ℓ) of the CV of |μ_{t,ℓ,·}| across "
     "neurons, first order", axes=("rate_lag",), omit_undefined=True)
+TRANSPORT_NORM = declare_metric(
+    "sampled_transport_norm", "median over (example, sampled end time t) of ‖M_{t,t-ℓ}‖_2, "
+    "matrix-free (Lanczos on MᴴM over step JVPs/VJPs)", axes=("transport_lag",))
+TRANSPORT_CONVERGED = declare_metric(
+    "transport_norm_converged", "fraction of the sampled (example, t, ℓ) norms whose "
+    "certificate met the tolerance within the step limit")
+LYAPUNOV = declare_metric(
+    "lyapunov_exponents", "the top finite-time Lyapunov exponents (QR method on step JVPs, "
+    "per step, natural log), mean over examples", axes=("exponent",), unit="1/step")
+GATE_EXPONENTS = declare_metric(
+    "gate_exponents", "the largest E_t log r_t over neurons (the zeroth-order prediction of "
+    "the Lyapunov exponents of a diagonal-gate cell), mean over examples", axes=("exponent",),
+    unit="1/step")
 OUTPUT_LOOKBACK = declare_metric(
     "output_lookback", "sqrt(mean over examples of ‖∂h_T/∂u_t‖_F²), h_T the readout part of "
     "the final state (exact, or Hutchinson's estimate with Gaussian directions)",
@@ -80,12 +95,18 @@ class InspectContext(ProbeContext):
         end_times: the sampled end times ``t`` of the effective rates.
         lookback_probes: ``None`` (exact) or the number of Gaussian directions.
         jacobian_budget: bytes of per-step Jacobians alive at once for ``diag(J)``.
+        transport_lags: lags of the matrix-free transport norms (``()``: not measured).
+        transport_starts: their end times.
+        lyapunov_count: how many Lyapunov exponents (``0``: not measured).
         progress: called with the number of steps done, for a progress bar.
     """
 
     end_times: tuple[int, ...] = ()
     lookback_probes: int | None = None
     jacobian_budget: int = 2**27
+    transport_lags: tuple[int, ...] = ()
+    transport_starts: tuple[int, ...] = ()
+    lyapunov_count: int = 0
     progress: Progress = field(default=no_progress, repr=False)
 
     @cached_property
@@ -167,3 +188,46 @@ def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
 def output_lookback_norms(ctx: ProbeContext) -> dict[str, Tensor]:
     """RMS over examples of ``‖∂h_T/∂u_t‖_F`` for ``t = 1..T``."""
     return {OUTPUT_LOOKBACK.name: _inspect_context(ctx).lookback.mean(0).sqrt()}
+
+
+#: The matrix-free norms' tolerance and Lanczos step limit in a report (a figure's accuracy,
+#: not a certificate's: entries that miss it are counted in ``transport_norm_converged``).
+TRANSPORT_RTOL, TRANSPORT_MAX_ITER = 1e-3, 30
+
+
+@_quantity("transport_norms", cost=2, metrics=[TRANSPORT_NORM, TRANSPORT_CONVERGED],
+           description="‖M_{t,t-ℓ}‖_2 at sampled lags and end times, matrix-free")
+def sampled_transport_norms(ctx: ProbeContext) -> dict[str, Tensor]:
+    """:func:`~gatescope.transport_norms` at the context's transport lags and end times:
+    the median over examples and end times per lag, and the converged fraction."""
+    ictx = _inspect_context(ctx)
+    if not ictx.transport_lags:
+        raise SkipQuantity("no transport lags asked for")
+    res = transport_norms(ictx.cell, ictx.trajectory, list(ictx.transport_lags),
+                          list(ictx.transport_starts), rtol=TRANSPORT_RTOL,
+                          max_iter=TRANSPORT_MAX_ITER,
+                          generator=torch.Generator().manual_seed(ictx.sampling_seed))
+    return {TRANSPORT_NORM.name: quantile(res.norms.transpose(0, 2).flatten(1), 0.5, dim=1),
+            TRANSPORT_CONVERGED.name: res.converged.double().mean()}
+
+
+@_quantity("lyapunov", cost=2, metrics=[LYAPUNOV, GATE_EXPONENTS],
+           description="top Lyapunov exponents and the gates' zeroth-order prediction")
+def lyapunov(ctx: ProbeContext) -> dict[str, Tensor]:
+    """:func:`~gatescope.lyapunov_exponents` (the first tenth of the steps, at most 100,
+    only aligning the basis) and :func:`~gatescope.gate_time_scale_exponents` over the same
+    steps, each the largest ``k``, averaged over examples."""
+    ictx = _inspect_context(ctx)
+    traj = ictx.trajectory
+    k = min(ictx.lyapunov_count, traj.states.shape[-1])
+    if k < 1:
+        raise SkipQuantity("no Lyapunov exponents asked for")
+    discard = min(100, traj.seq_len // 10)
+    exponents = lyapunov_exponents(ictx.cell, traj, k, discard=discard,
+                                   generator=torch.Generator().manual_seed(ictx.sampling_seed))
+    ictx.progress(traj.seq_len)
+    out = {LYAPUNOV.name: exponents.nanmean(0)}
+    if bool(traj.retention.ne(0).any()):
+        gates = gate_time_scale_exponents(traj, discard=discard)[:, :k]
+        out[GATE_EXPONENTS.name] = gates.nanmean(0)
+    return out

@@ -125,8 +125,26 @@ def _fig_dispersion(unit: dict):
     return fig
 
 
+def _fig_transport(unit: dict):
+    tr = unit.get("transport")
+    if tr is None:
+        return None
+    lags, norms = np.asarray(tr["lags"], dtype=float), _values(tr["norms"])
+    ok = np.isfinite(norms) & (norms > 0)
+    if not ok.any():
+        return None
+    fig, ax = figure()
+    ax = ax[0, 0]
+    ax.loglog(lags[ok], norms[ok], color="0.0", marker="o", markersize=3)
+    ax.set_xlabel("lag ℓ")
+    ax.set_ylabel("‖M_{t,t−ℓ}‖₂ (median)")
+    ax.set_title(f"{unit['label']}: transport sensitivity (matrix-free)")
+    return fig
+
+
 FIGURES = {"time_scales": _fig_time_scales, "envelope": _fig_envelope,
-           "lookback": _fig_lookback, "dispersion": _fig_dispersion}
+           "lookback": _fig_lookback, "dispersion": _fig_dispersion,
+           "transport": _fig_transport}
 
 
 def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]:
@@ -175,6 +193,8 @@ def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]
         b.append(("table", ["lag ℓ", *map(str, disp["lags"])],
                   [["CV", *(_fmt(v, 2) for v in disp["cv"])]]))
     b += _img(figures, f"{stem}_dispersion")
+    b += _transport_blocks(unit, figures, stem)
+    b += _lyapunov_blocks(unit)
     b.append(("h3", "Gate saturation"))
     rows = [[name, v["kind"], _fmt(v["low"]), _fmt(v["high"])]
             for name, v in unit["saturation"].items()]
@@ -186,6 +206,34 @@ def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]
     b.append(("table", ["part", "seconds"],
               [[k, f"{v:.3f}"] for k, v in unit["timings"].items()]))
     return b
+
+
+def _transport_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]:
+    tr = unit.get("transport")
+    if tr is None:
+        return []
+    b = [("h3", "Transport sensitivity at sampled lags (matrix-free)"),
+         ("table", ["lag ℓ", *map(str, tr["lags"])],
+          [["‖M‖₂", *(_fmt(v) for v in tr["norms"])]]),
+         ("li", f"median over the sequences and the end times {tr['end_times']}; Lanczos on "
+                f"MᴴM over step JVPs/VJPs (no Jacobian formed), tolerance 1e-3; "
+                f"{100 * tr['converged_fraction']:.0f}% of the norms met it.")]
+    return b + _img(figures, f"{stem}_transport")
+
+
+def _lyapunov_blocks(unit: dict) -> list[tuple]:
+    ly = unit.get("lyapunov")
+    if ly is None:
+        return []
+    rows = [["Lyapunov λ_k", *(_fmt(v) for v in ly["exponents"])]]
+    if ly["gate_prediction"] is not None:
+        rows.append(["gates: E_t log r (sorted)", *(_fmt(v) for v in ly["gate_prediction"])])
+    k = len(ly["exponents"])
+    return [("h3", "Top Lyapunov exponents"),
+            ("table", ["k", *map(str, range(1, k + 1))], rows),
+            ("li", "finite-time exponents per step (QR method on step JVPs, mean over the "
+                   "sequences); the gates' row is the zeroth-order prediction E_t log r_t, "
+                   "exact when J_t = diag(r_t). 1/|λ| is a time scale in steps.")]
 
 
 def _img(figures: dict[str, Path], name: str) -> list[tuple]:
@@ -203,6 +251,9 @@ def _blocks(summary: dict, figures: dict[str, Path]) -> list[tuple]:
                     f"{s['envelope_lags'][0]}..{s['envelope_lags'][1]}; dispersion at lags "
                     f"{s['rate_lags']}."))
     b.append(("li", "the output's lookback: every lag 0..T−1 from the final state h_T."))
+    if s.get("transport_lags"):
+        b.append(("li", f"transport norms: lags {s['transport_lags']} at end times "
+                        f"{s['transport_end_times']}."))
     if summary.get("targets"):
         b.append(("li", f"targets: {summary['targets']}."))
     b.append(("li", f"total compute {summary['timings']['total_s']:.2f} s; settings "
