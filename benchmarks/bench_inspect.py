@@ -1,4 +1,4 @@
-"""``gs.inspect`` at a real size: a 2-layer ``nn.LSTM`` (input 32, hidden 256, random weights), B = 8.
+"""``gs.inspect`` at a real size: a 2-layer ``nn.LSTM`` (input 32, hidden 256), B = 8.
 
 Each sequence length runs in its own subprocess, so its peak memory (``resource`` maxrss) is
 its own. Prints, per T, the wall time of ``gs.inspect`` (no report written), the time of each
