@@ -122,3 +122,29 @@ def test_direct_gru_and_lstm_jacobians_equal_the_split_and_autograd(problem):
     A, B = cell.analytic_jacobian_split(traj)
     torch.testing.assert_close(J, A + B, rtol=0, atol=1e-12)
     torch.testing.assert_close(J, gs.jacobians_autograd(cell, traj), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm", "multi_gate"])
+def test_steps_past_a_length_have_the_identity_jacobian_on_every_path(name):
+    """Guards held_past_lengths: a padded sequence's state is held past its length (torch's
+    packed semantics), so J = A = I and B = 0 there, on the analytic and the torch.func paths
+    alike, and the matrix-free step products agree (J = I); within the length nothing
+    changes. The dense transport past the length then equals the last valid state's."""
+    cell = random_cell(name, 3, 4, True, 6)
+    u = random_inputs(3, 6, 3, 6)
+    lengths = torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        traj = cell.unroll(u, lengths=lengths)
+        full = cell.unroll(u)
+    eye = torch.eye(cell.state_size, dtype=torch.float64)
+    beyond = ~traj.step_mask
+    for J in (gs.jacobians(cell, traj), gs.jacobians_autograd(cell, traj)):
+        assert torch.equal(J[beyond], eye.expand(int(beyond.sum()), -1, -1))
+        torch.testing.assert_close(J[~beyond], gs.jacobians(cell, full)[~beyond])
+    for A, B in (gs.jacobian_split(cell, traj), gs.jacobian_split_autograd(cell, traj)):
+        assert torch.equal(A[beyond], eye.expand(int(beyond.sum()), -1, -1))
+        assert B[beyond].abs().max() == 0
+    from gatescope.dynamics.step_products import step_jvp
+    V = torch.randn(3, 6, cell.state_size, dtype=torch.float64)
+    torch.testing.assert_close(step_jvp(cell, traj)(V),
+                               torch.einsum("btij,btj->bti", gs.jacobians(cell, traj), V))

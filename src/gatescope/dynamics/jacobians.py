@@ -4,6 +4,8 @@ All functions return ``(B, T, N, N)`` tensors with step ``t`` at index ``t - 1``
 ``J[:, t-1] = ∂h_t/∂h_{t-1}``. The analytic path reads the cell's cached intermediates; the
 ``torch.func`` twin differentiates the cell's step with ``jacrev`` vectorised over batch and
 time, and is what cells without a closed form fall back to (with a one-time warning).
+Past a sequence's length (``traj.lengths``) every path gives ``J = A = I``, ``B = 0``: the
+state is held there.
 """
 
 from __future__ import annotations
@@ -71,6 +73,22 @@ def _unflatten(J: Tensor, traj: Trajectory) -> Tensor:
     return J.reshape(traj.batch_size, traj.seq_len, *J.shape[-2:])
 
 
+def held_past_lengths(J: Tensor, traj: Trajectory, value: float = 1.0) -> Tensor:
+    """``J`` with ``value · I`` at the steps past each sequence's length.
+
+    Past its length a sequence's state is held (``h_t = h_{t-1}``, packed-sequence
+    semantics), so its step Jacobian is the identity (``value = 1``; a split's ``B`` takes
+    ``value = 0``), whatever the cell would compute there.
+    """
+    if traj.lengths is None:
+        return J
+    beyond = ~traj.step_mask.to(J.device)
+    if bool(beyond.any()):
+        eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) * value
+        J = torch.where(beyond[..., None, None], eye, J)
+    return J
+
+
 def jacobians_autograd(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """``J`` by ``torch.func.jacrev`` of ``cell.step``, vectorised over batch and time.
 
@@ -80,7 +98,7 @@ def jacobians_autograd(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     check_trajectory(cell, traj)
     check_jacobian_budget(traj, "gs.jacobians_autograd")
     h, u = _flat_steps(traj)
-    return _unflatten(vmap(jacrev(cell.step))(h, u), traj)
+    return held_past_lengths(_unflatten(vmap(jacrev(cell.step))(h, u), traj), traj)
 
 
 def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor]:
@@ -99,7 +117,8 @@ def jacobian_split_autograd(cell: RecurrentCell, traj: Trajectory) -> tuple[Tens
         return jacrev(cell.step)(h_, u_), jacrev(held_step)(h_, u_, held)
 
     J, A = vmap(per_step)(h, u)
-    return _unflatten(A, traj), _unflatten(J - A, traj)
+    return (held_past_lengths(_unflatten(A, traj), traj),
+            held_past_lengths(_unflatten(J - A, traj), traj, 0.0))
 
 
 def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallback,
@@ -113,8 +132,10 @@ def _analytic_or_fallback(cell: RecurrentCell, traj: Trajectory, analytic, fallb
     check_jacobian_budget(traj, what, copies)
     with torch.no_grad():
         result = analytic(traj.detach())
+    if isinstance(result, tuple):
+        return held_past_lengths(result[0], traj), held_past_lengths(result[1], traj, 0.0)
     if result is not None:
-        return result
+        return held_past_lengths(result, traj)
     if type(cell) not in _warned:
         _warned.add(type(cell))
         warnings.warn(
@@ -144,7 +165,8 @@ def jacobian_split(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tenso
 
 
 def jacobians(cell: RecurrentCell, traj: Trajectory) -> Tensor:
-    """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it.
+    """``J[:, t-1] = ∂h_t/∂h_{t-1}``: ``(B, T, N, N)``, analytic where the cell has it; the
+    identity at steps past a sequence's length (:func:`held_past_lengths`).
 
     Raises:
         DenseBudgetExceeded: before any compute, when the stack exceeds
