@@ -73,6 +73,30 @@ def test_propagation_anisotropy_matches_explicit_products():
         propagation_anisotropy(J, [10])
 
 
+def test_propagation_anisotropy_draws_windows_within_each_length():
+    """Guards propagation_anisotropy(lengths=): every sampled window (b, t, k) ends within
+    sequence b's length, sequences shorter than the lag are never drawn, the statistics are
+    those of the explicit products, and lags longer than every sequence are refused."""
+    cell = random_cell("gru", 3, 4, True, 8)
+    lengths = torch.tensor([9, 3, 6])
+    with torch.no_grad():
+        traj = cell.unroll(random_inputs(3, 9, 3, 8), lengths=lengths)
+    J = gs.jacobians(cell, traj)
+    res = propagation_anisotropy(J, [1, 4, 7], samples_per_lag=40, r=2, lengths=lengths)
+    b, t, k = res.samples.unbind(-1)
+    assert (t <= lengths[b]).all() and (k >= 0).all()
+    assert set(b[1].tolist()) == {0, 2} and set(b[2].tolist()) == {0}  # long enough only
+    assert {0, 1, 2} == set(b[0].tolist())
+    for i, s in ((1, 0), (2, 5)):
+        M = gs.transport(J, int(t[i, s]), int(k[i, s]))[b[i, s]]
+        sv = torch.linalg.svdvals(M)
+        torch.testing.assert_close(res.stats.sigma[i, s] / res.stats.sigma[i, s, 0], sv / sv[0])
+    with pytest.raises(ValueError, match="exceed every sequence's length"):
+        propagation_anisotropy(J, [9], lengths=torch.tensor([8, 3, 6]))
+    with pytest.raises(ValueError, match="lengths must be"):
+        propagation_anisotropy(J, [1], lengths=torch.tensor([0, 3, 6]))
+
+
 def test_the_paper_codes_epsilon_regularises_ai_and_ce_absolutely():
     """Guards spectrum_stats(epsilon=): AI = s1/(s_r + eps), CE = top/(energy + eps); at the
     scale of a vanished product (s ~ 1e-10) eps = 1e-12 dominates CE (issue 15: the plain

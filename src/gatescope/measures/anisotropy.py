@@ -177,8 +177,8 @@ class PropagationAnisotropy:
 
 def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int = 64,
                            generator: torch.Generator | None = None, r: int = 10,
-                           ce_denominator: str | int = "all", epsilon: float = 0.0
-                           ) -> PropagationAnisotropy:
+                           ce_denominator: str | int = "all", epsilon: float = 0.0,
+                           lengths: Tensor | None = None) -> PropagationAnisotropy:
     """Anisotropy of ``M_{t,k} = J_t ⋯ J_{k+1}`` at sampled ``(b, t, k)`` per lag.
 
     For each lag, ``samples_per_lag`` triples are drawn uniformly with replacement: ``b``
@@ -199,6 +199,14 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
         epsilon: as in :func:`spectrum_stats`; with ``epsilon > 0`` the singular values are
             taken back to the products' true scale (the factors' norms are kept as logs)
             before the statistics.
+        lengths: ``(B,)`` valid lengths of a padded batch (``traj.lengths``): the windows
+            are then drawn within each sequence's length (``b`` uniformly among the
+            sequences at least ``lag`` long, ``k`` from ``0..len_b-lag``). ``None``: every
+            sequence runs ``T`` steps.
+
+    Raises:
+        ValueError: for lags outside ``1..T``, a bad ``epsilon``, or ``lengths`` of another
+            shape, outside ``1..T`` or shorter than some lag for every sequence.
     """
     check_epsilon(epsilon)
     B, T, N, _ = J.shape
@@ -214,9 +222,12 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
                 f"gs.propagation_anisotropy: the sampled products of {describe(shape, wide)}",
                 "fewer lags or samples_per_lag per call (the statistics of each sample do not "
                 "depend on the others), or gs.transport_norms for norms only")
-    b = torch.randint(B, (L, S), generator=generator)
-    k = (torch.rand(L, S, generator=generator, dtype=torch.float64)
-         * (T - lags_t + 1).unsqueeze(-1)).long()
+    if lengths is None:
+        b = torch.randint(B, (L, S), generator=generator)
+        span = (T - lags_t + 1).unsqueeze(-1)
+    else:
+        b, span = _windows_within_lengths(lengths, lags_t, S, T, generator)
+    k = (torch.rand(L, S, generator=generator, dtype=torch.float64) * span).long()
     lag = lags_t.unsqueeze(-1).expand(L, S)
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
@@ -233,6 +244,24 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
         sigma = sigma * log_scale.exp().unsqueeze(-1)
     stats = spectrum_stats(sigma.reshape(L, S, N), r, ce_denominator, epsilon)
     return PropagationAnisotropy(lags_t, samples, stats)
+
+
+def _windows_within_lengths(lengths: Tensor, lags: Tensor, S: int, T: int,
+                            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(b, span)`` ``(L, S)`` each: sequences drawn uniformly among those at least ``lag``
+    long, and the number ``len_b - lag + 1`` of start times within each one's length."""
+    lengths = torch.as_tensor(lengths).cpu()
+    if (lengths.dim() != 1 or lengths.is_floating_point() or (lengths < 1).any()
+            or (lengths > T).any()):
+        raise ValueError(f"lengths must be a (B,) integer tensor with values in [1, T={T}], "
+                         f"got {lengths.tolist() if lengths.dim() == 1 else lengths.shape}")
+    fits = lengths.unsqueeze(0) >= lags.unsqueeze(-1)  # (L, B)
+    if not fits.any(-1).all():
+        short = lags[~fits.any(-1)].tolist()
+        raise ValueError(f"lags {short} exceed every sequence's length (lengths "
+                         f"{lengths.tolist()})")
+    b = torch.multinomial(fits.double(), S, replacement=True, generator=generator)
+    return b, lengths[b] - lags.unsqueeze(-1) + 1
 
 
 class _AdjointObjective(nn.Module):

@@ -131,7 +131,7 @@ def propagation(ctx: ProbeContext) -> dict[str, Tensor]:
     res = propagation_anisotropy(J, ctx.lags, ctx.samples_per_lag,
                                  torch.Generator().manual_seed(ctx.sampling_seed),
                                  ctx.spectrum_rank(J.shape[-1]), ctx.ce_denominator,
-                                 ctx.spectrum_epsilon)
+                                 ctx.spectrum_epsilon, ctx.trajectory.lengths)
     return _spectrum(res.stats, JACOBIAN_METRICS, lambda x: quantile(x, 0.5))
 
 
