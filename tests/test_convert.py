@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,50 @@ def test_bidirectional_modules_need_layer_and_direction(module):
 def test_unsupported_module_types_raise_type_error():
     with pytest.raises(TypeError, match="nn.GRU, nn.LSTM, nn.RNN"):
         from_torch(nn.Linear(M, N))
+
+
+def _final_states(cell, x):
+    with torch.no_grad():
+        return cell.unroll(x).states[:, -1, : cell.hidden_size]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.GRU(M, N, num_layers=2), lambda: nn.LSTM(M, N, batch_first=True),
+    lambda: nn.RNN(M, N, nonlinearity="relu"), lambda: nn.GRUCell(M, N)],
+    ids=["gru_2_layers", "lstm_batch_first", "rnn_relu", "gru_cell"])
+def test_scripted_modules_convert_to_the_cell_of_the_original(make):
+    """Guards from_torch of torch.jit.script-ed modules (issue 16): the cell equals the
+    cell of the module before scripting, weights and all."""
+    torch.manual_seed(11)
+    module = make().double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates script
+        scripted = torch.jit.script(module)
+    x = torch.randn(2, 5, M, dtype=torch.float64)
+    torch.testing.assert_close(_final_states(from_torch(scripted), x),
+                               _final_states(from_torch(module), x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("DPLSTM", {"num_layers": 2, "batch_first": True}), ("DPGRU", {}),
+    ("DPRNN", {"nonlinearity": "relu"}), ("DPLSTM", {"bidirectional": True})],
+    ids=["dplstm_2_layers", "dpgru", "dprnn_relu", "dplstm_bidirectional"])
+def test_opacus_dp_layers_convert_and_reproduce_their_outputs(kind, options):
+    """Guards from_torch of Opacus' DP layers (issue 16): same parameter names as torch's, so
+    the cell reproduces the DP module's own output (float64, 1e-12); a bidirectional one
+    converts per (layer, direction)."""
+    layers = pytest.importorskip("opacus.layers")
+    torch.manual_seed(12)
+    module = getattr(layers, kind)(M, N, **options).double().eval()
+    x = torch.randn(2, 5, M, dtype=torch.float64)
+    with torch.no_grad():
+        out = module(x if module.batch_first else x.transpose(0, 1))[0]
+    out = out if module.batch_first else out.transpose(0, 1)
+    if module.bidirectional:
+        cell = from_torch(module, layer=0, direction="forward")
+        torch.testing.assert_close(cell.unroll(x).states[:, 1:, :N], out[..., :N],
+                                   rtol=1e-12, atol=1e-12)
+        assert from_torch(module, layer=0, direction="backward").input_size == M
+        return
+    torch.testing.assert_close(_final_states(from_torch(module), x), out[:, -1],
+                               rtol=1e-12, atol=1e-12)

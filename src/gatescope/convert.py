@@ -99,6 +99,7 @@ def from_torch(module: nn.Module, layer: int | None = None,
         TypeError: when ``module`` is not one of the supported types, or changes what its
             ``forward`` computes.
     """
+    module = stock_module(module)
     name = _cell_name(module)
     layers, directions = _layer_choices(module)
     if direction is not None and direction not in directions:
@@ -154,6 +155,7 @@ def layer_inputs(module: nn.RNNBase, x: Tensor, layer: int, direction: str = "fo
         TypeError: when ``module`` is not an ``nn.GRU``/``nn.LSTM``/``nn.RNN``.
         ValueError: for a bad ``layer``, ``direction``, ``x`` shape or ``lengths``.
     """
+    module = stock_module(module)
     if not isinstance(module, nn.RNNBase):
         raise TypeError(f"layer_inputs takes an nn.GRU, nn.LSTM or nn.RNN, got "
                         f"{type(module).__name__}")
@@ -268,13 +270,65 @@ def _layer_cell(module: nn.Module, name: str, k: int, suffix: str) -> RecurrentC
     return cell
 
 
+#: Modules that compute what a torch recurrent module does under another class: the
+#: ``torch.jit.script``-ed torch module (by its ``original_name``) and Opacus' DP layers
+#: (same hyperparameters and parameter names as torch's).
+_EQUIVALENT_TYPES = {
+    **{t.__name__: t for t in _CELL_NAMES},
+    "DPLSTM": nn.LSTM, "DPGRU": nn.GRU, "DPRNN": nn.RNN,
+    "DPLSTMCell": nn.LSTMCell, "DPGRUCell": nn.GRUCell, "DPRNNCell": nn.RNNCell,
+}
+
+#: The hyperparameters an equivalent module is rebuilt with, by torch type.
+_HYPERPARAMETERS = {
+    nn.RNNBase: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional"),
+    nn.RNNCellBase: ("input_size", "hidden_size", "bias"),
+}
+
+
+def stock_module(module: nn.Module) -> nn.Module:
+    """``module`` itself when it is a torch recurrent module; for a ``torch.jit.script``-ed
+    one or an Opacus ``DPLSTM``/``DPGRU``/``DPRNN`` (or their cells), the stock torch module
+    with the same hyperparameters and a copy of its ``state_dict`` (loaded strictly, so a
+    parameter layout that is not torch's is refused), in ``module``'s training mode.
+
+    Raises:
+        TypeError: when ``module`` is none of these (the caller's check names the types).
+    """
+    if isinstance(module, tuple(_CELL_NAMES)):
+        return module
+    is_script = isinstance(module, torch.jit.ScriptModule)
+    kind = getattr(module, "original_name", None) if is_script else type(module).__name__
+    is_opacus = type(module).__module__.startswith("opacus.")
+    target = _EQUIVALENT_TYPES.get(kind) if (is_script or is_opacus) else None
+    if target is None:
+        return module
+    base = nn.RNNBase if issubclass(target, nn.RNNBase) else nn.RNNCellBase
+    options = {k: getattr(module, k) for k in _HYPERPARAMETERS[base]}
+    if target is nn.LSTM:
+        options["proj_size"] = getattr(module, "proj_size", 0)
+    if target in (nn.RNN, nn.RNNCell):
+        options["nonlinearity"] = getattr(module, "nonlinearity", None) or getattr(
+            module, "cell_params", {}).get("nonlinearity", "tanh")
+    weights = next(iter(module.state_dict().values()))
+    stock = target(**options).to(dtype=weights.dtype, device=weights.device)
+    try:
+        stock.load_state_dict(module.state_dict())
+    except RuntimeError as err:
+        raise TypeError(f"from_torch: {type(module).__name__} holds parameters that are not "
+                        f"{target.__name__}'s: {str(err).splitlines()[0]}") from None
+    return stock.train(module.training)
+
+
 def _cell_name(module: nn.Module) -> str:
     """The gatescope cell name for ``module``, after checking it computes its class's forward."""
     base = next((k for k in _CELL_NAMES if isinstance(module, k)), None)
     if base is None:
         raise TypeError(
             "from_torch supports nn.GRU, nn.LSTM, nn.RNN, nn.GRUCell, nn.LSTMCell and "
-            f"nn.RNNCell, got {type(module).__name__}"
+            "nn.RNNCell, their torch.jit.script-ed versions and Opacus' DPLSTM/DPGRU/DPRNN, "
+            f"got {type(module).__name__}"
         )
     _check_forward_is_torchs(module, base)
     return _CELL_NAMES[base]
