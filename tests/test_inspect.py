@@ -434,3 +434,36 @@ def test_lyapunov_section_equals_the_public_estimators(tiny):
     np.testing.assert_allclose(ly["exponents"], ref.numpy(), rtol=1e-12)
     gates = gs.gate_time_scale_exponents(traj, discard=discard)[:, :k].mean(0)
     np.testing.assert_allclose(ly["gate_prediction"], gates.numpy(), rtol=1e-12)
+
+
+def test_padded_sequences_are_measured_within_their_lengths():
+    """Guards gs.inspect(lengths=): each sequence counts only up to its length. The lookback
+    aligns each sequence at its own end and equals the RMS of the sequences inspected
+    alone (the short one truncated, not padded); the time-scale quantiles are those of the
+    valid steps; saturation counts only valid entries."""
+    torch.manual_seed(9)
+    module = nn.GRU(3, 4, batch_first=True).double()
+    x = torch.randn(2, 12, 3, dtype=torch.float64)
+    lengths = torch.tensor([12, 7])
+    padded = gs.inspect(module, x, lengths=lengths, quiet=True, transport_lags=0,
+                        lyapunov_count=0).summary["units"][0]
+    alone = [gs.inspect(module, x[b:b + 1, :int(n)], quiet=True, transport_lags=0,
+                        lyapunov_count=0).summary["units"][0]
+             for b, n in enumerate(lengths)]
+    got = np.array(padded["lookback"]["values"])                     # index = lag 0..T-1
+    long, short = (np.array(a["lookback"]["values"]) ** 2 for a in alone)
+    want = np.sqrt(np.concatenate([(long[:7] + short) / 2, long[7:]]))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    cell = gs.from_torch(module)
+    with torch.no_grad():
+        r = torch.cat([cell.unroll(x[:1]).retention.flatten(),
+                       cell.unroll(x[1:, :7]).retention.flatten()])
+    levels = torch.tensor(padded["time_scales"]["levels"], dtype=torch.float64)
+    np.testing.assert_allclose(padded["time_scales"]["quantiles"],
+                               (-1 / torch.quantile(r, levels).log()).numpy(), rtol=1e-10)
+    assert padded["time_scales"]["count_total"] == (12 + 7) * 4
+    for name, part in padded["saturation"].items():
+        ref = [a["saturation"][name]["high"] for a in alone]
+        assert part["high"] == pytest.approx((12 * ref[0] + 7 * ref[1]) / 19)
+    with pytest.raises(InspectInputError, match="lengths must lie in 1..T=12"):
+        gs.inspect(module, x, lengths=torch.tensor([12, 13]), quiet=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cells.base import RecurrentCell
+from ..cells.base import RecurrentCell, check_lengths
 from ..checks import as_device, as_float, as_int
 from ..convert import from_torch, layer_inputs
 from ..measures.rates import time_scales
@@ -74,11 +74,13 @@ class InspectResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def module_units(module: nn.Module | RecurrentCell, x: Tensor) -> list[AnalysisUnit]:
+def module_units(module: nn.Module | RecurrentCell, x: Tensor,
+                 lengths: Tensor | None = None) -> list[AnalysisUnit]:
     """The analysis units of ``module`` for batch-first inputs ``x``: one per (layer,
     direction), each layer's cell (:func:`~gatescope.from_torch` with ``layer`` and
     ``direction``) with the inputs torch feeds it (:func:`~gatescope.layer_inputs`, run on
-    the module's own lower layers), bottom layer first, forward before backward.
+    the module's own lower layers, packed with ``lengths`` when given), bottom layer first,
+    forward before backward.
 
     Raises:
         InspectInputError: for a module ``from_torch`` cannot convert (its message).
@@ -90,7 +92,8 @@ def module_units(module: nn.Module | RecurrentCell, x: Tensor) -> list[AnalysisU
     directions = ("forward", "backward") if module.bidirectional else ("forward",)
     own_layout = x if module.batch_first else x.transpose(0, 1)
     return [AnalysisUnit(k, d, _converted(module, layer=k, direction=d),
-                         layer_inputs(module, own_layout, layer=k, direction=d))
+                         layer_inputs(module, own_layout, layer=k, direction=d,
+                                      lengths=lengths))
             for k in range(module.num_layers) for d in directions]
 
 
@@ -151,7 +154,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
             lookback_probes: int | str | None = "auto", transport_lags: int = TRANSPORT_LAGS,
             lyapunov_count: int = LYAPUNOV_COUNT,
             horizon_threshold: float = HORIZON_THRESHOLD, max_sequences: int | None = None,
-            seed: int = 0, device: str | torch.device | None = None,
+            seed: int = 0, lengths: Tensor | None = None,
+            device: str | torch.device | None = None,
             dtype: torch.dtype | None = None, quiet: bool = False,
             jacobian_budget: int = 2**27, module_description: str | None = None
             ) -> InspectResult:
@@ -199,6 +203,10 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
         horizon_threshold: the memory horizon's fraction of the peak, in ``(0, 1)``.
         max_sequences: analyse at most this many sequences, drawn with ``seed``.
         seed: seed of the sequence sample and the Gaussian directions.
+        lengths: ``(B,)`` valid lengths of padded ``inputs``: each layer runs torch's packed
+            sequences (the backward direction reversed within each length), steps past a
+            length are left out of every section, and the lookback aligns each sequence
+            at its own end.
         device: where to compute (default: the module's).
         dtype: compute dtype (default: the module's).
         quiet: no progress bar.
@@ -218,10 +226,16 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
     if targets is not None and (not hasattr(targets, "shape") or targets.shape[0] != x.shape[0]):
         raise InspectInputError(f"targets must have B={x.shape[0]} rows (one per sequence), "
                                 f"got {getattr(targets, 'shape', type(targets).__name__)}")
+    if lengths is not None:
+        try:
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1])
+        except (TypeError, ValueError) as err:
+            raise InspectInputError(str(err)) from None
     chosen = _sample_sequences(x.shape[0], max_sequences, seed)
     x = x[chosen].to(dev)
+    lengths = None if lengths is None else lengths[chosen].to(dev)
     module = copy.deepcopy(module).to(device=dev, dtype=dtype)  # the caller's is left as is
-    units = module_units(module, x)
+    units = module_units(module, x, lengths)
     started = time.perf_counter()
     B, T = x.shape[:2]
     ends = sampled_end_times(T, end_times)
@@ -235,7 +249,7 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
                 "transport_starts": tstarts, "lyapunov_count": lyapunov_count}
     with _progress_bar(len(units) * (3 + bool(lyapunov_count)) * T, quiet) as bar:
         results = [_inspect_unit(u, sampling, lookback_probes, horizon_threshold, seed,
-                                 jacobian_budget, bar.update) for u in units]
+                                 jacobian_budget, bar.update, lengths) for u in units]
     summary = {
         "module": module_description or repr(module).replace("\n", " "),
         "settings": {"batch_first": batch_first, "end_times": end_times,
@@ -248,7 +262,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
                     0 if batch_first else 1]), "batch": B, "seq_len": T,
                     "input_size": int(x.shape[-1]), "end_times": ends,
                     "envelope_lags": [1, T], "rate_lags": rlags,
-                    "transport_lags": tlags, "transport_end_times": tstarts},
+                    "transport_lags": tlags, "transport_end_times": tstarts,
+                    "lengths": None if lengths is None else lengths.tolist()},
         "targets": None if targets is None else "given; not used by any section of this "
                                                 "version",
         "units": results,
@@ -303,7 +318,7 @@ def _timed(timings: dict, name: str, work: Callable):
 
 def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
                   horizon_threshold: float, seed: int, jacobian_budget: int,
-                  progress: Callable[[int], object]) -> dict:
+                  progress: Callable[[int], object], lengths: Tensor | None = None) -> dict:
     """Every number of one analysis unit, as plain Python/numpy-convertible values
     (``sampling``: the end times, rate lags, transport lags and end times, Lyapunov count)."""
     ends, rlags = sampling["ends"], sampling["rate_lags"]
@@ -313,7 +328,8 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
     probes = (None if n <= EXACT_LOOKBACK_MAX_N else LOOKBACK_PROBES) \
         if lookback_probes == "auto" else lookback_probes
     y = x.new_zeros(B, 1)
-    ctx = InspectContext(model=SequenceModel(cell), u=x, y=y, mask=None, optimizer=None,
+    ctx = InspectContext(model=SequenceModel(cell), u=x, y=y, mask=None, lengths=lengths,
+                         optimizer=None,
                          lags=tuple(range(1, T + 1)), rank=1, samples_per_lag=1, step=0,
                          rate_lags=tuple(rlags), sampling_seed=seed, end_times=tuple(ends),
                          lookback_probes=probes, jacobian_budget=jacobian_budget,
@@ -328,7 +344,7 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
         record.update(values)
         skipped.update(skip)
     hist = _timed(timings, "time_scale_histogram",
-                  lambda: _tau_histogram(instantaneous_time_scales(cell, traj)))
+                  lambda: _tau_histogram(instantaneous_time_scales(cell, traj)[traj.step_mask]))
     saturation = saturation_fractions(traj)
     lookback = record["output_lookback"][::-1]          # index ℓ = 0..T-1
     envelope = record.get("sampled_envelope")

@@ -29,6 +29,7 @@ from ..probes.context import ProbeContext
 from ..probes.registry import Quantity, SkipQuantity
 from .sampled import (
     Progress,
+    aligned_at_ends,
     end_time_rates,
     no_progress,
     output_lookback,
@@ -82,7 +83,8 @@ GATE_EXPONENTS = declare_metric(
     unit="1/step")
 OUTPUT_LOOKBACK = declare_metric(
     "output_lookback", "sqrt(mean over examples of ‖∂h_T/∂u_t‖_F²), h_T the readout part of "
-    "the final state (exact, or Hutchinson's estimate with Gaussian directions)",
+    "the final state (exact, or Hutchinson's estimate with Gaussian directions; padded "
+    "sequences aligned at their own ends)",
     axes=("time",))
 
 
@@ -120,7 +122,8 @@ class InspectContext(ProbeContext):
         """``(envelope (T,), μ at rate_lags (B, S, L, n))`` at the sampled end times."""
         r = neuron_retention(self.cell, self.trajectory)
         return end_time_rates(r, self.retained_diagonal - r, self.end_times,
-                              self.effective_rate_lags, self.progress)
+                              self.effective_rate_lags, self.progress,
+                              self.trajectory.lengths)
 
     @cached_property
     def lookback(self) -> Tensor:
@@ -149,7 +152,7 @@ def time_scale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
     """
     if not bool(ctx.trajectory.retention.ne(0).any()):
         raise SkipQuantity("the cell has no retention (r = 0, τ = 0)")
-    r = neuron_retention(ctx.cell, ctx.trajectory).flatten()
+    r = neuron_retention(ctx.cell, ctx.trajectory)[ctx.trajectory.step_mask].flatten()
     levels = torch.tensor(DEFAULT_LEVELS, dtype=torch.float64)
     return {TAU_QUANTILES.name: tau_of(quantile(r, levels)),
             TAU_INFINITE_FRACTION.name: (r >= 1).double().mean()}
@@ -161,7 +164,9 @@ def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
     """Entry-weighted saturation over every sigmoid gate and every tanh output."""
     traj = ctx.trajectory
     parts = saturation_fractions(traj)
-    weights = {label: x.numel() for label, (x, _) in saturation_sources(traj).items()}
+    inside = traj.step_mask
+    weights = {label: x[inside.to(x.device)].numel()
+               for label, (x, _) in saturation_sources(traj).items()}
     out = {}
     for metric, kind in ((GATE_SATURATED, "sigmoid"), (TANH_SATURATED, "tanh")):
         chosen = {k: v for k, v in parts.items() if v["kind"] == kind}
@@ -186,8 +191,14 @@ def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
 @_quantity("output_lookback", cost=2, metrics=[OUTPUT_LOOKBACK],
                    description="how far back the output looks: ‖∂h_T/∂u_t‖ against t")
 def output_lookback_norms(ctx: ProbeContext) -> dict[str, Tensor]:
-    """RMS over examples of ``‖∂h_T/∂u_t‖_F`` for ``t = 1..T``."""
-    return {OUTPUT_LOOKBACK.name: _inspect_context(ctx).lookback.mean(0).sqrt()}
+    """RMS over examples of ``‖∂h_T/∂u_t‖_F`` for ``t = 1..T``; with ``traj.lengths`` each
+    sequence is aligned at its own end (``h_T`` is its state at its length, held there), so
+    index ``t`` is lag ``T - t`` from every sequence's end, over the sequences that long."""
+    ictx = _inspect_context(ctx)
+    squares, lengths = ictx.lookback, ictx.trajectory.lengths
+    if lengths is not None:
+        squares = aligned_at_ends(squares, lengths.to(squares.device))
+    return {OUTPUT_LOOKBACK.name: squares.nanmean(0).sqrt()}
 
 
 #: The matrix-free norms' tolerance and Lanczos step limit in a report (a figure's accuracy,
@@ -207,7 +218,11 @@ def sampled_transport_norms(ctx: ProbeContext) -> dict[str, Tensor]:
                           list(ictx.transport_starts), rtol=TRANSPORT_RTOL,
                           max_iter=TRANSPORT_MAX_ITER,
                           generator=torch.Generator().manual_seed(ictx.sampling_seed))
-    return {TRANSPORT_NORM.name: quantile(res.norms.transpose(0, 2).flatten(1), 0.5, dim=1),
+    norms = res.norms  # (B, S, L); an end time past a sequence's length is left out
+    if ictx.trajectory.lengths is not None:
+        past = res.starts.view(1, -1) > ictx.trajectory.lengths.cpu().view(-1, 1)
+        norms = norms.masked_fill(past.to(norms.device).unsqueeze(-1), float("nan"))
+    return {TRANSPORT_NORM.name: quantile(norms.transpose(0, 2).flatten(1), 0.5, dim=1),
             TRANSPORT_CONVERGED.name: res.converged.double().mean()}
 
 

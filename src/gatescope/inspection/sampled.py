@@ -117,7 +117,8 @@ def retained_diagonal_chunked(cell: RecurrentCell, traj: Trajectory,
 
 
 def end_time_rates(r: Tensor, d: Tensor, ends: Sequence[int], keep_lags: Sequence[int],
-                   progress: Progress = no_progress) -> tuple[Tensor, Tensor]:
+                   progress: Progress = no_progress, lengths: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
     """First-order rates ``μ = μ⁰ + μ¹`` at the end times ``ends`` for every lag.
 
     Args:
@@ -125,6 +126,8 @@ def end_time_rates(r: Tensor, d: Tensor, ends: Sequence[int], keep_lags: Sequenc
         d: ``(B, T, n)`` ``diag(J) - r`` on the retained entries.
         ends: end times ``t`` in ``1..T``.
         keep_lags: lags in ``1..T`` at which the whole ``μ`` is returned.
+        lengths: ``(B,)`` valid lengths: an end time past a sequence's length is left out
+            for that sequence (NaN in ``kept``).
 
     Returns:
         ``envelope`` ``(T,)``: ``f(ℓ) = mean over (b, t ∈ ends with t ≥ ℓ, q) |μ_{t,ℓ,q}|``
@@ -139,19 +142,31 @@ def end_time_rates(r: Tensor, d: Tensor, ends: Sequence[int], keep_lags: Sequenc
     s = r.new_zeros(B, len(e), n)
     envelope = r.new_full((T,), math.nan)
     kept = r.new_full((B, len(e), len(keep), n), math.nan)
+    inside = (torch.ones(B, len(e), dtype=torch.bool, device=r.device) if lengths is None
+              else e.unsqueeze(0) <= lengths.to(r.device).unsqueeze(-1))  # (B, S)
     for lag in range(1, T + 1):
         valid = e >= lag                    # window t-ℓ+1..t needs step t-ℓ+1 >= 1
         idx = (e - lag).clamp_min(0)        # step j = t-ℓ+1 is at index t-ℓ
         rj, dj = r[:, idx], d[:, idx]
         s = s * rj + p * dj
         p = p * rj
-        mu = (p + s)[:, valid]
-        if mu.numel():
-            envelope[lag - 1] = mu.abs().mean()
+        mu = (p + s).masked_fill(~inside.unsqueeze(-1), math.nan)[:, valid]
+        if (~mu.isnan()).any():
+            envelope[lag - 1] = mu.abs().nanmean()
         if lag in keep:
             kept[:, valid, keep[lag]] = mu
         progress(1)
     return envelope, kept
+
+
+def aligned_at_ends(x: Tensor, lengths: Tensor) -> Tensor:
+    """``(B, T)`` per-time values shifted so each sequence ends at index ``T - 1``: entry
+    ``[b, T-1-ℓ]`` is ``x[b, len_b-1-ℓ]`` (NaN for ``ℓ ≥ len_b``)."""
+    B, T = x.shape
+    lag = torch.arange(T - 1, -1, -1, device=x.device)           # index i holds lag T-1-i
+    source = lengths.view(-1, 1) - 1 - lag.view(1, -1)            # (B, T)
+    taken = x.gather(1, source.clamp_min(0))
+    return taken.masked_fill(source < 0, math.nan)
 
 
 def output_lookback(cell: RecurrentCell, traj: Trajectory, probes: int | None = None,
@@ -187,9 +202,12 @@ def output_lookback(cell: RecurrentCell, traj: Trajectory, probes: int | None = 
     def step(h, u):
         return cell.compute(h, u)["state"]
 
+    inside = traj.step_mask.to(states.device)  # past a length the state is held: J = I, no u
     for t in range(T - 1, -1, -1):
         _, vjp = torch.func.vjp(step, states[:, t], inputs[:, t])
-        lam, g_u = torch.func.vmap(vjp)(lam)
+        new, g_u = torch.func.vmap(vjp)(lam)
+        keep = inside[:, t].view(1, B, 1)
+        lam, g_u = torch.where(keep, new, lam), g_u * keep
         out[:, t] = g_u.double().pow(2).sum((0, 2)) * scale
         progress(1)
     return out
@@ -225,8 +243,9 @@ def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[
         :func:`saturation_sources`.
     """
     out = {}
+    inside = traj.step_mask
     for label, (x, kind) in saturation_sources(traj).items():
-        x = x.detach().double()
+        x = x.detach().double()[inside.to(x.device)]  # (entries within the lengths, ...)
         if kind == "sigmoid":
             out[label] = {"kind": kind, "low": float((x < eps).double().mean()),
                           "high": float((x > 1 - eps).double().mean())}

@@ -33,6 +33,8 @@ class ProbeContext:
         u: ``(B, T, m)`` the probe inputs.
         y: the probe targets, as for :meth:`~gatescope.SequenceModel.loss`.
         mask: optional ``(B, T)`` step weights.
+        lengths: optional ``(B,)`` valid lengths of a padded batch: the trajectory holds
+            each state past its length (packed-sequence semantics).
         optimizer: the training optimizer, or ``None``.
         lags: the lags of transport quantities, each in ``1..T``.
         rank: the ``r`` of ``AI_r``/``CE_r`` (see :meth:`spectrum_rank`).
@@ -76,6 +78,7 @@ class ProbeContext:
     product_order: str = "chain"
     trim: float = 0.01
     power_iterations: int | None = None
+    lengths: Tensor | None = None
     ce_denominator: str | int = "all"
     spectrum_epsilon: float = 0.0
 
@@ -106,9 +109,9 @@ class ProbeContext:
 
     @cached_property
     def trajectory(self) -> Trajectory:
-        """The cell unrolled over ``u`` from ``h_0 = 0``, detached."""
+        """The cell unrolled over ``u`` from ``h_0 = 0`` (with ``lengths``), detached."""
         with torch.no_grad():
-            return self.cell.unroll(self.u).detach()
+            return self.cell.unroll(self.u, lengths=self.lengths).detach()
 
     @cached_property
     def jacobians(self) -> Tensor:
