@@ -212,3 +212,18 @@ def test_reversed_product_order_expands_the_reversed_product(tmp_path):
     chain_big = [r["value"] for r in chain if r["metric"] == "truncation_error" and
                  r["eps"] == 1.0]
     assert chain_big[0] != pytest.approx(errors[1.0], rel=1e-3)
+
+
+def test_the_correction_ratio_median_interpolates_an_even_count():
+    """Guards correction_ratio_median (issue 17): the interpolated median of ρ_j, not
+    torch.median's lower middle value (2.5, not 2, for ρ = 1, 2, 3, 4)."""
+    from types import SimpleNamespace
+
+    from gatescope.experiments.base import Group
+    from gatescope.experiments.expansion import ExpansionExperiment
+
+    ex = SimpleNamespace(eps=torch.tensor([0.1]), error=torch.tensor([1.0]),
+                         remainder=torch.tensor([1.0]), slope=torch.tensor(2.0),
+                         ratios=torch.tensor([4.0, 1.0, 3.0, 2.0]))
+    rows = ExpansionExperiment._rows(Group("sinusoid", "multi_gate", "none"), 0, ex)
+    assert [r["value"] for r in rows if r["metric"] == "correction_ratio_median"] == [2.5]

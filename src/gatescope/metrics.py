@@ -120,7 +120,8 @@ ERROR_SLOPE = declare_metric("error_slope", "log-log slope of E(ε) over the sma
 CORRECTION_RATIO = declare_metric("correction_ratio", "per-step correction size "
                                   "ρ_j = ‖B_j‖₂/‖A_j‖₂", axes=("time",))
 CORRECTION_RATIO_MEDIAN = declare_metric("correction_ratio_median",
-                                         "median over steps of ρ_j = ‖B_j‖₂/‖A_j‖₂")
+                                         "median over steps of ρ_j = ‖B_j‖₂/‖A_j‖₂ "
+                                         "(interpolated between the middle two)")
 
 # --------------------------------------------------------------- §VII-A sensitivity profile
 SENSITIVITY_PROFILE = declare_metric(
