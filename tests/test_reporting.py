@@ -470,6 +470,17 @@ def test_fidelity_section_reports_the_shift_of_each_switch():
     assert any(line.startswith("fixed_batch: not measured") for line in section.lines)
 
 
+def test_fidelity_lines_name_a_numeric_column_by_its_value():
+    """Guards fidelity_lines on a switch whose rows are told apart by the lag (spectrum_epsilon:
+    jacobian_ai/jacobian_ce per lag): the key prints as 'lag 4' (it crashed joining floats)."""
+    default = anisotropy_table(tasks=("adding",))
+    shifted = anisotropy_table(anisotropy_values(
+        jacobian_ce=lambda k, c, o, st, s, lag: 1e-7 if c == "plain" else 0.9), tasks=("adding",))
+    section = fidelity_section({"spectrum_epsilon": (default, shifted)})
+    ce = [line for line in section.lines if "jacobian_ce adding/plain/adam/lag 4:" in line]
+    assert len(ce) == 1 and "paper code 1e-07" in ce[0], section.lines
+
+
 # --- figures ----------------------------------------------------------------------------
 
 

@@ -183,6 +183,14 @@ def analogy_sections(profiles_table: ResultsTable | None,
             adam_section(anisotropy_table)]
 
 
+def _column_text(column: str, value) -> str:
+    """A results column's value in a report line: ``lag 40`` for a number, the name as is."""
+    if isinstance(value, str):
+        return value
+    number = float(value)
+    return f"{column} {int(number) if number.is_integer() else number:g}"
+
+
 def fidelity_lines(switch: str, default: ResultsTable, variant: ResultsTable) -> list[str]:
     """One line per headline number that ``switch`` changes: default and paper-code values
     at each run's last checkpoint, and the shift of the median in units of the default's
@@ -197,7 +205,9 @@ def fidelity_lines(switch: str, default: ResultsTable, variant: ResultsTable) ->
             v = variant.select(metric=metric, step=v_step, **where).spread()
             delta = v.median - d.median
             scale = f" = {delta / d.iqr:.3g} × the default IQR" if d.iqr > 0 else ""
-            lines.append(f"{switch} ({experiment}), {metric} {'/'.join(key)}: default {d} → "
+            label = "/".join(_column_text(column, value)
+                             for column, value in zip(columns, key, strict=True))
+            lines.append(f"{switch} ({experiment}), {metric} {label}: default {d} → "
                          f"paper code {v}; shift of the median {delta:+.3g}{scale}")
     return lines or [f"{switch}: the paired runs share no rows of "
                      f"{', '.join(m for m, _ in metrics)}"]
