@@ -254,3 +254,14 @@ def test_final_state_gradient_is_each_examples_own():
         h = states[b:b + 1].detach().requires_grad_()
         (g,) = torch.autograd.grad(model.loss_from_states(h, y[b:b + 1]), h)
         torch.testing.assert_close(delta[b], g[0, -1])
+
+
+def test_float_lags_and_start_times_are_refused_not_truncated():
+    """Guards propagation_anisotropy and transport_alignment against lags=[1.7] or ks=[1.5]
+    silently becoming 1 (the defect fixed for the rates, now shared)."""
+    J = torch.randn(1, 5, 3, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="lags must be a sequence of ints"):
+        propagation_anisotropy(J, [1.7])
+    with pytest.raises(TypeError, match="ks must be a sequence of ints"):
+        transport_alignment(J, torch.randn(1, 3, dtype=torch.float64), [1.5], r=2)
+    assert propagation_anisotropy(J, torch.tensor([2]), samples_per_lag=2, r=2).lags.tolist() == [2]

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from ..dynamics.spectral import wide_dtype, widen
 from ..memory import check_dense, describe, tensor_bytes
 from ..model import SequenceModel
+from ._integers import integer_lags
 
 
 def singular_values(X: Tensor) -> Tensor:
@@ -210,7 +211,7 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
     """
     check_epsilon(epsilon)
     B, T, N, _ = J.shape
-    lags_t = torch.as_tensor(list(lags), dtype=torch.long)
+    lags_t = torch.as_tensor(integer_lags(lags), dtype=torch.long)
     if lags_t.numel() == 0 or (lags_t < 1).any() or (lags_t > T).any():
         raise ValueError(f"lags must be a non-empty set of values in [1, T={T}], got {lags}")
     if generator is None:
@@ -465,7 +466,7 @@ def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 
         An :class:`Alignment`; NaN for an example with ``δ_T = 0``.
     """
     B, T, N, _ = J.shape
-    ks_t = torch.as_tensor(list(ks), dtype=torch.long)
+    ks_t = torch.as_tensor(integer_lags(ks, "ks"), dtype=torch.long)  # 1.7 refused
     if ks_t.numel() == 0 or (ks_t < 0).any() or (ks_t >= T).any():
         raise ValueError(f"ks must be a non-empty set of values in [0, T-1={T - 1}], got {ks}")
     if not 1 <= r <= N:

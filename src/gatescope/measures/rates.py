@@ -38,7 +38,6 @@ the ``N``-dimensional state):
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ from torch import Tensor
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
+from ._integers import integer_lags
 from ._quantile import quantile
 from .anisotropy import coefficient_of_variation
 
@@ -294,31 +294,6 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     mean = torch.where(count > 0, total / count.clamp_min(1), math.nan)
     return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
                        quantile(cv.flatten(0, 1), 0.5, dim=0), chunk_size)
-
-
-def integer_lags(lags: Sequence[int]) -> list[int]:
-    """``lags`` as a list of ints ``>= 0``, refusing rather than truncating non-integers.
-
-    Accepts Python and NumPy ints and integer-dtype tensors of one element (so an integer
-    tensor of lags works too); refuses floats (``1.7`` is not lag 1), float tensors and bools.
-    """
-    try:
-        out = [_integer(x) for x in lags]
-    except TypeError as err:
-        raise TypeError(f"lags must be a sequence of ints, got {lags!r}: {err}") from None
-    if any(x < 0 for x in out):
-        raise ValueError(f"lags must be >= 0, got {out}")
-    return out
-
-
-def _integer(x) -> int:
-    """``x`` as an int; ``TypeError`` for a bool or anything that is not an integer."""
-    if isinstance(x, bool) or (isinstance(x, Tensor) and x.dtype == torch.bool):
-        raise TypeError(f"{x!r} is a bool, not an integer lag")
-    try:
-        return operator.index(x)
-    except TypeError:
-        raise TypeError(f"{x!r} ({type(x).__name__}) is not an integer lag") from None
 
 
 def envelope(mu: Tensor) -> Tensor:
