@@ -197,18 +197,7 @@ def _truncated(module: nn.RNNBase, layers: int) -> nn.RNNBase:
     """A copy of ``module``'s torch class with its first ``layers`` layers only, in eval mode
     without dropout."""
     base = next(k for k in (nn.LSTM, nn.GRU, nn.RNN) if isinstance(module, k))
-    options = {"num_layers": layers, "bias": module.bias, "batch_first": module.batch_first,
-               "bidirectional": module.bidirectional}
-    if base is nn.LSTM:
-        options["proj_size"] = module.proj_size
-    if base is nn.RNN:
-        options["nonlinearity"] = module.nonlinearity
-    weight = module.weight_hh_l0
-    copy = base(module.input_size, module.hidden_size, **options, device=weight.device,
-                dtype=weight.dtype)
-    keep = set(copy.state_dict())
-    copy.load_state_dict({k: v for k, v in module.state_dict().items() if k in keep})
-    return copy.eval()
+    return _rebuilt(base, module, only_its_keys=True, num_layers=layers, dropout=0.0).eval()
 
 
 def _run_batch_first(module: nn.RNNBase, x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -304,6 +293,19 @@ def stock_module(module: nn.Module) -> nn.Module:
     target = _EQUIVALENT_TYPES.get(kind) if (is_script or is_opacus) else None
     if target is None:
         return module
+    try:
+        stock = _rebuilt(target, module)
+    except RuntimeError as err:
+        raise TypeError(f"from_torch: {type(module).__name__} holds parameters that are not "
+                        f"{target.__name__}'s: {str(err).splitlines()[0]}") from None
+    return stock.train(module.training)
+
+
+def _rebuilt(target: type[nn.Module], module: nn.Module, only_its_keys: bool = False,
+             **overrides) -> nn.Module:
+    """A ``target`` (a torch recurrent class) with ``module``'s hyperparameters (then
+    ``overrides``), dtype and device, holding a copy of ``module``'s ``state_dict``: all of it
+    (strictly: ``RuntimeError`` for another layout), or ``only_its_keys`` (a truncated copy)."""
     base = nn.RNNBase if issubclass(target, nn.RNNBase) else nn.RNNCellBase
     options = {k: getattr(module, k) for k in _HYPERPARAMETERS[base]}
     if target is nn.LSTM:
@@ -311,14 +313,13 @@ def stock_module(module: nn.Module) -> nn.Module:
     if target in (nn.RNN, nn.RNNCell):
         options["nonlinearity"] = getattr(module, "nonlinearity", None) or getattr(
             module, "cell_params", {}).get("nonlinearity", "tanh")
-    weights = next(iter(module.state_dict().values()))
-    stock = target(**options).to(dtype=weights.dtype, device=weights.device)
-    try:
-        stock.load_state_dict(module.state_dict())
-    except RuntimeError as err:
-        raise TypeError(f"from_torch: {type(module).__name__} holds parameters that are not "
-                        f"{target.__name__}'s: {str(err).splitlines()[0]}") from None
-    return stock.train(module.training)
+    state = module.state_dict()
+    weights = next(iter(state.values()))
+    copy = target(**options | overrides, device=weights.device, dtype=weights.dtype)
+    if only_its_keys:
+        state = {k: v for k, v in state.items() if k in copy.state_dict()}
+    copy.load_state_dict(state)
+    return copy
 
 
 def _cell_name(module: nn.Module) -> str:
