@@ -107,10 +107,17 @@ def point_vjp(cell: RecurrentCell, h: Tensor, u: Tensor, W: Tensor,
     return _held(_unfold(out, W, h), W, keep)
 
 
-def _trajectory_points(cell: RecurrentCell, traj: Trajectory) -> tuple[Tensor, Tensor, Tensor]:
-    """``h_{t-1}``, ``u_t`` (detached, index ``t - 1``) and the step mask of ``traj``."""
+def _at_every_step(cell: RecurrentCell, traj: Trajectory, product, name: str) -> StepProduct:
+    """``product`` (:func:`point_jvp` or :func:`point_vjp`) at every ``(h_{t-1}, u_t)`` of
+    ``traj`` with its step mask, as a callable of the vectors (checked, called ``name``)."""
     check_trajectory(cell, traj)
-    return traj.previous_states.detach(), traj.inputs.detach(), traj.step_mask
+    h, u, keep = traj.previous_states.detach(), traj.inputs.detach(), traj.step_mask
+
+    def apply(V: Tensor) -> Tensor:
+        _check_vectors(name, V, tuple(h.shape[:2]), h.shape[-1])
+        return product(cell, h, u, V, keep)
+
+    return apply
 
 
 def step_jvp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
@@ -128,13 +135,7 @@ def step_jvp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
         ValueError: when ``traj`` was not made by ``cell``; the callable raises for a ``V``
             of another shape.
     """
-    h, u, keep = _trajectory_points(cell, traj)
-
-    def apply(V: Tensor) -> Tensor:
-        _check_vectors("V", V, tuple(h.shape[:2]), h.shape[-1])
-        return point_jvp(cell, h, u, V, keep)
-
-    return apply
+    return _at_every_step(cell, traj, point_jvp, "V")
 
 
 def step_vjp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
@@ -153,10 +154,4 @@ def step_vjp(cell: RecurrentCell, traj: Trajectory) -> StepProduct:
         ValueError: when ``traj`` was not made by ``cell``; the callable raises for a ``W``
             of another shape.
     """
-    h, u, keep = _trajectory_points(cell, traj)
-
-    def apply(W: Tensor) -> Tensor:
-        _check_vectors("W", W, tuple(h.shape[:2]), h.shape[-1])
-        return point_vjp(cell, h, u, W, keep)
-
-    return apply
+    return _at_every_step(cell, traj, point_vjp, "W")
