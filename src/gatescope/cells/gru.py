@@ -108,13 +108,20 @@ class GRUCell(TorchLayoutCell):
         return {"state": state, "held": (r, z), "gate": 1 - z, "retention": z,
                 "reset": r, "candidate": c, "hn": h_n}
 
-    def analytic_jacobian_split(self, traj):
+    @staticmethod
+    def _coefficients(traj):
+        """``(z, r, (1-z)(1-c²), a_r, a_z)`` of every step: the row scalings through the
+        candidate, the reset gate (``a_r = (1-z)(1-c²) hn r(1-r)``) and the update gate
+        (``a_z = (h-c) z(1-z)``) shared by the Jacobians below."""
         z, r = traj.retention, traj.cache["reset"]
         c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
         through_c = (1 - z) * (1 - c**2)
+        return z, r, through_c, through_c * hn * r * (1 - r), (h - c) * z * (1 - z)
+
+    def analytic_jacobian_split(self, traj):
+        z, r, through_c, a_r, a_z = self._coefficients(traj)
         A = eye_like(z) + scale_rows(through_c * r, self.recurrent_block(2))
-        B = (scale_rows(through_c * hn * r * (1 - r), self.recurrent_block(0))
-             + scale_rows((h - c) * z * (1 - z), self.recurrent_block(1)))
+        B = scale_rows(a_r, self.recurrent_block(0)) + scale_rows(a_z, self.recurrent_block(1))
         return A, B
 
     def analytic_jacobian(self, traj):
@@ -124,11 +131,8 @@ class GRUCell(TorchLayoutCell):
         Returns:
             ``(B, T, n, n)``.
         """
-        z, r = traj.retention, traj.cache["reset"]
-        c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
-        through_c = (1 - z) * (1 - c**2)
-        coefficients = torch.stack([through_c * hn * r * (1 - r), (h - c) * z * (1 - z),
-                                    through_c * r], dim=-2)
+        z, r, through_c, a_r, a_z = self._coefficients(traj)
+        coefficients = torch.stack([a_r, a_z, through_c * r], dim=-2)
         return add_diagonal_(self.scaled_recurrent_blocks(coefficients), z)
 
     def analytic_input_jacobian(self, traj):
@@ -139,9 +143,5 @@ class GRUCell(TorchLayoutCell):
         Returns:
             ``(B, T, n, m)``.
         """
-        z, r = traj.retention, traj.cache["reset"]
-        c, hn, h = traj.cache["candidate"], traj.cache["hn"], traj.previous_states
-        through_c = (1 - z) * (1 - c**2)
-        coefficients = torch.stack([through_c * hn * r * (1 - r), (h - c) * z * (1 - z),
-                                    through_c], dim=-2)
-        return self.scaled_input_blocks(coefficients)
+        _, _, through_c, a_r, a_z = self._coefficients(traj)
+        return self.scaled_input_blocks(torch.stack([a_r, a_z, through_c], dim=-2))
