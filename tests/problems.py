@@ -77,6 +77,14 @@ class Problem:
         B = self.size.B if B is None else B
         return torch.randn(B, self.size.T, self.size.m, generator=gen, dtype=self.dtype)
 
+    def targets(self, readout: str, generator: torch.Generator, outputs: int = 2
+                ) -> torch.Tensor:
+        """Standard normal targets of a model with ``readout``: ``(B, outputs)`` for
+        ``"last"``, ``(B, T, outputs)`` for ``"all"``, drawn from ``generator``."""
+        B, T = self.size.B, self.size.T
+        shape = (B, outputs) if readout == "last" else (B, T, outputs)
+        return torch.randn(shape, generator=generator, dtype=self.dtype)
+
     def trajectory(self, cell: gs.RecurrentCell | None = None) -> gs.Trajectory:
         """The unrolled trajectory (no autograd graph) of ``cell`` (default: a fresh one)."""
         cell = self.cell() if cell is None else cell

@@ -156,9 +156,7 @@ def test_per_example_gradients_equal_single_example_autograd(problem, readout):
     model = gs.SequenceModel(problem.cell(), 2, readout=readout).double()
     u = problem.inputs()
     B, T = u.shape[:2]
-    gen = torch.Generator().manual_seed(problem.seed)
-    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
-        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    y = problem.targets(readout, torch.Generator().manual_seed(problem.seed))
     G = per_example_gradients(model, u, y)
     assert G.shape == (B, sum(p.numel() for p in model.parameters()))
     torch.testing.assert_close(G, _loop_gradients(model, u, y), rtol=1e-10, atol=1e-12)

@@ -30,9 +30,7 @@ def test_lag_terms_sum_to_the_autograd_gradient(problem, readout):
     model = gs.SequenceModel(problem.cell(), 2, readout=readout).double()
     u = problem.inputs()
     B, T = u.shape[:2]
-    gen = torch.Generator().manual_seed(problem.seed)
-    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
-        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    y = problem.targets(readout, torch.Generator().manual_seed(problem.seed))
     parts = gs.lag_gradients(model, u, y)
     ref = _autograd(model, u, y)
     assert list(parts) == list(ref)
@@ -111,8 +109,7 @@ def test_jacobian_free_lag_terms_equal_the_dense_twin_lag_by_lag(problem, readou
     u = problem.inputs()
     B, T = u.shape[:2]
     gen = torch.Generator().manual_seed(problem.seed + 1)
-    y = torch.randn(B, 2, generator=gen, dtype=torch.float64) if readout == "last" else \
-        torch.randn(B, T, 2, generator=gen, dtype=torch.float64)
+    y = problem.targets(readout, gen)
     h0 = torch.randn(B, model.cell.state_size, generator=gen, dtype=torch.float64)
     parts = gs.lag_gradients(model, u, y, h0=h0)
     dense = lag_gradients_dense(model, u, y, h0=h0)
