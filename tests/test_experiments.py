@@ -9,6 +9,7 @@ from references import post_update_gate_term
 from torch.func import jacfwd
 
 import gatescope as gs
+from gatescope.dynamics.gate_term import gate_split
 from gatescope.dynamics.transport import ordered_sensitivities
 from gatescope.experiments import SettingsError, build_settings
 from gatescope.experiments.anisotropy import AnisotropyExperiment, AnisotropySettings
@@ -17,7 +18,6 @@ from gatescope.experiments.expansion import (
     ExpansionSettings,
     sinusoid_inputs,
 )
-from gatescope.experiments.paper_code import gate_split
 from gatescope.experiments.profiles import ProfilesExperiment, ProfilesSettings
 
 

@@ -14,10 +14,10 @@ from torch import nn
 import gatescope as gs
 from gatescope.dynamics import expansion as expansion_module
 from gatescope.dynamics import transport as transport_module
+from gatescope.dynamics.gate_term import gate_split
 from gatescope.dynamics.spectral import RTOL, top_singular_values
 from gatescope.dynamics.transport import chain_ordered, ordered_sensitivities
 from gatescope.experiments.expansion import ExpansionExperiment, ExpansionSettings
-from gatescope.experiments.paper_code import gate_split
 from gatescope.measures.anisotropy import singular_values
 
 REAL = (torch.float32, torch.float64)

@@ -29,6 +29,7 @@ from ..paper import PAPER_ARMS
 from ..probes import ProbeContext
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
+from .fidelity_settings import TransportFidelity
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
 from .measurements import plan_with, record_measurements
@@ -66,7 +67,7 @@ PLAN = {
 }
 
 
-class AnisotropySettings(GridSettings):
+class AnisotropySettings(GridSettings, TransportFidelity):
     """Settings of :class:`AnisotropyExperiment` (defaults: the paper's §VII-B)."""
 
     design: Literal["paper", "factorial"] = Field(
@@ -97,6 +98,12 @@ class AnisotropySettings(GridSettings):
         0.0, description="absolute regulariser of AI_r = s1/(s_r+eps) and CE_r (0: "
         "scale-invariant; the paper's code: 1e-12, which dominates once a transport product "
         "has vanished)")
+    product_dtype: Literal["float64", "float32"] = Field(
+        "float64", description="precision of the sampled transport products; float32 = the "
+        "paper code's")
+    sampling: Literal["uniform", "paper"] = Field(
+        "uniform", description="(b, t, k) windows: uniform with replacement, or paper = the "
+        "code's draw without replacement among windows ending before T")
     gradient_examples: BatchSize = Field(256, description="M per-example gradients")
     rate_lags: Lags = Field((1, 4, 16), description="lags of the gate-induced rate "
                             "dispersion (each < seq_len)")
@@ -188,7 +195,9 @@ class AnisotropyExperiment(Experiment):
                 gradient_batch=(grads[0][k], grads[1][k]),
                 step_sizes={p: v[k] for p, v in steps.items()}, sampling_seed=seed,
                 ce_denominator=settings.ce_denominator,
-                spectrum_epsilon=settings.spectrum_epsilon)
+                spectrum_epsilon=settings.spectrum_epsilon,
+                product_dtype=settings.product_dtype, sampling=settings.sampling,
+                **settings.transport_options(model.cell))
                 for k, seed, model in zip(idx, seeds, models, strict=True))
             record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows

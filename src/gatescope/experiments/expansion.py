@@ -18,9 +18,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..cells import make_cell
 from ..dynamics.expansion import DEFAULT_EPS, first_order_expansion
+from ..dynamics.gate_term import gate_split
 from ..dynamics.transport import chain_ordered
-from .base import Experiment, Group, Progress, Settings
-from .paper_code import gate_split
+from .base import Experiment, Group, Progress
+from .fidelity_settings import TransportFidelity
 from .registry import register_experiment
 from .settings import (
     MAX_HIDDEN_SIZE,
@@ -41,7 +42,7 @@ from .settings import (
 ExpansionCell = Literal["scalar_gate", "multi_gate"]
 
 
-class ExpansionSettings(Settings):
+class ExpansionSettings(TransportFidelity):
     """Settings of :class:`ExpansionExperiment` (defaults: the paper's)."""
 
     seeds: Seeds = Field(tuple(range(20)), description="a count N (seeds 0..N-1) or a list")
@@ -58,8 +59,6 @@ class ExpansionSettings(Settings):
         5, description="the slope is fitted on this many smallest eps (2..len(eps))")
     dtype: Literal["float64", "float32"] = "float64"
     device: Device = "cpu"
-    product_order: Literal["chain", "reversed"] = "chain"
-    gate_term: Literal["previous", "updated"] = "previous"
 
     @field_validator("cells")
     @classmethod

@@ -59,7 +59,7 @@ class GridSettings(Settings):
     input_size: OptionalInputSize = Field(None, description=f"m (<= {MAX_INPUT_SIZE}); none: "
                                           "each task's smallest")
     hidden_size: HiddenSize = Field(64, description=f"n (<= {MAX_HIDDEN_SIZE})")
-    bias: bool = Field(False, description="biases in the cell")
+    bias: bool = Field(False, description="biases in the cell and the readout")
     checkpoints: Steps | None = Field(None, description="steps to measure and save at; "
                                       "none: 0, 1/4, 1/2, 3/4 of steps (the end is added)")
     dtype: DtypeName = Field("float32", description="float32 or float64")

@@ -22,6 +22,7 @@ from ..cells import cell_class
 from ..probes import ProbeContext
 from ..training import EnsembleTrainer, stream_generator, train_resumable
 from .base import Experiment, Group, Progress
+from .fidelity_settings import TransportFidelity
 from .grid import GridSettings
 from .losses import live_models, logged_steps, record_losses
 from .measurements import plan_with, record_measurements
@@ -57,7 +58,7 @@ PLAN = {
 POWER_ITERATIONS = {"exact": None, "power5": 5}
 
 
-class ProfilesSettings(GridSettings):
+class ProfilesSettings(GridSettings, TransportFidelity):
     """Settings of :class:`ProfilesExperiment` (defaults: the paper's §VII-A)."""
 
     cells: CellNames = Field(("leaky", "scalar_gate", "multi_gate"), description="cell names")
@@ -77,11 +78,17 @@ class ProfilesSettings(GridSettings):
     schedule_lags: Lags = Field((1, 5, 10, 20), description="lags of the implied schedule "
                                 "(each < seq_len)")
     log_every: StepCount = Field(10, description="record the training loss every k steps")
-    product_order: Literal["chain", "reversed"] = Field(
-        "chain", description="transport product order; reversed = the paper code's defect")
     norms: Literal["exact", "power5"] = Field(
         "exact", description="transport norms: exact (certified), or power5 = the paper "
         "code's 5 power iterations")
+    gate_factors: Literal["lag", "lag+1"] = Field(
+        "lag", description="factors of the gate product; lag+1 = the paper code's (the start "
+        "step's gate too)")
+    pairs: Literal["all", "paper"] = Field(
+        "all", description="pairs of the profile and fit; paper = the code's, without those "
+        "starting at k = 0")
+    profile_median: Literal["interpolated", "lower"] = Field(
+        "interpolated", description="lag medians; lower = the paper code's torch.median")
     extra_quantities: QuantityNames = Field(
         (), description="more registered quantities measured at each checkpoint")
 
@@ -124,8 +131,9 @@ class ProfilesExperiment(Experiment):
             contexts = (ProbeContext(
                 model, probe_u[k], probe_y[k], None, None, lags=settings.rate_lags, rank=10,
                 samples_per_lag=1, step=t.steps_done, schedule_lags=settings.schedule_lags,
-                lr=lr, product_order=settings.product_order, trim=settings.trim,
-                power_iterations=POWER_ITERATIONS[settings.norms])
+                lr=lr, trim=settings.trim, power_iterations=POWER_ITERATIONS[settings.norms],
+                gate_factors=settings.gate_factors, profile_pairs=settings.pairs,
+                profile_median=settings.profile_median, **settings.transport_options(model.cell))
                 for k, model in zip(idx, models, strict=True))
             record_measurements(writer, seeds, t.steps_done, contexts, plan)
             return writer.rows

@@ -19,11 +19,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..dynamics.spectral import wide_dtype, widen
+from ..dynamics.transport import PRODUCT_ORDERS
 from ..memory import check_dense, describe, tensor_bytes
 from ..model import SequenceModel
 from ._integers import integer_lags
@@ -176,18 +178,35 @@ class PropagationAnisotropy:
     stats: SpectrumStats
 
 
+#: Precisions of propagation anisotropy's products: float64, or the paper code's float32.
+PRODUCT_DTYPES = ("float64", "float32")
+#: How propagation anisotropy draws its windows: uniformly, or as the paper's code does.
+SAMPLINGS = ("uniform", "paper")
+
+
 def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int = 64,
                            generator: torch.Generator | None = None, r: int = 10,
                            ce_denominator: str | int = "all", epsilon: float = 0.0,
-                           lengths: Tensor | None = None) -> PropagationAnisotropy:
+                           lengths: Tensor | None = None, product_order: str = "chain",
+                           product_dtype: str = "float64", sampling: str = "uniform"
+                           ) -> PropagationAnisotropy:
     """Anisotropy of ``M_{t,k} = J_t ⋯ J_{k+1}`` at sampled ``(b, t, k)`` per lag.
 
     For each lag, ``samples_per_lag`` triples are drawn uniformly with replacement: ``b``
-    from the batch, ``k`` from ``0..T-lag``, ``t = k + lag``. The products are formed in
-    float64 (complex128 for complex ``J``) for all samples at once (one batched matmul per
-    window position; shorter windows are padded with identities), each factor renormalised
-    (the statistics are scale-invariant), and their singular values come from an exact SVD.
-    Singular values below ``σ_1`` times float64's precision are not resolved.
+    from the batch, ``k`` from ``0..T-lag``, ``t = k + lag`` (``sampling="uniform"``). The
+    products are formed in float64 (complex128 for complex ``J``) for all samples at once
+    (one batched matmul per window position; shorter windows are padded with identities),
+    each factor renormalised (the statistics are scale-invariant), and their singular values
+    come from an exact SVD. Singular values below ``σ_1`` times float64's precision are not
+    resolved.
+
+    Three settings reproduce the paper's code (docs/fidelity.md#switches):
+    ``product_order="reversed"`` multiplies ``J_{k+1} ⋯ J_t``; ``product_dtype="float32"``
+    forms the products in float32 (complex64) before a float64 SVD; ``sampling="paper"``
+    draws, per lag in the order given, ``samples_per_lag`` distinct windows among those with
+    ``t ≤ T-1`` (every one when there are fewer; the missing samples are NaN), listed
+    ``b``-major then by ``t``, with ``numpy.random.RandomState(generator.initial_seed())``
+    (the code's ``sample_tk_pairs``; its stream is shared by the lags of one call).
 
     Args:
         J: ``(B, T, N, N)`` real or complex Jacobians (:func:`gatescope.jacobians`).
@@ -203,48 +222,96 @@ def propagation_anisotropy(J: Tensor, lags: Sequence[int], samples_per_lag: int 
         lengths: ``(B,)`` valid lengths of a padded batch (``traj.lengths``): the windows
             are then drawn within each sequence's length (``b`` uniformly among the
             sequences at least ``lag`` long, ``k`` from ``0..len_b-lag``). ``None``: every
-            sequence runs ``T`` steps.
+            sequence runs ``T`` steps. Only with ``sampling="uniform"``.
+        product_order: one of :data:`~gatescope.dynamics.transport.PRODUCT_ORDERS`.
+        product_dtype: one of :data:`PRODUCT_DTYPES`.
+        sampling: one of :data:`SAMPLINGS`.
 
     Raises:
-        ValueError: for lags outside ``1..T``, a bad ``epsilon``, or ``lengths`` of another
-            shape, outside ``1..T`` or shorter than some lag for every sequence.
+        ValueError: for lags outside ``1..T`` (``1..T-1`` with ``sampling="paper"``), a bad
+            ``epsilon``, ``product_order``, ``product_dtype`` or ``sampling``, or ``lengths``
+            of another shape, outside ``1..T``, shorter than some lag for every sequence or
+            given with ``sampling="paper"``.
     """
     check_epsilon(epsilon)
+    _check_choice("product_order", product_order, PRODUCT_ORDERS)
+    _check_choice("product_dtype", product_dtype, PRODUCT_DTYPES)
+    _check_choice("sampling", sampling, SAMPLINGS)
+    if sampling == "paper" and lengths is not None:
+        raise ValueError("sampling='paper' draws windows of full-length sequences: pass "
+                         "lengths=None or sampling='uniform'")
     B, T, N, _ = J.shape
     lags_t = torch.as_tensor(integer_lags(lags), dtype=torch.long)
-    if lags_t.numel() == 0 or (lags_t < 1).any() or (lags_t > T).any():
-        raise ValueError(f"lags must be a non-empty set of values in [1, T={T}], got {lags}")
+    top = T - 1 if sampling == "paper" else T
+    if lags_t.numel() == 0 or (lags_t < 1).any() or (lags_t > top).any():
+        raise ValueError(f"lags must be a non-empty set of values in [1, {top}] (T={T}"
+                         f"{', sampling=paper' if sampling == 'paper' else ''}), got {lags}")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     L, S = lags_t.numel(), samples_per_lag
     wide = wide_dtype(J.dtype)
+    work = wide if product_dtype == "float64" else (
+        torch.complex64 if J.dtype.is_complex else torch.float32)
     shape = (L * S, N, N)
     check_dense(3 * tensor_bytes(shape, wide.itemsize),
                 f"gs.propagation_anisotropy: the sampled products of {describe(shape, wide)}",
                 "fewer lags or samples_per_lag per call (the statistics of each sample do not "
                 "depend on the others), or gs.transport_norms for norms only")
-    if lengths is None:
-        b = torch.randint(B, (L, S), generator=generator)
-        span = (T - lags_t + 1).unsqueeze(-1)
+    missing = torch.zeros(L, S, dtype=torch.bool)
+    if sampling == "paper":
+        b, k, missing = _paper_windows(B, T, lags_t, S, generator.initial_seed())
     else:
-        b, span = _windows_within_lengths(lengths, lags_t, S, T, generator)
-    k = (torch.rand(L, S, generator=generator, dtype=torch.float64) * span).long()
+        if lengths is None:
+            b = torch.randint(B, (L, S), generator=generator)
+            span = (T - lags_t + 1).unsqueeze(-1)
+        else:
+            b, span = _windows_within_lengths(lengths, lags_t, S, T, generator)
+        k = (torch.rand(L, S, generator=generator, dtype=torch.float64) * span).long()
     lag = lags_t.unsqueeze(-1).expand(L, S)
     samples = torch.stack([b, k + lag, k], -1)
     b, k, lag = (x.flatten().to(J.device) for x in (b, k, lag))
-    M = torch.eye(N, dtype=wide, device=J.device).repeat(L * S, 1, 1)
+    M = torch.eye(N, dtype=work, device=J.device).repeat(L * S, 1, 1)
     log_scale = torch.zeros(L * S, dtype=torch.float64, device=J.device)
     for i in range(int(lags_t.max())):
         act = (lag > i).nonzero().squeeze(-1)  # products still growing: only those multiply
-        Ma = widen(J[b[act], k[act] + i]) @ M[act]
+        factor = J[b[act], k[act] + i].to(work)
+        Ma = factor @ M[act] if product_order == "chain" else M[act] @ factor
         norm = torch.linalg.matrix_norm(Ma).clamp_min(torch.finfo(Ma.dtype).tiny)
         M[act] = Ma / norm.view(-1, 1, 1)
-        log_scale[act] += norm.log()
-    sigma = singular_values(M)
+        log_scale[act] += norm.double().log()
+    sigma = singular_values(widen(M))
     if epsilon > 0:  # the true scale (it may underflow to 0, as the products themselves do)
         sigma = sigma * log_scale.exp().unsqueeze(-1)
+    sigma = sigma.masked_fill(missing.flatten().to(sigma.device).unsqueeze(-1), math.nan)
     stats = spectrum_stats(sigma.reshape(L, S, N), r, ce_denominator, epsilon)
     return PropagationAnisotropy(lags_t, samples, stats)
+
+
+def _paper_windows(B: int, T: int, lags: Tensor, S: int, seed: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The paper code's windows: ``(b, k, missing)`` ``(L, S)`` each.
+
+    Per lag ``ℓ`` in order, the candidates ``(b, t)`` for ``b = 0..B-1`` then
+    ``t = ℓ..T-1`` (``k = t - ℓ``); all of them when there are at most ``S`` (the rest of the
+    row is ``missing``), else ``S`` distinct ones drawn by one ``numpy.random.RandomState``
+    stream seeded with ``seed``.
+    """
+    rng = np.random.RandomState(seed % 2**32)
+    b = torch.zeros(len(lags), S, dtype=torch.long)
+    k = torch.zeros_like(b)
+    missing = torch.ones(len(lags), S, dtype=torch.bool)
+    for i, lag in enumerate(lags.tolist()):  # one numpy draw per lag: the code's stream
+        count = B * (T - lag)
+        pick = np.arange(count) if count <= S else rng.choice(count, size=S, replace=False)
+        pick = torch.as_tensor(pick, dtype=torch.long)
+        b[i, :len(pick)], k[i, :len(pick)] = pick // (T - lag), pick % (T - lag)
+        missing[i, :len(pick)] = False
+    return b, k, missing
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _windows_within_lengths(lengths: Tensor, lags: Tensor, S: int, T: int,

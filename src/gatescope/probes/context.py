@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
+from ..dynamics.gate_term import check_gate_term, gate_split
 from ..dynamics.jacobians import jacobians
 from ..dynamics.transport import ordered_sensitivities
 from ..measures.anisotropy import final_state_gradient, per_example_gradients
@@ -48,8 +49,12 @@ class ProbeContext:
         step_sizes: the optimizer's per-parameter step sizes
             (:func:`~gatescope.optimizer_step_sizes`; ``None``: read from ``optimizer``).
         sampling_seed: seed of the ``(b, t, k)`` sampling of propagation anisotropy.
-        product_order: ``"chain"`` or the paper code's ``"reversed"`` transport products.
+        product_order: ``"chain"`` or the paper code's ``"reversed"`` transport products
+            (of the sensitivities and of propagation anisotropy's sampled products).
         trim: the quantile cut of the profile's power fit.
+        gate_factors, profile_pairs, profile_median: the profile's ``factors``, ``pairs`` and
+            ``median`` (:func:`~gatescope.profile_fit`; the paper's code: ``"lag+1"``,
+            ``"paper"``, ``"lower"``).
         power_iterations: ``None`` for exact transport norms, or the paper code's estimate
             with that many power iterations (starting vectors drawn with ``sampling_seed``).
         ce_denominator: ``CE_r`` of the transport products over ``"all"`` singular values or
@@ -58,6 +63,13 @@ class ProbeContext:
         spectrum_epsilon: the absolute regulariser ``ε`` of ``AI_r`` and ``CE_r``
             (:func:`~gatescope.measures.anisotropy.spectrum_stats`; ``0``: scale-invariant,
             the paper's code: ``1e-12``).
+        gate_term: ``"previous"``, or the paper code's ``"updated"``: the Jacobians every
+            transport quantity reads are then ``A + B`` with the post-update gate term
+            (:func:`~gatescope.dynamics.gate_term.gate_split`; gated tanh cells only).
+        sampling: how :func:`~gatescope.propagation_anisotropy` draws its windows
+            (``"uniform"`` or the paper code's ``"paper"``).
+        product_dtype: the precision its products are formed in (``"float64"`` or the paper
+            code's ``"float32"``).
     """
 
     model: SequenceModel
@@ -81,6 +93,15 @@ class ProbeContext:
     lengths: Tensor | None = None
     ce_denominator: str | int = "all"
     spectrum_epsilon: float = 0.0
+    gate_term: str = "previous"
+    gate_factors: str = "lag"
+    profile_pairs: str = "all"
+    profile_median: str = "interpolated"
+    sampling: str = "uniform"
+    product_dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        check_gate_term(self.cell, self.gate_term)
 
     @property
     def cell(self) -> RecurrentCell:
@@ -115,8 +136,12 @@ class ProbeContext:
 
     @cached_property
     def jacobians(self) -> Tensor:
-        """``(B, T, N, N)`` per-step Jacobians (:func:`gatescope.jacobians`)."""
-        return jacobians(self.cell, self.trajectory)
+        """``(B, T, N, N)`` per-step Jacobians (:func:`gatescope.jacobians`), or ``A + B``
+        with the paper code's post-update gate term when ``gate_term`` says so."""
+        if self.gate_term == "previous":
+            return jacobians(self.cell, self.trajectory)
+        A, B = gate_split(self.cell, self.trajectory, self.gate_term)
+        return A + B
 
     @cached_property
     def sensitivities(self) -> Tensor:

@@ -126,12 +126,14 @@ JACOBIAN_METRICS = (M.JACOBIAN_AI, M.JACOBIAN_CE, M.JACOBIAN_PARTICIPATION_RATIO
                    description="anisotropy of sampled transport products per lag")
 def propagation(ctx: ProbeContext) -> dict[str, Tensor]:
     """:func:`~gatescope.propagation_anisotropy` at the lags: medians over the sampled
-    products (sampled with ``ctx.sampling_seed``, the same ``(b, t, k)`` at every step)."""
+    products (sampled with ``ctx.sampling_seed``, the same ``(b, t, k)`` at every step), in
+    the context's product order, precision and sampling."""
     J = ctx.jacobians
     res = propagation_anisotropy(J, ctx.lags, ctx.samples_per_lag,
                                  torch.Generator().manual_seed(ctx.sampling_seed),
                                  ctx.spectrum_rank(J.shape[-1]), ctx.ce_denominator,
-                                 ctx.spectrum_epsilon, ctx.trajectory.lengths)
+                                 ctx.spectrum_epsilon, ctx.trajectory.lengths,
+                                 ctx.product_order, ctx.product_dtype, ctx.sampling)
     return _spectrum(res.stats, JACOBIAN_METRICS, lambda x: quantile(x, 0.5))
 
 
@@ -171,7 +173,8 @@ def profile(ctx: ProbeContext) -> dict[str, Tensor]:
     """:func:`~gatescope.profile_fit` (every transport norm: the most expensive quantity):
     the profile per lag ``1..T-1``, and per predictor the fitted and zeroth-order
     predictions and the power fit's slope and ``R²``."""
-    fit = profile_fit(ctx.trajectory, ctx.sensitivities, ctx.trim)
+    fit = profile_fit(ctx.trajectory, ctx.sensitivities, ctx.trim, ctx.gate_factors,
+                      ctx.profile_pairs, ctx.profile_median)
     preds = list(fit.predictors.values())  # in PREDICTORS order
 
     def stack(get) -> Tensor:
