@@ -61,12 +61,13 @@ CLAIMS = {c.id: c for c in (
 
 @dataclass(frozen=True)
 class FidelitySwitch:
-    """A setting that reproduces one defect of the paper's code.
+    """Settings that reproduce one defect (or one protocol detail) of the paper's code.
 
     Attributes:
-        name: the setting (of :attr:`experiment`).
+        name: the fidelity run's name (the setting's, when it is one setting of one
+            experiment).
         experiment: the experiment it belongs to.
-        defect: the setting's value that switches the defect on.
+        settings: ``{setting: value}`` of that experiment that switch the defect on.
         description: the defect in words.
         metrics: the headline metrics it moves, each with the result columns that tell its
             rows apart: ``((metric, (column, ...)), ...)``.
@@ -74,28 +75,44 @@ class FidelitySwitch:
 
     name: str
     experiment: str
-    defect: Any
+    settings: dict[str, Any]
     description: str
     metrics: tuple[tuple[str, tuple[str, ...]], ...]
 
 
-#: The fidelity switches by name, in report order.
+_PROFILE_FIT = ((M.FIT_SLOPE, ("cell", "predictor")), (M.FIT_R2, ("cell", "predictor")))
+_EXPANSION = ((M.ERROR_SLOPE, ("cell",)), (M.CORRECTION_RATIO_MEDIAN, ("cell",)))
+_JACOBIAN = ((M.JACOBIAN_AI, ("task", "cell", "optimizer", "lag")),
+             (M.JACOBIAN_CE, ("task", "cell", "optimizer", "lag")))
+
+#: The fidelity runs by name, in report order.
 FIDELITY = {s.name: s for s in (
-    FidelitySwitch("product_order", "profiles", "reversed",
-                   "transport products multiplied in reversed order",
-                   ((M.FIT_SLOPE, ("cell", "predictor")), (M.FIT_R2, ("cell", "predictor")))),
-    FidelitySwitch("norms", "profiles", "power5",
+    FidelitySwitch("product_order", "profiles", {"product_order": "reversed"},
+                   "transport products multiplied in reversed order", _PROFILE_FIT),
+    FidelitySwitch("norms", "profiles", {"norms": "power5"},
                    "transport norms estimated by 5 power iterations instead of exactly",
-                   ((M.FIT_SLOPE, ("cell", "predictor")), (M.FIT_R2, ("cell", "predictor")))),
-    FidelitySwitch("gate_term", "expansion", "updated",
-                   "the gate term uses the post-update state",
-                   ((M.ERROR_SLOPE, ("cell",)), (M.CORRECTION_RATIO_MEDIAN, ("cell",)))),
-    FidelitySwitch("fixed_batch", "anisotropy", True,
-                   "§VII-B trains on one fixed batch",
-                   ((M.GRADCOV_AI, ("task", "cell", "optimizer")),)),
-    FidelitySwitch("spectrum_epsilon", "anisotropy", 1e-12,
+                   _PROFILE_FIT),
+    FidelitySwitch("gate_term_profiles", "profiles", {"gate_term": "updated"},
+                   "the gate term of the Jacobians uses the post-update state", _PROFILE_FIT),
+    FidelitySwitch("profile_protocol", "profiles",
+                   {"gate_factors": "lag+1", "pairs": "paper", "profile_median": "lower"},
+                   "the gate product has lag+1 factors, pairs from k = 0 are left out, lag "
+                   "medians are the lower middle value", _PROFILE_FIT),
+    FidelitySwitch("gate_term", "expansion", {"gate_term": "updated"},
+                   "the gate term uses the post-update state", _EXPANSION),
+    FidelitySwitch("appendix_code", "expansion",
+                   {"gate_term": "updated", "product_order": "reversed"},
+                   "the appendix code as it is: post-update gate term and reversed products",
+                   _EXPANSION),
+    FidelitySwitch("fixed_batch", "anisotropy", {"fixed_batch": True},
+                   "§VII-B trains on one fixed batch", ((M.GRADCOV_AI, ("task", "cell",
+                                                                         "optimizer")),)),
+    FidelitySwitch("spectrum_epsilon", "anisotropy", {"spectrum_epsilon": 1e-12},
                    "AI_r and CE_r regularised by an absolute 1e-12, which dominates once a "
-                   "transport product has vanished (the plain cell at long lags)",
-                   ((M.JACOBIAN_AI, ("task", "cell", "optimizer", "lag")),
-                    (M.JACOBIAN_CE, ("task", "cell", "optimizer", "lag")))),
+                   "transport product has vanished (the plain cell at long lags)", _JACOBIAN),
+    FidelitySwitch("sampled_products", "anisotropy",
+                   {"product_order": "reversed", "product_dtype": "float32",
+                    "sampling": "paper", "gate_term": "updated"},
+                   "sampled transport products reversed, in float32, from the code's windows, "
+                   "with the post-update gate term", _JACOBIAN),
 )}

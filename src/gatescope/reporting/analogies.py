@@ -217,12 +217,12 @@ def fidelity_section(pairs: Mapping[str, tuple[ResultsTable, ResultsTable]]) -> 
     """How much each paper-code defect moves the headline numbers.
 
     Args:
-        pairs: ``{switch: (default table, table with the switch on)}`` for the switches of
-            :data:`gatescope.paper.FIDELITY` (``product_order``: profile fit slope and R²;
-            ``gate_term``: expansion slope and ρ; ``fixed_batch``: gradient-covariance AI).
+        pairs: ``{switch: (default table, table with the switch on)}`` for the runs of
+            :data:`gatescope.paper.FIDELITY` (each names the headline metrics it moves).
             A switch without a pair is listed as not measured.
     """
-    s = Section("Fidelity: the paper code's defects, switched on one at a time")
+    s = Section("Fidelity: the paper code's defects and protocol details, switched on one "
+                "run at a time (docs/fidelity.md)")
     for switch in FIDELITY:
         if switch in pairs:
             s.lines += fidelity_lines(switch, *pairs[switch])

@@ -34,7 +34,7 @@ class FidelityRun:
     @classmethod
     def of(cls, switch: str, **reductions: Any) -> FidelityRun:
         """The run of the paper's fidelity switch ``switch`` (see :data:`gatescope.paper.
-        FIDELITY`): its experiment, the switch set to the defect, then ``reductions``.
+        FIDELITY`): its experiment, its settings, then ``reductions``.
 
         Raises:
             ValueError: ``switch`` is not one of the paper's fidelity switches.
@@ -42,7 +42,7 @@ class FidelityRun:
         if switch not in FIDELITY:
             raise ValueError(f"switch must be one of {sorted(FIDELITY)}, got {switch!r}")
         known = FIDELITY[switch]
-        return cls(switch, known.experiment, {switch: known.defect, **reductions})
+        return cls(switch, known.experiment, {**known.settings, **reductions})
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,17 @@ QUICK_TRADE_OFFS = (
     "products per lag and 128 per-example gradients instead of 64, 64 and 256",
 )
 
+_GATED = ["scalar_gate", "multi_gate"]
 _FIDELITY_QUICK = (
-    FidelityRun.of("product_order", seeds=2, cells=["scalar_gate", "multi_gate"]),
+    FidelityRun.of("product_order", seeds=2, cells=_GATED),
     FidelityRun.of("norms", seeds=2),
+    FidelityRun.of("gate_term_profiles", seeds=2, cells=_GATED),
+    FidelityRun.of("profile_protocol", seeds=2),
     FidelityRun.of("gate_term"),
+    FidelityRun.of("appendix_code"),
     FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
     FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
+    FidelityRun.of("sampled_products", design="paper", tasks=["adding"], lags=[1, 8, 40]),
 )
 
 PRESETS = {
@@ -99,11 +104,15 @@ PRESETS = {
         "paper",
         {"expansion": {"seeds": 20}, "profiles": {"seeds": 20}, "anisotropy": {"seeds": 20}},
         (
-            FidelityRun.of("product_order", cells=["scalar_gate", "multi_gate"]),
+            FidelityRun.of("product_order", cells=_GATED),
             FidelityRun.of("norms"),
+            FidelityRun.of("gate_term_profiles", cells=_GATED),
+            FidelityRun.of("profile_protocol"),
             FidelityRun.of("gate_term"),
+            FidelityRun.of("appendix_code"),
             FidelityRun.of("fixed_batch", design="paper", tasks=["adding"]),
             FidelityRun.of("spectrum_epsilon", design="paper", tasks=["adding"], lags=[40]),
+            FidelityRun.of("sampled_products", design="paper", tasks=["adding"]),
         ),
     ),
 }
