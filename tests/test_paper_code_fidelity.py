@@ -14,6 +14,7 @@ arithmetic), gatescope with the fidelity settings gives the re-implementation's 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ from gatescope.measures.profiles import PREDICTORS
 from gatescope.probes import ProbeContext
 from gatescope.probes.quantities import profile, propagation, update
 
-FIXTURE = Path(__file__).parent / "fixtures"
+# another folder written by make_paper_code_fixture.py --paper-size runs the same checks at
+# the paper's sizes (minutes)
+FIXTURE = Path(os.environ.get("GATESCOPE_PAPER_CODE_FIXTURE", Path(__file__).parent / "fixtures"))
 NUMBERS = json.loads((FIXTURE / "paper_code.json").read_text())
 ARRAYS = np.load(FIXTURE / "paper_code.npz")
 SETTINGS = NUMBERS["settings"]
