@@ -7,7 +7,8 @@ Subcommands:
     baseline losses, optimizers, experiments and their settings; ``verify [--device D]
     [--dtype T]`` — check the analytic quantities against autograd on this machine;
     ``reproduce [--preset quick|paper] [--out DIR] [--force] [--seeds N] [--device D]
-    [--jobs N] [--backend local|ray [--address ADDR]] [--quiet]`` — every experiment of the paper, figures and report;
+    [--jobs N] [--backend local|ray [--address ADDR]] [--quiet]`` — every experiment of the
+    paper, figures and report;
     ``inspect WEIGHTS --data FILE [--prefix P] [--key K] [--out DIR] [--time-first] ...`` —
     how a trained model's recurrent module uses time on your data (see
     :func:`gatescope.inspect`).
