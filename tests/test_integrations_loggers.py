@@ -311,3 +311,11 @@ def test_the_probe_refuses_a_logger_without_log_and_metrics_logger_needs_log_met
         gs.Probe(model, u, y, loggers=[object()])
     with pytest.raises(ValueError, match="log_metrics"):
         MetricsProbeLogger(object())
+
+
+def test_the_lightning_module_without_lightning_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "gatescope.integrations.lightning", raising=False)
+    with pytest.raises(MissingExtra, match=r"pip install 'gatescope\[lightning\]'"):
+        import gatescope.integrations.lightning  # noqa: F401
