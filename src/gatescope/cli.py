@@ -2,12 +2,13 @@
 
 Subcommands:
     ``run EXPERIMENT [--set KEY=VALUE ...] [--config FILE.toml] [--out DIR] [--force]
-    [--jobs N] [--quiet]`` — run or finish an experiment (see
+    [--jobs N] [--backend local|ray [--address ADDR]] [--quiet]`` — run or finish an experiment (see
     :func:`gatescope.experiments.run_experiment`); ``list`` — cells, tasks with their
     baseline losses, optimizers, experiments and their settings; ``verify [--device D]
     [--dtype T]`` — check the analytic quantities against autograd on this machine;
     ``reproduce [--preset quick|paper] [--out DIR] [--force] [--seeds N] [--device D]
-    [--jobs N] [--quiet]`` — every experiment of the paper, figures and report;
+    [--jobs N] [--backend local|ray [--address ADDR]] [--quiet]`` — every experiment of the
+    paper, figures and report;
     ``inspect WEIGHTS --data FILE [--prefix P] [--key K] [--out DIR] [--time-first] ...`` —
     how a trained model's recurrent module uses time on your data (see
     :func:`gatescope.inspect`).
@@ -51,6 +52,28 @@ def _add_out(p: argparse.ArgumentParser, default: str) -> None:
                    "names are replaced)")
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    """``--backend local|ray`` and ``--address ADDR``."""
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where groups run: local worker processes (default) or Ray tasks "
+                   "(needs gatescope[ray]); either resumes the other's run")
+    p.add_argument("--address", metavar="ADDR", help="the Ray cluster to join, e.g. "
+                   "HEAD:6379 or auto (--backend ray; default: RAY_ADDRESS, else a new local "
+                   "Ray instance)")
+
+
+def _backend_usage(args: argparse.Namespace) -> int | None:
+    """Exit 2 (before any work) for ``--address`` without Ray, or Ray not installed."""
+    from .experiments.runner import BackendError, check_backend
+
+    try:
+        check_backend(args.backend, args.address)
+    except BackendError as err:
+        _error(str(err).replace("address is only", "--address is only"))
+        return EXIT_USAGE
+    return None
+
+
 def _folder_error(err: OutputFolderError) -> int:
     """Report an :class:`~gatescope.experiments.OutputFolderError` as ``--out`` 's."""
     hint = "; use --force to write into it anyway" if err.forceable else ""
@@ -71,7 +94,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (--set wins)")
     _add_out(p, "gatescope-results/EXPERIMENT")
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
-                   help="groups run in parallel worker processes (default 1)")
+                   help="groups run in parallel worker processes or Ray tasks (default 1)")
+    _add_backend(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(handler=_run)
 
@@ -111,9 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         _error(str(err))
         return EXIT_USAGE
+    if (code := _backend_usage(args)) is not None:
+        return code
     try:
         result = run_experiment(args.experiment, settings, args.out, jobs=args.jobs,
-                                quiet=args.quiet, force=args.force)
+                                quiet=args.quiet, force=args.force, backend=args.backend,
+                                address=args.address)
     except OutputFolderError as err:
         return _folder_error(err)
     except (RunError, RunLocked) as err:
@@ -220,7 +247,9 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                    help="seeds of the main runs (default: the preset's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
-                   help="groups run in parallel worker processes (default: the CPU count)")
+                   help="groups run in parallel worker processes or Ray tasks (default: the "
+                   "CPU count)")
+    _add_backend(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(handler=_reproduce)
 
@@ -229,10 +258,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import OutputFolderError, RunError, RunLocked, SettingsError
     from .reproduce import DEFAULT_OUT, reproduce
 
+    if (code := _backend_usage(args)) is not None:
+        return code
     try:
         report = reproduce(args.preset, DEFAULT_OUT if args.out is None else args.out,
                            seeds=args.seeds, device=args.device, jobs=args.jobs,
-                           quiet=args.quiet, force=args.force)
+                           quiet=args.quiet, force=args.force, backend=args.backend,
+                           address=args.address)
     except SettingsError as err:
         for key, message in err.problems:
             _error(f"setting {key!r}: {message}")

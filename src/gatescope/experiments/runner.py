@@ -8,9 +8,11 @@
    ``force``), takes its run lock and writes ``config.json``,
 3. skips every group already finished with the same settings (see
    :mod:`~gatescope.experiments.storage`; a truncated results file is redone),
-4. runs the other groups, in this process (``jobs=1``) or in ``jobs`` spawned worker
-   processes with one torch thread each; a group resumes from the checkpoints in its work
-   folder, so a killed run loses at most the steps since the last checkpoint,
+4. runs the other groups, in this process (``jobs=1``) or ``jobs`` at a time in worker
+   processes with one torch thread each: spawned here (``backend="local"``) or Ray tasks
+   (``backend="ray"``, :mod:`gatescope.integrations.ray_backend`), both behind one small
+   :class:`Pool` interface and one scheduler; a group resumes from the checkpoints in its
+   work folder, so a killed run loses at most the steps since the last checkpoint,
 5. assembles ``results.csv`` and ``summary.json``.
 
 A group that raises does not stop the others; the run then ends with a :class:`RunError`
@@ -27,11 +29,11 @@ import os
 import queue as queue_module
 import sys
 import time
-from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -45,8 +47,10 @@ from .settings import build_settings, settings_hash
 from .storage import (
     GroupFolder,
     GroupTiming,
+    OutputFolderError,
     assemble_results,
     claim_folder,
+    folder_kind,
     is_run_folder,
     run_lock,
 )
@@ -57,6 +61,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("gatescope-results")
 #: Seconds between progress messages a worker sends.
 _REPORT_EVERY = 0.25
+#: Where groups can run: ``local`` worker processes (the default) or ``ray`` tasks
+#: (:mod:`gatescope.integrations.ray_backend`, extra ``gatescope[ray]``).
+BACKENDS = ("local", "ray")
+
+
+class BackendError(ValueError):
+    """A backend that cannot be used (unknown, not installed, unreachable), raised before
+    any work."""
 
 
 class RunError(RuntimeError):
@@ -89,7 +101,8 @@ class RunResult:
 
 def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = None,
                    out: str | os.PathLike | None = None, *, jobs: int = 1,
-                   quiet: bool = False, force: bool = False) -> RunResult:
+                   quiet: bool = False, force: bool = False, backend: str = "local",
+                   address: str | None = None) -> RunResult:
     """Run (or finish) the experiment registered as ``name``.
 
     Args:
@@ -97,13 +110,21 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
         settings: its settings model, or a mapping of setting overrides (validated).
         out: the run folder; default ``gatescope-results/NAME``. It must be new, empty or
             a run folder (which is resumed); an empty string is refused.
-        jobs: worker processes for the groups (1: run in this process).
+        jobs: groups run at once in worker processes (1 with the local backend: run in
+            this process).
         quiet: no progress bars.
         force: also write into a non-empty folder that gatescope did not make (files of
             the run's names are replaced).
+        backend: ``"local"`` (worker processes of this machine) or ``"ray"`` (each group a
+            Ray task of one CPU, and one GPU when the device is CUDA, retried if its
+            worker dies; see :mod:`gatescope.integrations.ray_backend`). Both write the
+            same files, so either resumes the other's run.
+        address: the Ray cluster to join (``ray`` only); default: the one this process
+            is connected to, else ``RAY_ADDRESS``, else a new local instance.
 
     Raises:
         ValueError: unknown experiment or ``jobs < 1``.
+        BackendError: an unknown backend, or Ray not installed (before any work).
         SettingsError: invalid settings (nothing is written).
         OutputFolderError: ``out`` may not or cannot be written (before any work).
         RunLocked: another run is writing to ``out``.
@@ -115,6 +136,7 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
                                   experiment=name)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
+    check_backend(backend, address)
     groups = experiment.groups(settings)
     if len({g.key for g in groups}) != len(groups):
         raise ValueError(f"experiment {name!r} produced repeated groups")
@@ -145,12 +167,18 @@ def run_experiment(name: str, settings: Settings | Mapping[str, Any] | None = No
                 todo.append(folder.group)
         if result.skipped:
             logger.info("skipping %d finished group(s)", len(result.skipped))
-        job = (type(experiment), settings, digest, out, time.time())  # time: this invocation
+        invocation = time.time()
+        level = logging.getLogger("gatescope").getEffectiveLevel()
+        tasks = [GroupTask(type(experiment), settings, digest, out, invocation, group, level)
+                 for group in todo]
         with _Board(name, len(groups), len(result.skipped), quiet) as board:
-            if jobs > 1 and len(todo) > 1:
-                failures = _run_parallel(job, todo, board, jobs)
+            if backend == "local" and (jobs == 1 or len(todo) <= 1):
+                failures = _run_here(tasks, board)
+            elif tasks:
+                pool = _make_pool(backend, address, min(jobs, len(tasks)), settings, quiet)
+                failures = _run_pooled(pool, tasks, board, jobs)
             else:
-                failures = _run_here(job, todo, board)
+                failures = {}
         result.ran = [g.key for g in todo if g.key not in failures]
         if failures:
             raise RunError(failures)
@@ -171,7 +199,14 @@ def run_group_job(experiment_cls: type[Experiment], settings: Settings, digest: 
 
     ``invocation`` (the Unix time the run started) goes into the group's marker with the
     group's own start time and wall seconds.
+
+    Raises:
+        OutputFolderError: ``out`` is not a claimed run folder here (a worker of another
+            machine that does not share the folder), before any work.
     """
+    if folder_kind(out) != "run":
+        raise OutputFolderError(out, "is not a run folder on this machine; a worker on "
+                                "another machine needs the folder on a file system it shares")
     started, start = time.time(), time.perf_counter()
     folder = GroupFolder(out, group)
     workdir = folder.prepare(digest)
@@ -181,36 +216,114 @@ def run_group_job(experiment_cls: type[Experiment], settings: Settings, digest: 
                                                   time.perf_counter() - start))
 
 
-def _run_here(job: tuple, todo: list[Group], board: _Board) -> dict[str, str]:
+@dataclass(frozen=True)
+class GroupTask:
+    """One group of a run, picklable: what a backend hands to a worker.
+
+    Attributes:
+        experiment_cls, settings, digest, out, invocation: as for :func:`run_group_job`.
+        group: the group to run.
+        log_level: the level of the ``gatescope`` logger in the worker.
+    """
+
+    experiment_cls: type[Experiment]
+    settings: Settings
+    digest: str
+    out: Path
+    invocation: float
+    group: Group
+    log_level: int = logging.INFO
+
+    @property
+    def key(self) -> str:
+        """The group's key."""
+        return self.group.key
+
+    def run(self, progress: Progress) -> int:
+        """Run the group here; returns its row count."""
+        return run_group_job(self.experiment_cls, self.settings, self.digest, self.out,
+                             self.invocation, self.group, progress)
+
+    def in_worker(self, send: Callable[[str, int, int], None]) -> int:
+        """Run the group in a worker process: one torch thread, the run's log level, and
+        ``(key, done, total)`` progress messages to ``send`` at most every
+        :data:`_REPORT_EVERY` seconds (and at the end)."""
+        torch.set_num_threads(1)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(stream=sys.stderr, format="gatescope: %(message)s")
+        logging.getLogger("gatescope").setLevel(self.log_level)
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done >= total or now - last[0] >= _REPORT_EVERY:
+                last[0] = now
+                send(self.key, done, total)
+
+        return self.run(report)
+
+
+class Pool(Protocol):
+    """Where a backend runs groups: the one interface the scheduler of
+    :func:`_run_pooled` talks to (:class:`LocalPool`;
+    :class:`~gatescope.integrations.ray_backend.RayPool`).
+
+    A pool is a context manager; inside it, ``submit`` starts a task (a handle back),
+    ``wait`` returns ``(finished, pending)`` handles after at most ``timeout`` seconds,
+    ``result`` returns a finished task's value or raises its error, and ``messages`` drains
+    the ``(key, done, total)`` progress messages the workers sent.
+    """
+
+    def __enter__(self) -> Pool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def submit(self, task: GroupTask) -> Any: ...
+
+    def wait(self, handles: set, timeout: float) -> tuple[set, set]: ...
+
+    def result(self, handle: Any) -> int: ...
+
+    def messages(self) -> list[tuple[str, int, int]]: ...
+
+
+def _run_here(tasks: list[GroupTask], board: _Board) -> dict[str, str]:
     """Run the groups one after another in this process; returns the failures."""
     failures = {}
-    for group in todo:
+    for task in tasks:
         try:
-            run_group_job(*job, group,
-                          lambda done, total, key=group.key: board.update(key, done, total))
+            task.run(lambda done, total, key=task.key: board.update(key, done, total))
         except Exception as err:  # one failed group must not stop the grid
-            failures[group.key] = _failed(group.key, err)
-        board.finish(group.key)
+            failures[task.key] = _failed(task.key, err)
+        board.finish(task.key)
     return failures
 
 
-def _run_parallel(job: tuple, todo: list[Group], board: _Board, jobs: int) -> dict[str, str]:
-    """Run the groups in ``jobs`` spawned worker processes; returns the failures."""
-    context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    failures = {}
-    level = logging.getLogger("gatescope").getEffectiveLevel()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context,
-                             initializer=_init_worker, initargs=(messages, level)) as pool:
-        futures = {pool.submit(_worker_job, *job, group): group.key for group in todo}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(messages, board)
-            for future in finished:
-                key = futures[future]
+def _run_pooled(pool: Pool, tasks: list[GroupTask], board: _Board,
+                jobs: int) -> dict[str, str]:
+    """Run the groups in ``pool``, at most ``jobs`` at a time, in the given order; returns
+    the failures (a group whose task raises, or cannot be started, does not stop the
+    others)."""
+    failures: dict[str, str] = {}
+    waiting, running = list(reversed(tasks)), {}
+    with pool:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                task = waiting.pop()
                 try:
-                    future.result()
+                    running[pool.submit(task)] = task.key
+                except Exception as err:
+                    failures[task.key] = _failed(task.key, err)
+                    board.finish(task.key)
+            if not running:
+                continue
+            finished, _ = pool.wait(set(running), timeout=0.2)
+            for key, done, total in pool.messages():
+                board.update(key, done, total)
+            for handle in finished:
+                key = running.pop(handle)
+                try:
+                    pool.result(handle)
                 except Exception as err:
                     failures[key] = _failed(key, err)
                 board.finish(key)
@@ -223,38 +336,100 @@ def _failed(key: str, err: Exception) -> str:
     return message
 
 
-def _drain(messages, board) -> None:
-    while True:
-        try:
-            key, done, total = messages.get_nowait()
-        except queue_module.Empty:
-            return
-        board.update(key, done, total)
+# ---------------------------------------------------------------------- the local backend
 
 
-# ---------------------------------------------------------------------- worker side
+class LocalPool:
+    """``jobs`` spawned worker processes of this machine (the default backend); a worker
+    exits when the main process dies."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+
+    def __enter__(self) -> LocalPool:
+        context = multiprocessing.get_context("spawn")
+        self._messages = context.Queue()
+        self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context,
+                                             initializer=_init_worker,
+                                             initargs=(self._messages,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._executor.shutdown(cancel_futures=True)
+
+    def submit(self, task: GroupTask) -> Future:
+        return self._executor.submit(_local_worker_job, task)
+
+    def wait(self, handles: set, timeout: float) -> tuple[set, set]:
+        done, pending = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return set(done), set(pending)
+
+    def result(self, handle: Future) -> int:
+        return handle.result()
+
+    def messages(self) -> list[tuple[str, int, int]]:
+        found = []
+        while True:
+            try:
+                found.append(self._messages.get_nowait())
+            except queue_module.Empty:
+                return found
+
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(messages, log_level: int) -> None:
-    torch.set_num_threads(1)
-    logging.basicConfig(stream=sys.stderr, format="gatescope: %(message)s")
-    logging.getLogger("gatescope").setLevel(log_level)
-    _WORKER.update(messages=messages, parent=os.getppid(), last=0.0)
+def _init_worker(messages) -> None:
+    _WORKER.update(messages=messages, parent=os.getppid())
 
 
-def _worker_job(experiment_cls: type[Experiment], settings: Settings, digest: str,
-                out: Path, invocation: float, group: Group) -> int:
-    def report(done: int, total: int) -> None:
-        if os.getppid() != _WORKER["parent"]:  # the run was killed: stop, keep checkpoints
-            os._exit(1)
-        now = time.monotonic()
-        if done >= total or now - _WORKER["last"] >= _REPORT_EVERY:
-            _WORKER["last"] = now
-            _WORKER["messages"].put((group.key, done, total))
+def _local_send(key: str, done: int, total: int) -> None:
+    if os.getppid() != _WORKER["parent"]:  # the run was killed: stop, keep checkpoints
+        os._exit(1)
+    _WORKER["messages"].put((key, done, total))
 
-    return run_group_job(experiment_cls, settings, digest, out, invocation, group, report)
+
+def _local_worker_job(task: GroupTask) -> int:
+    return task.in_worker(_local_send)
+
+
+# ---------------------------------------------------------------------- choosing a backend
+
+
+def check_backend(backend: str, address: str | None = None) -> None:
+    """Before any work: refuse an unknown backend or an address without Ray; for Ray, join
+    the cluster (once per process; a local instance is started without ``address``).
+
+    Raises:
+        BackendError: naming the argument and the allowed values, the extra to install
+            when Ray is missing, or the address that has no cluster.
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; "
+                           f"got {backend!r}")
+    if address is not None and backend != "ray":
+        raise BackendError(f"address is only for backend 'ray'; got backend {backend!r}")
+    if backend == "ray":
+        from ..integrations.extras import MissingExtra
+        from ..integrations.ray_backend import connect
+
+        try:
+            connect(address)
+        except (MissingExtra, ConnectionError) as err:
+            raise BackendError(str(err)) from None
+
+
+def _make_pool(backend: str, address: str | None, jobs: int, settings: Settings,
+               quiet: bool) -> Pool:
+    """The pool of ``backend``: each Ray task declares one CPU and, for a CUDA device, one
+    GPU."""
+    if backend == "local":
+        return LocalPool(jobs)
+    from ..integrations.ray_backend import RayPool
+
+    device = str(getattr(settings, "device", "cpu"))
+    return RayPool(address, num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0,
+                   progress=not quiet)
 
 
 # ---------------------------------------------------------------------- progress bars

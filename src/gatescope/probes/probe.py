@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,6 +30,22 @@ from .schedule import Schedule
 
 #: The lags a probe uses when given none (those up to the sequence length).
 DEFAULT_LAGS = (1, 2, 4, 8, 16)
+
+
+@runtime_checkable
+class RecordLogger(Protocol):
+    """Receives each record a probe makes, e.g. to write it to TensorBoard or W&B
+    (:mod:`gatescope.integrations.loggers`)."""
+
+    def log(self, step: int, record: Mapping[str, np.ndarray],
+            coords: Mapping[str, list]) -> None:
+        """Take one record.
+
+        Args:
+            step: the training step recorded.
+            record: ``{metric name: array}``, each shaped by its metric's declared axes.
+            coords: ``{axis name: coordinates}`` of those axes.
+        """
 
 
 def _versions() -> dict[str, str]:
@@ -77,6 +93,9 @@ class Probe:
         rank: the ``r`` of ``AI_r``/``CE_r`` and of the alignment subspace (capped at the
             size of each spectrum).
         samples_per_lag: transport products sampled per lag by ``propagation_anisotropy``.
+        loggers: :class:`RecordLogger` s that receive every record as it is made (beside
+            what :meth:`save` writes), e.g.
+            :class:`~gatescope.integrations.loggers.TensorBoardProbeLogger`.
 
     Raises:
         ValueError: naming the argument that is invalid.
@@ -86,7 +105,7 @@ class Probe:
                  optimizer: torch.optim.Optimizer | None = None,
                  quantities: str | Sequence[str] = "cheap", schedule: Schedule | None = None,
                  lags: Iterable[int] | None = None, rank: int = 10,
-                 samples_per_lag: int = 64) -> None:
+                 samples_per_lag: int = 64, loggers: Sequence[RecordLogger] = ()) -> None:
         if not isinstance(model, SequenceModel):
             raise ValueError(f"model must be a gatescope SequenceModel, got {type(model)}")
         param = next(model.parameters())
@@ -111,6 +130,11 @@ class Probe:
         lags = as_int_tuple("lags", lags, minimum=1)
         if max(lags) > T:
             raise ValueError(f"lags must lie in [1, T={T}], got {lags}")
+        loggers = tuple(loggers)
+        for lg in loggers:
+            if not isinstance(lg, RecordLogger):
+                raise ValueError(f"loggers must have a log(step, record, coords) method, "
+                                 f"got {lg!r}")
         self.model = model
         self.u = u.detach().to(param.device, param.dtype, copy=True)
         self.y = y.detach().to(param.device, copy=True)
@@ -121,6 +145,7 @@ class Probe:
         self.lags = lags
         self.rank = as_int("rank", rank, minimum=1)
         self.samples_per_lag = as_int("samples_per_lag", samples_per_lag, minimum=1)
+        self.loggers = loggers
         self._steps: list[int] = []
         self._records: list[dict[str, np.ndarray]] = []
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -153,6 +178,10 @@ class Probe:
             self._notes.setdefault(name, {}).setdefault(message, []).append(step)
         self._steps.append(step)
         self._records.append(record)
+        if self.loggers:
+            coords = self._context(step).coords()
+            for lg in self.loggers:
+                lg.log(step, record, coords)
         return record
 
     step = __call__

@@ -71,6 +71,18 @@ class ProbeResults:
         """The arrays of one quantity's recorded metrics, by metric name."""
         return {k: self.history[k] for k in self.metadata["metrics"].get(name, [])}
 
+    def log_to(self, logger: Any) -> None:
+        """Replay every recorded step into ``logger`` (a
+        :class:`~gatescope.probes.probe.RecordLogger`, e.g. a TensorBoard or W&B logger of
+        :mod:`gatescope.integrations.loggers`), as the probe would have while recording:
+        at each step the metrics recorded then (a metric all NaN at a step, its quantity
+        skipped, is left out)."""
+        coords = self.metadata["coords"]
+        for index, step in enumerate(self.steps):
+            record = {key: values[index] for key, values in self.history.items()
+                      if not np.isnan(values[index]).all()}
+            logger.log(int(step), record, coords)
+
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``<stem>.npz`` then ``<stem>.json`` atomically (see the module notes).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..experiments.runner import check_backend
 from ..experiments.storage import check_folder, claim_folder, is_run_folder
 from ..paper import EXPERIMENTS
 from .pipeline import DEFAULT_OUT, PlannedRun, plan, run_all
@@ -14,7 +15,8 @@ from .report_inputs import build_report
 
 def reproduce(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_OUT, *,
               seeds: int | None = None, device: str | None = None, jobs: int = 1,
-              quiet: bool = False, force: bool = False) -> Path:
+              quiet: bool = False, force: bool = False, backend: str = "local",
+              address: str | None = None) -> Path:
     """Run every experiment of the preset (resuming earlier work in ``out``), then draw the
     figures and write ``REPORT.md``/``report.html``.
 
@@ -25,9 +27,11 @@ def reproduce(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_O
             new, empty or an earlier ``reproduce`` folder (which is resumed).
         seeds: override the number of seeds of the main runs.
         device: override the device (``cpu``, ``cuda``, ``auto``).
-        jobs: worker processes per run.
+        jobs: groups run at once, per run.
         quiet: no progress bars.
         force: also write into non-empty folders that gatescope did not make.
+        backend, address: where the groups run (``"local"`` or ``"ray"``), as for
+            :func:`~gatescope.experiments.run_experiment`.
 
     Returns:
         The path of ``REPORT.md``.
@@ -37,11 +41,13 @@ def reproduce(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_O
         OutputFolderError: ``out`` or a run's subfolder may not or cannot be written
             (before any work).
         RunError: some groups failed (their siblings' results are kept).
+        BackendError: an unknown backend, or Ray not installed (before any work).
     """
+    check_backend(backend, address)
     preset = PRESETS[preset] if isinstance(preset, str) and preset in PRESETS else preset
     runs = plan(preset, out, seeds=seeds, device=device)
     _claim_folders(out, runs, force)
-    timings = run_all(runs, jobs=jobs, quiet=quiet)
+    timings = run_all(runs, jobs=jobs, quiet=quiet, backend=backend, address=address)
     return build_report(Path(out), preset, runs, timings)
 
 

@@ -60,11 +60,17 @@ def plan(preset: str | Preset = "quick", out: str | os.PathLike = DEFAULT_OUT,
     return runs
 
 
-def run_all(runs: list[PlannedRun], jobs: int = 1, quiet: bool = False) -> dict[str, float]:
-    """Run (or finish) every planned run; returns their wall times in seconds by folder."""
+def run_all(runs: list[PlannedRun], jobs: int = 1, quiet: bool = False,
+            backend: str = "local", address: str | None = None) -> dict[str, float]:
+    """Run (or finish) every planned run; returns their wall times in seconds by folder.
+
+    ``backend`` and ``address`` choose where the groups run (see
+    :func:`~gatescope.experiments.run_experiment`).
+    """
     timings = {}
     for run in runs:
         start = time.perf_counter()
-        run_experiment(run.experiment, run.settings, run.folder, jobs=jobs, quiet=quiet)
+        run_experiment(run.experiment, run.settings, run.folder, jobs=jobs, quiet=quiet,
+                       backend=backend, address=address)
         timings[run.folder.as_posix()] = time.perf_counter() - start
     return timings
