@@ -129,6 +129,29 @@ def test_power_iteration_norms_follow_the_paper_codes_algorithm():
             torch.testing.assert_close(S[b, k + 1, k], (J[b, k] @ v).norm(), rtol=1e-12, atol=0)
 
 
+def test_power_iterations_regularise_at_the_products_true_scale():
+    """Guards the paper code's ``+1e-12`` under renormalisation: the code never rescales its
+    products, so once ``‖M‖`` nears 1e-12 each step shrinks ``v`` and the estimate collapses;
+    gatescope renormalises long products but must give the same estimate. J = 0.01·I (2×2),
+    lag 7: ``‖M‖ = 1e-14``; the code's loop on the unnormalised product, on the vectors the
+    generator draws for that lag, gives the estimate (far below 1e-14)."""
+    T = 8
+    J = (0.01 * torch.eye(2, dtype=torch.float64)).expand(1, T, 2, 2).contiguous()
+    S = gs.sensitivities(J, power_iterations=5, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    draws = [torch.randn(T - lag + 1, 2, 1, generator=gen, dtype=torch.float64)
+             for lag in range(1, T + 1)]  # one (start, example) vector per product, lag by lag
+    lag = 7
+    M = torch.linalg.matrix_power(J[0, 0], lag)
+    v = draws[lag - 1][0] / (draws[lag - 1][0].norm() + 1e-12)
+    for _ in range(5):
+        v = M @ v
+        v = v / (v.norm() + 1e-12)
+    expected = (M @ v).norm()
+    assert expected < 1e-16  # the collapse the code shows
+    torch.testing.assert_close(S[0, lag, 0], expected, rtol=1e-9, atol=0)
+
+
 def test_power_iteration_underestimates_a_non_normal_product():
     """Guards the switch's meaning: iterating M (not MᵀM) finds the dominant eigenvector,
     so for a non-normal M the estimate is a lower bound, strictly below ‖M‖₂ (here the

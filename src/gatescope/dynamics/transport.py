@@ -133,7 +133,7 @@ def sensitivities(J: Tensor, rtol: float = RTOL, power_iterations: int | None = 
             if lag > 1:
                 P = Jt[k0 + lag - 1 : k0 + lag - 1 + count] @ P[:count]
                 log_scale = log_scale[:count]
-            sigma, frobenius_sq = norms(P.flatten(0, 1))
+            sigma, frobenius_sq = norms(P.flatten(0, 1), log_scale.flatten())
             ks = torch.arange(k0, k0 + count, device=J.device)
             S[:, ks + lag, ks] = (sigma.view(count, Bsz) * log_scale.exp()).T
             frobenius_sq = frobenius_sq.view(count, Bsz)
@@ -155,9 +155,10 @@ class _ExactNorms:
     def __init__(self, rtol: float) -> None:
         self.rtol, self.basis, self.squarings = rtol, None, MAX_SQUARINGS
 
-    def __call__(self, P: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, P: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
         """``(σ_1 (c,), ‖P‖_F² (c,))`` of ``P`` ``(c, N, N)``, the first ``c`` products of
-        the previous call's (start times drop out from the end as the lag grows)."""
+        the previous call's (start times drop out from the end as the lag grows); the
+        products' scale ``log_scale`` plays no part in exact norms."""
         basis = None if self.basis is None else self.basis[: P.shape[0]]
         sigma, self.basis, frobenius_sq, share = top_singular_values(
             P, basis, rtol=self.rtol, squarings=self.squarings)
@@ -171,19 +172,26 @@ class _ExactNorms:
 
 class _PowerIterationNorms:
     """The paper code's estimate of ``‖M‖_2``: ``p`` steps of ``v ← Mv/(‖Mv‖ + 1e-12)`` from
-    a fresh Gaussian ``v`` (normalised), then ``‖Mv‖``."""
+    a fresh Gaussian ``v`` (normalised), then ``‖Mv‖``.
+
+    The ``1e-12`` acts at the product's true scale, as in the code, which never renormalises:
+    once ``‖M‖`` falls to ``1e-12`` and below (long lags of a contracting cell) each step
+    shrinks ``v`` too, and the estimate falls far below the norm."""
 
     def __init__(self, iterations: int, generator: torch.Generator) -> None:
         self.iterations, self.generator = iterations, generator
 
-    def __call__(self, P: Tensor) -> tuple[Tensor, Tensor]:
-        """``(estimate (c,), ‖P‖_F² (c,))`` of ``P`` ``(c, N, N)``."""
+    def __call__(self, P: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+        """``(estimate (c,), ‖P‖_F² (c,))`` of ``P`` ``(c, N, N)``, whose true scale is
+        ``exp(log_scale)`` ``(c,)`` times its own."""
         v = torch.randn(P.shape[0], P.shape[-1], 1, generator=self.generator,
                         dtype=torch.float64).to(device=P.device, dtype=P.dtype)
         v = v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + 1e-12)
+        # 1e-12 in P's units (inf when the true scale underflows: the estimate is then 0)
+        eps = (1e-12 * torch.exp(-log_scale)).to(P.dtype).view(-1, 1, 1)
         for _ in range(self.iterations):
             v = P @ v
-            v = v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + 1e-12)
+            v = v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + eps)
         sigma = torch.linalg.vector_norm(P @ v, dim=(1, 2)).double()
         return sigma, P.abs().square().sum((-2, -1)).double()
 
