@@ -90,11 +90,20 @@ def judge(v: Verdict, outcomes: list[str], margin: str) -> Verdict:
     check could be decided say why in the evidence ("not measured: ...")."""
     v.verdict, v.margin = combine_outcomes(outcomes), margin
     if v.verdict == NOT_MEASURED:
-        why = ("no check could be decided: every sign test is inconclusive (see "
-               f"'cannot reach α = {ALPHA:g}' above) or every check is not informative"
-               if outcomes else "no check could be made")
-        v.evidence.append(f"not measured: {why}")
+        v.evidence.append(f"not measured: {_undecided(outcomes)}")
     return v
+
+
+def _undecided(outcomes: list[str]) -> str:
+    """Why none of ``outcomes`` was decided."""
+    if not outcomes:
+        return "no check could be made"
+    if all(o == UNINFORMATIVE for o in outcomes):
+        return "every check is not informative"
+    if all(o == INCONCLUSIVE for o in outcomes):
+        return (f"every sign test is inconclusive (too few seeds to reach α = {ALPHA:g}, or "
+                "no significant majority)")
+    return "every check is inconclusive or not informative"
 
 
 def binomial_tail(k: int, n: int) -> float:
