@@ -151,14 +151,16 @@ def judge_c4(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         figures=["anisotropy_jacobian", "anisotropy_gradcov", "anisotropy_gradcov_training"],
         null="gated and plain arms are equally anisotropic: the gated arm's median is above "
              "plain's at no more than half of the lags (or not above it)")
-    step = last_step(table, M.JACOBIAN_AI)
-    arms = gated_arms(table, M.JACOBIAN_AI, gated)
-    if step is None or not arms or comparator(table, arms[0], M.JACOBIAN_AI)[0] is None:
+    # the arms and checkpoint come from the Jacobian-product rows (AI, else CE alone)
+    key = M.JACOBIAN_AI if len(table.select(metric=M.JACOBIAN_AI)) else M.JACOBIAN_CE
+    step = last_step(table, key)
+    arms = gated_arms(table, key, gated)
+    if step is None or not arms or comparator(table, arms[0], key)[0] is None:
         return not_measured(v, "jacobian_ai rows for a gated cell and for plain")
     outcomes = []
-    for task in table.select(metric=M.JACOBIAN_AI).unique("task"):
+    for task in table.select(metric=key).unique("task"):
         for arm in arms:
-            plain, same = comparator(table, arm, M.JACOBIAN_AI)
+            plain, same = comparator(table, arm, key)
             parts = []
             for check, metrics in ((_c4_per_lag, (M.JACOBIAN_AI, M.JACOBIAN_CE)),
                                    (_c4_gradcov, (M.GRADCOV_AI, M.GRADCOV_CE))):

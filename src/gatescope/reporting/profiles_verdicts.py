@@ -203,7 +203,9 @@ def judge_c1(table: ResultsTable) -> Verdict:
 
     * decay, for each of leaky, scalar_gate and multi_gate: per seed the largest, over the
       checkpoints, least-squares slope of ``ln μ̃`` on ``ℓ`` is below 0 (one-sided; null: a
-      flat profile, slope 0);
+      flat profile, slope 0). A precondition, not evidence: contracting transport decays
+      whatever the gates do, so a holding decay check is reported but not counted, while a
+      failing or inconclusive one counts as such;
     * the gates predict it, for scalar_gate and multi_gate: per seed and checkpoint,
       :func:`held_out_rmse` (fit ``s`` on the first half of the lags, RMSE of ``ln μ̃`` on the
       second) of the :data:`PREDICTOR` gate product ``s·ln(P̄(ℓ)/P̄(1))`` against each
@@ -236,7 +238,8 @@ def judge_c1(table: ResultsTable) -> Verdict:
     outcomes, margins = [], []
     for cell in cells:
         test = _decay_check(v, cell, table.select(cell=cell, metric=M.SENSITIVITY_PROFILE))
-        outcomes.append(test.outcome)
+        if test.outcome != HOLDS:  # a precondition: only its failure (or doubt) counts
+            outcomes.append(test.outcome)
         margins.append(f"{cell} decays in {test.wins}/{test.n} seeds")
     for cell in [c for c in cells if c != CONTROL]:
         if not len(table.select(cell=cell, metric=M.ZEROTH_ORDER_PROFILE, predictor=PREDICTOR)):
