@@ -353,3 +353,51 @@ def test_rates_past_a_sequence_length_are_nan_and_left_out_of_the_reductions():
     r = traj.retention.expand(B, T, N)
     mean_r = torch.cat([r[0], r[1, :3]]).mean(0)
     torch.testing.assert_close(time_scales(cell, traj), -1 / mean_r.log())
+
+
+def test_permuted_neuron_cv_equals_a_direct_loop_and_removes_neuron_identity():
+    """Guards C3's null (``rate_cv_order0_null``): the CV of ``∏_j r_{j,π_j(q)}`` with the
+    neuron index of every (example, time) step permuted, against a float64 loop over
+    ``(b, t)`` with the same permutations; it is reproducible from the generator's seed, equals
+    the real CV at ``ℓ = 1``, leaves out times past a length, and is far below the real CV for
+    gates with persistent per-neuron values."""
+    from gatescope.measures.rates import permuted_neuron_cv
+
+    B, T, n, lags = 3, 7, 5, [0, 1, 3, 7, 9]
+    g = torch.Generator().manual_seed(4)
+    r = 0.3 + 0.6 * torch.rand(B, T, n, generator=g, dtype=torch.float64)
+    got = permuted_neuron_cv(r, lags, torch.Generator().manual_seed(11))
+    keys = torch.rand(B, T, n, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    shuffled = np.take_along_axis(r.numpy(), keys.argsort(-1).numpy(), axis=-1)
+    for i, lag in enumerate(lags):
+        cvs = []
+        for b in range(B):
+            for t in range(lag, T + 1):
+                mu = np.prod(shuffled[b, t - lag:t], axis=0) if lag else np.ones(n)
+                cvs.append(mu.std() / mu.mean())
+        expected = np.median(cvs) if cvs else np.nan
+        np.testing.assert_allclose(got[i].item(), expected, rtol=1e-12, atol=1e-15)
+    again = permuted_neuron_cv(r, lags, torch.Generator().manual_seed(11))
+    assert torch.equal(got.nan_to_num(-1), again.nan_to_num(-1))
+    real = gs.measures.neuron_cv(rates_from_retention(r, lags))
+    assert got[1].item() == pytest.approx(real[1].item())  # one step: permutation-invariant
+    persistent = r[:, :1].expand(B, T, n)  # each neuron keeps its gate along time
+    assert permuted_neuron_cv(persistent, [4], torch.Generator().manual_seed(0)).item() < \
+        0.7 * gs.measures.neuron_cv(rates_from_retention(persistent, [4])).item()
+    beyond = torch.zeros(B, T + 1, dtype=torch.bool)
+    beyond[0, 5:] = True  # example 0 ends at t = 4
+    masked = permuted_neuron_cv(r, [3], torch.Generator().manual_seed(11), beyond)
+    cvs = [np.prod(shuffled[b, t - 3:t], axis=0) for b in range(B) for t in range(3, T + 1)
+           if not (b == 0 and t >= 5)]
+    np.testing.assert_allclose(masked.item(), np.median([m.std() / m.mean() for m in cvs]),
+                               rtol=1e-12)
+
+
+def rates_from_retention(r: torch.Tensor, lags) -> torch.Tensor:
+    """``μ⁰`` ``(B, T+1, L, n)`` of a retention tensor by brute force (NaN where ``ℓ > t``)."""
+    B, T, n = r.shape
+    out = torch.full((B, T + 1, len(lags), n), math.nan, dtype=torch.float64)
+    for i, lag in enumerate(lags):
+        for t in range(lag, T + 1):
+            out[:, t, i] = r[:, t - lag:t].prod(1)
+    return out

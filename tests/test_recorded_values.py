@@ -25,6 +25,7 @@ import gatescope as gs
 from gatescope.experiments import get_experiment, read_rows, run_experiment
 from gatescope.experiments.anisotropy import AnisotropySettings
 from gatescope.experiments.profiles import ProfilesSettings
+from gatescope.measures.rates import neuron_retention, permuted_neuron_cv
 from gatescope.training import stream_generator
 from gatescope.training.checkpoints import checkpoint_path, load_checkpoint
 
@@ -46,6 +47,12 @@ METRICS = {
         "rate_cv_order1": (("rate_lag",), lambda s: neuron_cv(s.rates(1))),
         "rate_cv_order0": (("rate_lag",), lambda s: s.with_retention(
             lambda: neuron_cv(s.rates(0)))),
+        # C3's null: per-neuron retention only, permutations seeded with the context's
+        # sampling seed (0 in profiles)
+        "rate_cv_order0_null": (("rate_lag",), lambda s: None
+                                if s.traj.retention.shape[-1] == 1 else permuted_neuron_cv(
+                                    neuron_retention(s.cell, s.traj), list(s.settings.rate_lags),
+                                    torch.Generator().manual_seed(0)).numpy()),
         "schedule_multiplier": (("schedule_lag", "time"), lambda s: s.schedule),
         "retention_mean": (("time",), lambda s: s.traj.retention.mean((0, 2))),
     },

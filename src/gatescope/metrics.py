@@ -146,6 +146,10 @@ RATE_CV_ORDER1 = declare_metric(
 RATE_CV_ORDER0 = declare_metric(
     "rate_cv_order0", "across-neuron CV of μ⁰_{t,ℓ,·} = ∏ r_j (zeroth order: the gates alone), "
     "median over examples and t ≥ ℓ", axes=("rate_lag",))
+RATE_CV_ORDER0_NULL = declare_metric(
+    "rate_cv_order0_null", "rate_cv_order0 with the retention's neuron index permuted at "
+    "random, independently at every (example, time) step: each step's gate values kept, "
+    "neuron identity removed (the null of neuron-specific rates)", axes=("rate_lag",))
 TIME_SCALES = declare_metric("time_scales", "τ_q = −1/log r̄_q, r̄_q the mean retention of "
                              "neuron q", axes=("neuron",), unit="step")
 SCHEDULE_MULTIPLIER = declare_metric(

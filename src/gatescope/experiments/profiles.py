@@ -50,6 +50,7 @@ PLAN = {
     "profile": None,
     "effective_rates": (M.ENVELOPE, M.RATE_CV_ORDER1),
     "zeroth_order_rates": None,
+    "zeroth_order_rates_null": None,
     "schedule": None,
 }
 

@@ -324,6 +324,45 @@ def neuron_cv(mu: Tensor) -> Tensor:
     return quantile(cv.flatten(0, 1), 0.5, dim=0)
 
 
+def permuted_neuron_cv(r: Tensor, lags: Sequence[int], generator: torch.Generator,
+                       beyond: Tensor | None = None) -> Tensor:
+    """The null of neuron-specific rates: :func:`neuron_cv` of ``μ⁰`` after the neuron index
+    of the retention is permuted at random, independently at every (example, time) step.
+
+    Each step keeps its gate values (so the rates' mean and every step's spread across
+    neurons are those of the gates), but a neuron no longer keeps its own gate from one step
+    to the next: ``μ⁰_{t,ℓ,q} = ∏_j r_{j,π_j(q)}``. Dispersion of the real ``μ⁰`` beyond this
+    null comes from persistent per-neuron time scales. At ``ℓ = 1`` the window is one step,
+    whose CV a permutation leaves unchanged, so the null equals the real CV there.
+
+    Args:
+        r: ``(B, T, n)`` retention, one value per neuron (:func:`neuron_retention`).
+        lags: the lags ``ℓ ≥ 0`` (ints), in the order wanted.
+        generator: a CPU generator drawing the permutations (seeded: reruns give the same
+            numbers).
+        beyond: ``(B, T+1)`` bool, ``True`` at times past a sequence's length
+            (:func:`times_beyond_length`; those times are left out), or ``None``.
+
+    Returns:
+        ``(L,)`` float64; NaN for a lag longer than the sequence.
+    """
+    lags = integer_lags(lags)
+    if r.dim() != 3:
+        raise ValueError(f"r must be (B, T, n) retention, got shape {tuple(r.shape)}")
+    B, T, n = r.shape
+    keys = torch.rand(B, T, n, generator=generator, dtype=torch.float64)
+    shuffled = r.double().gather(-1, keys.argsort(-1).to(r.device))
+    mu = r.new_full((B, T + 1, len(lags), n), math.nan, dtype=torch.float64)
+    wanted = {lag: [i for i, x in enumerate(lags) if x == lag] for lag in lags if lag <= T}
+    for lag, (p, _) in enumerate(window_products(shuffled)):
+        if lag > max(wanted, default=-1):
+            break
+        if lag in wanted:
+            p = p if beyond is None else p.masked_fill(beyond[:, lag:, None], math.nan)
+            mu[:, lag:, wanted[lag]] = p.unsqueeze(2)
+    return neuron_cv(mu)
+
+
 def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     """Per-neuron time scales ``τ_q = -1 / log r̄_q``, ``r̄_q`` the mean retention.
 

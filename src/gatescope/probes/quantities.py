@@ -20,7 +20,9 @@ from ..measures.rates import (
     envelope,
     neuron_cv,
     neuron_retention,
+    permuted_neuron_cv,
     time_scales,
+    times_beyond_length,
 )
 from .context import ProbeContext
 from .registry import SkipQuantity, register_quantity
@@ -90,6 +92,23 @@ def zeroth_order_rates(ctx: ProbeContext) -> dict[str, Tensor]:
         raise SkipQuantity("the cell has no retention (μ⁰ = 0)")
     mu0 = effective_learning_rates(ctx.cell, traj, lags=ctx.effective_rate_lags, order=0)
     return {M.RATE_CV_ORDER0.name: neuron_cv(mu0)}
+
+
+@register_quantity("zeroth_order_rates_null", cost=0, metrics=[M.RATE_CV_ORDER0_NULL],
+                   description="μ⁰'s across-neuron dispersion with neuron identity removed "
+                   "(the null of neuron-specific rates)")
+def zeroth_order_rates_null(ctx: ProbeContext) -> dict[str, Tensor]:
+    """``rate_cv_order0_null`` at the rate lags: :func:`~gatescope.measures.rates.
+    permuted_neuron_cv` of the retention, the permutations drawn from a generator seeded
+    with ``ctx.sampling_seed``. Skipped for a cell without retention and for one whose
+    retention has one value for every neuron (leaky, scalar_gate: nothing to permute)."""
+    traj = ctx.trajectory
+    if not bool(traj.retention.ne(0).any()) or traj.retention.shape[-1] == 1:
+        raise SkipQuantity("the retention has no per-neuron values to permute")
+    generator = torch.Generator().manual_seed(ctx.sampling_seed)
+    return {M.RATE_CV_ORDER0_NULL.name: permuted_neuron_cv(
+        neuron_retention(ctx.cell, traj), ctx.effective_rate_lags, generator,
+        times_beyond_length(traj))}
 
 
 @register_quantity("schedule", cost=0, metrics=[M.SCHEDULE_MULTIPLIER, M.RETENTION_MEAN],

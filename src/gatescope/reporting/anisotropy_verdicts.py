@@ -17,7 +17,7 @@ import numpy as np
 from .. import metrics as M
 from ..results import ResultsTable, Spread
 from .profiles_verdicts import not_measured
-from .verdicts import Verdict, combine
+from .verdicts import FAILS, HOLDS, UNINFORMATIVE, Verdict, judge
 
 PLAIN = "plain"
 #: C5's arms: multi-gate with SGD against the plain cell with Adam.
@@ -27,6 +27,10 @@ C5_METRICS = (M.GRADCOV_AI, M.JACOBIAN_AI)
 #: C6: the optimizer moves gradient-covariance anisotropy "far more" than Jacobian-product
 #: anisotropy when its effect is at least this many times larger.
 FAR = 2.0
+#: C4: a CE at or above this on both sides of a comparison is saturated (all the energy in
+#: the top ``r`` directions for both arms): it cannot tell the arms apart, so the comparison
+#: is "not informative" and counted neither way.
+CE_SATURATED = 0.999
 
 Arm = tuple[str, str]
 
@@ -63,12 +67,21 @@ def at_arm(table: ResultsTable, task: str, arm: Arm, metric: str, step: float
     return table.select(task=task, cell=arm[0], optimizer=arm[1], metric=metric, step=step)
 
 
-def lags_above(a: ResultsTable, b: ResultsTable) -> tuple[int, int]:
+def lags_above(a: ResultsTable, b: ResultsTable, saturated: float | None = None
+               ) -> tuple[int, int]:
     """``(k, L)``: at ``k`` of the ``L`` lags both measured, ``a``'s median over seeds
-    exceeds ``b``'s."""
+    exceeds ``b``'s; with ``saturated``, lags where both medians are at or above it are
+    left out of ``L`` (they cannot tell ``a`` from ``b``)."""
     lags = sorted(set(a.unique("lag")) & set(b.unique("lag")))
-    k = sum(a.select(lag=x).spread().median > b.select(lag=x).spread().median for x in lags)
-    return int(k), len(lags)
+    pairs = [(a.select(lag=x).spread().median, b.select(lag=x).spread().median) for x in lags]
+    if saturated is not None:
+        pairs = [(x, y) for x, y in pairs if not (x >= saturated and y >= saturated)]
+    return int(sum(x > y for x, y in pairs)), len(pairs)
+
+
+def _ratio(a: float, b: float) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(a) / np.float64(b))
 
 
 def majority(k: int, n: int) -> bool:
@@ -80,14 +93,50 @@ def _label(arm: Arm, plain: Arm, same: bool) -> str:
     return f"{arm_name(arm)} vs {arm_name(plain)}" + ("" if same else " (across optimizers)")
 
 
+def _c4_per_lag(table: ResultsTable, task: str, arm: Arm, plain: Arm, metric: str,
+                step: float) -> tuple[str, str]:
+    """One per-lag C4 check: ``(outcome, evidence)``; ``outcome`` is None when an arm is
+    missing, "not informative" when every lag's CE is saturated on both sides."""
+    mine, theirs = (at_arm(table, task, x, metric, step) for x in (arm, plain))
+    saturated = CE_SATURATED if metric == M.JACOBIAN_CE else None
+    k, n = lags_above(mine, theirs, saturated)
+    total = lags_above(mine, theirs)[1]
+    if not total:  # an arm missing for this task is not a failed check
+        return None, f"{metric} not measured for both arms"
+    skipped = total - n
+    note = f" ({skipped} saturated lags ≥ {CE_SATURATED:g} not informative)" if skipped else ""
+    if not n:
+        return UNINFORMATIVE, f"{metric} saturated at every lag: not informative"
+    ratio = _ratio(Spread.of(mine.per_seed()).median, Spread.of(theirs.per_seed()).median)
+    return (HOLDS if majority(k, n) else FAILS,
+            f"{metric} higher at {k}/{n} lags{note}, lag-median ratio {ratio:.3g}")
+
+
+def _c4_gradcov(table: ResultsTable, task: str, arm: Arm, plain: Arm, metric: str,
+                step: float) -> tuple[str, str]:
+    """One gradient-covariance C4 check: ``(outcome, evidence)`` as :func:`_c4_per_lag`."""
+    g = at_arm(table, task, arm, metric, step).spread()
+    p = at_arm(table, task, plain, metric, step).spread()
+    if not (g.n and p.n):
+        return None, f"{metric} not measured for both arms"
+    if metric == M.GRADCOV_CE and g.median >= CE_SATURATED and p.median >= CE_SATURATED:
+        return UNINFORMATIVE, f"{metric} {g} vs {p}: saturated, not informative"
+    return (HOLDS if g.median > p.median else FAILS,
+            f"{metric} {g} vs {p} (ratio {_ratio(g.median, p.median):.3g})")
+
+
 def judge_c4(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
     """C4: gates concentrate gradient flow into low-dimensional subspaces.
 
     Rule: at the last checkpoint, for each task and gated arm against its plain comparator
     (same optimizer where the design has it), four checks: the Jacobian-product AI and CE
     medians over seeds exceed plain's at more than half of the lags, and the gradient-
-    covariance AI and CE medians exceed plain's. All checks hold: supported; none: not
-    supported; otherwise mixed.
+    covariance AI and CE medians exceed plain's. A CE comparison whose two medians are both
+    ≥ :data:`CE_SATURATED` (0.999) is not informative: a Jacobian-CE lag like that is left
+    out of the lag count, and a check with no informative lag left (or a saturated
+    gradient-covariance CE) is counted neither way. Verdict by
+    :func:`~gatescope.reporting.verdicts.combine_outcomes` (every check not informative:
+    "not measured", said in the evidence).
 
     Args:
         table: the anisotropy experiment's results.
@@ -97,34 +146,36 @@ def judge_c4(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         "C4",
         "at the last checkpoint, gated arm vs plain (same optimizer where the design allows): "
         "Jacobian-product AI_r and CE_r higher at most lags, gradient-covariance AI_r and CE_r "
-        "higher (medians over seeds)",
-        figures=["anisotropy_jacobian", "anisotropy_gradcov", "anisotropy_gradcov_training"])
-    step = last_step(table, M.JACOBIAN_AI)
-    arms = gated_arms(table, M.JACOBIAN_AI, gated)
-    if step is None or not arms or comparator(table, arms[0], M.JACOBIAN_AI)[0] is None:
+        f"higher (medians over seeds); CE saturated at ≥ {CE_SATURATED:g} on both sides is "
+        "not informative",
+        figures=["anisotropy_jacobian", "anisotropy_gradcov", "anisotropy_gradcov_training"],
+        null="gated and plain arms are equally anisotropic: the gated arm's median is above "
+             "plain's at no more than half of the lags (or not above it)")
+    # the arms and checkpoint come from the Jacobian-product rows (AI, else CE alone)
+    key = M.JACOBIAN_AI if len(table.select(metric=M.JACOBIAN_AI)) else M.JACOBIAN_CE
+    step = last_step(table, key)
+    arms = gated_arms(table, key, gated)
+    if step is None or not arms or comparator(table, arms[0], key)[0] is None:
         return not_measured(v, "jacobian_ai rows for a gated cell and for plain")
-    checks = []
-    for task in table.select(metric=M.JACOBIAN_AI).unique("task"):
+    outcomes = []
+    for task in table.select(metric=key).unique("task"):
         for arm in arms:
-            plain, same = comparator(table, arm, M.JACOBIAN_AI)
+            plain, same = comparator(table, arm, key)
             parts = []
-            for metric in (M.JACOBIAN_AI, M.JACOBIAN_CE):
-                k, n = lags_above(at_arm(table, task, arm, metric, step),
-                                  at_arm(table, task, plain, metric, step))
-                if n:  # an arm missing for this task is not a failed check
-                    checks.append(majority(k, n))
-                parts.append(f"{metric} higher at {k}/{n} lags" if n else
-                             f"{metric} not measured for both arms")
-            for metric in (M.GRADCOV_AI, M.GRADCOV_CE):
-                g = at_arm(table, task, arm, metric, step).spread()
-                p = at_arm(table, task, plain, metric, step).spread()
-                if g.n and p.n:
-                    checks.append(g.median > p.median)
-                    parts.append(f"{metric} {g} vs {p}")
+            for check, metrics in ((_c4_per_lag, (M.JACOBIAN_AI, M.JACOBIAN_CE)),
+                                   (_c4_gradcov, (M.GRADCOV_AI, M.GRADCOV_CE))):
+                for metric in metrics:
+                    outcome, text = check(table, task, arm, plain, metric, step)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                        text += "" if outcome == UNINFORMATIVE else f" → {outcome}"
+                    parts.append(text)
             v.evidence.append(f"{task}, step {step:g}, {_label(arm, plain, same)}: "
                               + "; ".join(parts))
-    v.verdict = combine(checks)
-    return v
+    margin = (f"{outcomes.count(HOLDS)} of {len(outcomes)} checks hold, "
+              f"{outcomes.count(FAILS)} fail, {outcomes.count(UNINFORMATIVE)} not informative "
+              "(saturated CE)")
+    return judge(v, outcomes, margin)
 
 
 def seed_values(table: ResultsTable, task: str, arm: Arm, metric: str, step: float
@@ -149,11 +200,13 @@ def judge_c5(table: ResultsTable) -> Verdict:
         "per task and checkpoint (step > 0): multi_gate+SGD's median gradient-covariance AI "
         "and lag-median Jacobian AI at or above plain+Adam's lower quartile (matches) or above "
         "its upper quartile (exceeds)",
-        figures=["anisotropy_gradcov", "anisotropy_gradcov_training", "anisotropy_jacobian"])
+        figures=["anisotropy_gradcov", "anisotropy_gradcov_training", "anisotropy_jacobian"],
+        null="multi_gate+SGD less anisotropic than plain+Adam beyond the seed spread: its "
+             "median below plain+Adam's lower quartile")
     arms = table.combos("cell", "optimizer")
     if C5_GATED not in arms or C5_ADAM not in arms:
         return not_measured(v, f"the arms {arm_name(C5_GATED)} and {arm_name(C5_ADAM)}")
-    checks = []
+    checks, ratios = [], []
     for task in table.unique("task"):
         for metric in C5_METRICS:
             outcomes = []
@@ -166,14 +219,16 @@ def judge_c5(table: ResultsTable) -> Verdict:
                 outcome = ("exceeds" if g.median > a.q75 else
                            "matches" if g.median >= a.q25 else "falls short")
                 outcomes.append(outcome)
+                ratios.append(_ratio(g.median, a.q25))
                 v.evidence.append(f"{task}, step {step:g}, {metric}: {arm_name(C5_GATED)} {g} "
-                                  f"vs {arm_name(C5_ADAM)} {a} → {outcome}")
+                                  f"vs {arm_name(C5_ADAM)} {a}; margin over the null's bound "
+                                  f"(median / plain+Adam's q25) {ratios[-1]:.3g} → {outcome}")
             if outcomes:
-                checks.append("falls short" not in outcomes)
+                checks.append(HOLDS if "falls short" not in outcomes else FAILS)
     if not checks:
         return not_measured(v, "a checkpoint after step 0 with both arms measured")
-    v.verdict = combine(checks)
-    return v
+    return judge(v, checks, f"{checks.count(HOLDS)}/{len(checks)} (task, metric) pairs never "
+                 f"fall short; smallest median / plain+Adam's q25 {min(ratios):.3g} (needs ≥ 1)")
 
 
 def _log_median(values: np.ndarray) -> float:
@@ -231,7 +286,9 @@ def judge_c6(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         f"effect (Adam vs SGD, same cell) on gradient-covariance AI exceeds its seed noise and "
         f"is ≥ {FAR:g} × its effect on the lag-median Jacobian AI; the cell's effect (gated vs "
         "plain, same optimizer) exceeds the seed noise on both",
-        figures=["anisotropy_gradcov", "anisotropy_jacobian"])
+        figures=["anisotropy_gradcov", "anisotropy_jacobian"],
+        null="each effect no larger than the seed noise (the IQR of ln AI across seeds), and "
+             "the optimizer moving transport as much as updates")
     arms = table.select(metric=M.GRADCOV_AI).combos("cell", "optimizer")
     both_opts = {c for c, o in arms if o == "sgd" and (c, "adam") in arms}
     same_opt_plain = {o for c, o in arms if c in gated and (PLAIN, o) in arms}
@@ -240,26 +297,30 @@ def judge_c6(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
                                "and plain beside a gated cell under one optimizer); arms: "
                                + ", ".join(arm_name(a) for a in arms))
     step = last_step(table, M.GRADCOV_AI)
-    checks = []
+    checks, margins = [], []
     for task in table.select(metric=M.GRADCOV_AI).unique("task"):
         g_opt, g_cell, g_noise = effects(table, task, M.GRADCOV_AI, step, gated)
         j_opt, j_cell, j_noise = effects(table, task, M.JACOBIAN_AI, step, gated)
         updates = g_opt > g_noise and g_opt >= FAR * j_opt
         both = g_cell > g_noise and j_cell > j_noise
-        checks += [bool(updates), bool(both)]
+        checks += [HOLDS if updates else FAILS, HOLDS if both else FAILS]
+        margin = (f"{task}: optimizer effect/noise {_ratio(g_opt, g_noise):.3g}, gradcov/"
+                  f"Jacobian {_ratio(g_opt, j_opt):.3g} (needs > 1 and ≥ {FAR:g}); cell "
+                  f"effect/noise {_ratio(g_cell, g_noise):.3g} / {_ratio(j_cell, j_noise):.3g} "
+                  "(needs > 1)")
+        margins.append(margin)
         v.evidence.append(
             f"{task}, step {step:g}: optimizer effect on gradcov AI {g_opt:.3g} vs Jacobian "
             f"AI {j_opt:.3g} (noise {g_noise:.3g} / {j_noise:.3g}) → "
             f"{'optimizer shapes updates' if updates else 'not borne out'}; cell effect on "
             f"gradcov AI {g_cell:.3g}, on Jacobian AI {j_cell:.3g} → "
-            f"{'cell shapes both' if both else 'not borne out'}")
+            f"{'cell shapes both' if both else 'not borne out'}; margin {margin}")
         for arm in arms:
             g = Spread.of(seed_values(table, task, arm, M.GRADCOV_AI, step))
             j = Spread.of(seed_values(table, task, arm, M.JACOBIAN_AI, step))
             v.evidence.append(f"{task}, {arm_name(arm)}: gradcov AI {g}; lag-median "
                               f"Jacobian AI {j}")
-    v.verdict = combine(checks)
-    return v
+    return judge(v, checks, "; ".join(margins))
 
 
 def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
@@ -280,12 +341,15 @@ def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
         "at the last checkpoint, alignment a_r (median over seeds) above the random baseline "
         "r/N at most lags, and above plain's (same optimizer where the design allows) at most "
         "lags, for every gated arm and task",
-        figures=["anisotropy_alignment"])
+        figures=["anisotropy_alignment"],
+        null="a random direction's alignment r/N (alignment_baseline), and the plain "
+             "comparator's alignment: the gated arm above either at no more than half of "
+             "the lags")
     step = last_step(table, M.ALIGNMENT)
     arms = gated_arms(table, M.ALIGNMENT, gated)
     if step is None or not arms or not len(table.select(metric=M.ALIGNMENT_BASELINE)):
         return not_measured(v, "alignment rows for a gated cell and alignment_baseline rows")
-    checks = []
+    checks, ratios = [], []
     for task in table.select(metric=M.ALIGNMENT).unique("task"):
         flat = table.select(task=task, metric=M.ALIGNMENT_BASELINE, step=step)
         base = flat.spread()
@@ -295,22 +359,25 @@ def judge_c7(table: ResultsTable, *, gated: Collection[str]) -> Verdict:
             if not above[1]:
                 v.evidence.append(f"{task}, {arm_name(arm)}: alignment not measured")
                 continue
-            checks.append(majority(*above))
+            checks.append(HOLDS if majority(*above) else FAILS)
+            ratios.append(_ratio(Spread.of(mine.per_seed()).median, base.median))
             line = (f"{task}, step {step:g}, {arm_name(arm)}: a_r above r/N = {base.median:.3g}"
                     f" at {above[0]}/{above[1]} lags (lag-median a_r "
-                    f"{Spread.of(mine.per_seed())})")
+                    f"{Spread.of(mine.per_seed())}, {ratios[-1]:.3g} × r/N)")
             plain, same = comparator(table, arm, M.ALIGNMENT)
             if plain is not None:
                 theirs = at_arm(table, task, plain, M.ALIGNMENT, step)
                 k, n = lags_above(mine, theirs)
                 if n:
-                    checks.append(majority(k, n))
+                    checks.append(HOLDS if majority(k, n) else FAILS)
                 line += (f"; above {arm_name(plain)}{'' if same else ' (across optimizers)'} "
                          f"at {k}/{n} lags ({arm_name(plain)} above r/N at "
                          f"{_versus_baseline(theirs, flat)[0]}/{n} lags)")
             v.evidence.append(line)
-    v.verdict = combine(checks)
-    return v
+    margin = (f"lag-median a_r / (r/N) from {min(ratios):.3g} to {max(ratios):.3g} over "
+              f"(task, gated arm); {checks.count(HOLDS)}/{len(checks)} checks hold"
+              if ratios else "")
+    return judge(v, checks, margin)
 
 
 def _versus_baseline(alignment: ResultsTable, baseline: ResultsTable) -> tuple[int, int]:

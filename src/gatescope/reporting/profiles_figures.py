@@ -20,7 +20,7 @@ import numpy as np
 from .. import metrics as M
 from ..results import ResultsTable
 from .analogies import kernel, leak_alpha, step_size
-from .profiles_verdicts import CONTROL, PROFILE_CELLS, R2_MIN
+from .profiles_verdicts import CONTROL, PROFILE_CELLS
 from .style import (
     band,
     bands,
@@ -120,7 +120,6 @@ def draw_fit(table: ResultsTable):
                    for c in cells for p in predictors}, "step", styles)
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-    reference_line(axes[0, 1], R2_MIN, f"R² = {R2_MIN} (C1)")
     legend(axes[0, 0])
     legend(axes[0, 1])
     return fig

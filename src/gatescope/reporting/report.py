@@ -27,6 +27,12 @@ def _summary_table(verdicts: list[Verdict]) -> list[str]:
     return lines
 
 
+def _null_lines(v: Verdict) -> list[tuple[str, str]]:
+    """``(label, text)`` of the rule's null model and the measured margin over it (those
+    the verdict states)."""
+    return [(label, text) for label, text in (("Null", v.null), ("Margin", v.margin)) if text]
+
+
 def render_markdown(title: str, intro: list[str], verdicts: list[Verdict],
                     sections: list[Section], figures: dict[str, Path], out: Path) -> str:
     """The report as Markdown; figures are linked relative to ``out``."""
@@ -39,6 +45,7 @@ def render_markdown(title: str, intro: list[str], verdicts: list[Verdict],
     for v in verdicts:
         md += [f"### {v.claim}: {v.statement}", "", f"**Verdict: {v.verdict}.**", "",
                f"Measured: {v.measurement}.", ""]
+        md += [f"{label}: {text}." for label, text in _null_lines(v)] + [""]
         md += [f"- {line}" for line in v.evidence] + [""]
         md += fig_lines(v.figures) + [""]
     for s in sections:
@@ -70,6 +77,7 @@ def render_html(title: str, intro: list[str], verdicts: list[Verdict],
     for v in verdicts:
         body += [f"<h3>{v.claim}: {html.escape(v.statement)}</h3>",
                  f"<p><b>Verdict: {v.verdict}.</b> Measured: {html.escape(v.measurement)}.</p>",
+                 *(f"<p>{label}: {html.escape(text)}.</p>" for label, text in _null_lines(v)),
                  items(v.evidence), *(img(n) for n in v.figures)]
     for s in sections:
         body += [f"<h2>{html.escape(s.title)}</h2>", items(s.lines), *(img(n) for n in s.figures)]
