@@ -88,8 +88,9 @@ def _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
 
 
 def _candidate_doubled(x: Tensor) -> Tensor:
-    """``x`` (``(..., 4n, ...)`` on dim 1, torch's gate order) with the candidate block
-    ``g`` (the third) multiplied by 2, so ``σ`` of the result gives ``σ(2 a_g)``."""
+    """``x`` (``(E, 4n, ...)``, torch's gate order on dim 1) with the candidate block ``g``
+    (the third) multiplied by 2 (exact), so ``σ`` of ``a`` computed from it gives
+    ``σ(2 a_g)``."""
     n = x.shape[1] // 4
     scale = x.new_ones(4 * n)
     scale[2 * n:3 * n] = 2
@@ -101,115 +102,120 @@ class _FusedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, weight_ih, weight_hh, bias_ih, bias_hh, last_only):
-        E, B, T, m = u.shape
-        # (E, T B, m), time major inside each seed, so step t is rows t B .. (t+1) B
-        u_steps = u.transpose(1, 2).reshape(E, T * B, m)
         bias = _candidate_doubled(bias_ih + bias_hh).unsqueeze(1)
-        projected = torch.baddbmm(bias, u_steps, _candidate_doubled(weight_ih).mT)
+        inputs = u.unbind(2)  # T steps of (E, B, m)
         sigmoids, memory, states = _forward_scan(
-            projected.view(E, T, B, -1), _candidate_doubled(weight_hh).mT)
-        ctx.save_for_backward(u_steps, weight_ih, weight_hh, sigmoids, memory, states)
+            inputs, bias, _candidate_doubled(weight_ih).mT, _candidate_doubled(weight_hh).mT)
+        ctx.save_for_backward(u, weight_ih, weight_hh)
+        ctx.scan = sigmoids, memory, states
         ctx.last_only = last_only
-        ctx.input_shape = u.shape
-        return states[:, -1].clone() if last_only else states
+        # a copy of h_T: the output must not be one of the tensors kept on ctx
+        return states[-1].clone() if last_only else torch.stack(states, 1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
-        u_steps, weight_ih, weight_hh, sigmoids, memory, states = ctx.saved_tensors
-        E, B, T, m = ctx.input_shape
-        grad_pre = _backward_scan(grad_states, ctx.last_only, weight_hh, sigmoids, memory,
-                                  states)
-        flat = grad_pre.view(E, T * B, -1)  # (E, T B, 4n): δa of every step
-        grad_u = None
-        if ctx.needs_input_grad[0]:
-            grad_u = torch.bmm(flat, weight_ih).view(E, T, B, m).transpose(1, 2)
-        grad_ih = torch.bmm(flat.mT, u_steps) if ctx.needs_input_grad[1] else None
-        grad_hh = (torch.bmm(flat.mT, states[:, :T].reshape(E, T * B, -1))
-                   if ctx.needs_input_grad[2] else None)
-        grad_bias = flat.sum(1) if any(ctx.needs_input_grad[3:5]) else None
-        return grad_u, grad_ih, grad_hh, grad_bias, grad_bias, None
+        u, weight_ih, weight_hh = ctx.saved_tensors
+        sigmoids, memory, states = ctx.scan
+        E, B, T, m = u.shape
+        # [u_t, 1] per step: one product per step accumulates W_ih's and the bias's gradient
+        inputs = torch.cat([u, u.new_ones(E, B, T, 1)], -1).unbind(2)
+        grad_at = ((lambda t: grad_states if t == T else None) if ctx.last_only
+                   else (lambda t: grad_states[:, t]))
+        grad_hh_t, grad_ih_t, grad_inputs = _backward_scan(
+            grad_at, weight_hh, sigmoids, memory, states, inputs,
+            with_inputs=weight_ih if ctx.needs_input_grad[0] else None)
+        grad_u = None if grad_inputs is None else torch.stack(grad_inputs, 2)
+        grad_bias = grad_ih_t[:, m]
+        return (grad_u, grad_ih_t[:, :m].mT, grad_hh_t.mT, grad_bias, grad_bias, None)
 
 
-def _forward_scan(projected: Tensor, weight_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _forward_scan(inputs: tuple[Tensor, ...], bias: Tensor, weight_ih_t: Tensor,
+                  weight_hh_t: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Run the recurrence over time.
 
     Args:
-        projected: ``(E, T, B, 4n)`` input projections plus biases (``g`` rows doubled).
-        weight_t: ``(E, n, 4n)``, ``W_hhᵀ`` with the ``g`` columns doubled.
+        inputs: ``T`` inputs ``u_t``, each ``(E, B, m)``.
+        bias: ``(E, 1, 4n)``, ``b_ih + b_hh``; ``weight_ih_t``: ``(E, m, 4n)``, ``W_ihᵀ``;
+            ``weight_hh_t``: ``(E, n, 4n)``, ``W_hhᵀ``; all with the ``g`` part doubled.
 
     Returns:
-        ``sigmoids`` ``(T, E, B, 4n)``: ``[σ(a_i), σ(a_f), σ(2 a_g), σ(a_o)]`` per step;
-        ``memory`` ``(T+1, E, B, 4n)``: per step the blocks ``[g, c_{t-1}, 4 i, tanh(c_t)]``
-        (row ``T`` holds only ``c_T``), laid out so that one product with
-        ``σ(1-σ)`` of the four sigmoids gives the backward pass's coefficients;
-        ``states`` ``(E, T+1, B, n)``: ``h_0 = 0, ..., h_T``.
+        Per step ``t`` (index ``t - 1``): ``sigmoids`` ``(E, B, 4n)``,
+        ``[σ(a_i), σ(a_f), σ(2 a_g), σ(a_o)]``; ``memory`` ``(E, B, 4n)``, the blocks
+        ``[g, c_{t-1}, 4 i, tanh(c_t)]``, laid out so that one product with ``σ(1-σ)`` of
+        the sigmoids gives the backward pass's coefficients; and the ``T + 1`` ``states``
+        ``h_0 = 0, ..., h_T``, each ``(E, B, n)``.
     """
-    E, T, B, four_n = projected.shape
-    n = four_n // 4
-    sigmoids = projected.new_empty(T, E, B, four_n)
-    memory = projected.new_zeros(T + 1, E, B, four_n)
-    states = projected.new_zeros(E, T + 1, B, n)
-    minus_one = projected.new_full((), -1.0)
-    doubled_cell = projected.new_empty(E, B, n)
-    for t in range(T):
-        s = torch.baddbmm(projected[:, t], states[:, t], weight_t, out=sigmoids[t])
-        s.sigmoid_()
-        i, f, o = s[..., :n], s[..., n:2 * n], s[..., 3 * n:]
-        g = torch.add(minus_one, s[..., 2 * n:3 * n], alpha=2, out=memory[t, ..., :n])
-        c = torch.mul(f, memory[t, ..., n:2 * n], out=memory[t + 1, ..., n:2 * n])
-        c.addcmul_(i, g)
+    E, B, _ = inputs[0].shape
+    n = weight_hh_t.shape[1]
+    minus_one = weight_hh_t.new_full((), -1.0)
+    doubled_cell = weight_hh_t.new_empty(E, B, n)
+    states = [weight_hh_t.new_zeros(E, B, n)]
+    sigmoids, memory = [], []
+    following = weight_hh_t.new_zeros(E, B, 4 * n)  # c_0 = 0 in its c_{t-1} block
+    for u_t in inputs:
+        mem, following = following, weight_hh_t.new_empty(E, B, 4 * n)
+        s = torch.baddbmm(bias, u_t, weight_ih_t).baddbmm_(states[-1], weight_hh_t)
+        i, f, s_g, o = s.sigmoid_().chunk(4, -1)
+        g, c_prev, four_i, tanh_c = mem.chunk(4, -1)
+        torch.add(minus_one, s_g, alpha=2, out=g)
+        c = torch.mul(f, c_prev, out=following[..., n:2 * n]).addcmul_(i, g)
         torch.mul(c, 2, out=doubled_cell).sigmoid_()
-        tanh_c = torch.add(minus_one, doubled_cell, alpha=2, out=memory[t, ..., 3 * n:])
-        torch.mul(o, tanh_c, out=states[:, t + 1])
-        torch.mul(i, 4, out=memory[t, ..., 2 * n:3 * n])
+        torch.add(minus_one, doubled_cell, alpha=2, out=tanh_c)
+        states.append(o * tanh_c)
+        torch.mul(i, 4, out=four_i)
+        sigmoids.append(s)
+        memory.append(mem)
     return sigmoids, memory, states
 
 
-def _backward_scan(grad_states: Tensor, last_only: bool, weight_hh: Tensor,
-                   sigmoids: Tensor, memory: Tensor, states: Tensor) -> Tensor:
-    """BPTT of :func:`_forward_scan`: the gradient of every step's pre-activation ``a``.
+def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: list[Tensor], memory: list[Tensor],
+                   states: list[Tensor], inputs: tuple[Tensor, ...], with_inputs: Tensor | None
+                   ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+    """BPTT of :func:`_forward_scan`, accumulating the weight gradients step by step.
 
     Args:
-        grad_states: ``(E, B, n)`` the gradient at ``h_T`` (``last_only``) or
-            ``(E, T+1, B, n)`` at every state.
-        last_only: which of the two ``grad_states`` is.
+        grad_at: ``t -> `` the loss's gradient ``(E, B, n)`` at ``h_t``, or ``None``.
         weight_hh: ``(E, 4n, n)`` (not doubled: ``δa`` is the gradient at the true ``a``).
         sigmoids, memory, states: what :func:`_forward_scan` returned.
+        inputs: ``T`` tensors ``[u_t, 1]``, each ``(E, B, m + 1)``.
+        with_inputs: ``W_ih`` ``(E, 4n, m)`` when the inputs' gradient is wanted, else
+            ``None``.
 
     Returns:
-        ``(E, T, B, 4n)``: ``δa`` of step ``t`` at index ``t - 1``, torch's gate order.
+        ``(∂/∂W_hhᵀ (E, n, 4n), [∂/∂W_ihᵀ; ∂/∂b] (E, m+1, 4n), per step ∂/∂u_t or None)``.
     """
-    T, E, B, four_n = sigmoids.shape
+    E, B, four_n = sigmoids[0].shape
     n = four_n // 4
-    grad_pre = sigmoids.new_empty(E, T, B, four_n)
-    coefficients = sigmoids.new_empty(E, B, four_n)
-    out_scale = sigmoids.new_empty(E, B, n)
+    T = len(sigmoids)
+    grad_hh_t = weight_hh.new_zeros(E, n, four_n)
+    grad_ih_t = weight_hh.new_zeros(E, inputs[0].shape[-1], four_n)
+    grad_inputs = [] if with_inputs is not None else None
+    grad_pre = weight_hh.new_empty(E, B, four_n)
+    coefficients = weight_hh.new_empty(E, B, four_n)
+    out_scale = weight_hh.new_empty(E, B, n)
     grad_cell = None
     for t in range(T - 1, -1, -1):
         s, mem = sigmoids[t], memory[t]
-        grad_h = _grad_at_state(grad_states, last_only, t, grad_pre, weight_hh)
+        grad_h = grad_at(t + 1)
+        if t < T - 1:
+            grad_h = (torch.bmm(grad_pre, weight_hh) if grad_h is None
+                      else torch.baddbmm(grad_h, grad_pre, weight_hh))
         # δc = δc_next f_next + δh o (1 - tanh²c), with o tanh²c = h tanh c
-        torch.addcmul(s[..., 3 * n:], states[:, t + 1], mem[..., 3 * n:], value=-1,
+        torch.addcmul(s[..., 3 * n:], states[t + 1], mem[..., 3 * n:], value=-1,
                       out=out_scale)
         grad_cell = (grad_h * out_scale if grad_cell is None
                      else grad_cell.addcmul_(grad_h, out_scale))
         # [g i(1-i), c f(1-f), 4i σ(1-σ) = i(1-g²), tanh(c) o(1-o)]
         torch.addcmul(s, s, s, value=-1, out=coefficients).mul_(mem)
-        step = grad_pre[:, t]
         torch.mul(coefficients[..., :3 * n].view(E, B, 3, n), grad_cell.unsqueeze(2),
-                  out=step[..., :3 * n].view(E, B, 3, n))
-        torch.mul(coefficients[..., 3 * n:], grad_h, out=step[..., 3 * n:])
+                  out=grad_pre[..., :3 * n].view(E, B, 3, n))
+        torch.mul(coefficients[..., 3 * n:], grad_h, out=grad_pre[..., 3 * n:])
         grad_cell.mul_(s[..., n:2 * n])
-    return grad_pre
-
-
-def _grad_at_state(grad_states: Tensor, last_only: bool, t: int, grad_pre: Tensor,
-                   weight_hh: Tensor) -> Tensor:
-    """``δh`` at ``h_{t+1}``: the loss's gradient there plus ``W_hhᵀ δa`` of step ``t+2``."""
-    T = grad_pre.shape[1]
-    if t == T - 1:
-        return grad_states if last_only else grad_states[:, T]
-    if last_only:
-        return torch.bmm(grad_pre[:, t + 1], weight_hh)
-    return torch.baddbmm(grad_states[:, t + 1], grad_pre[:, t + 1], weight_hh)
+        grad_hh_t.baddbmm_(states[t].mT, grad_pre)
+        grad_ih_t.baddbmm_(inputs[t].mT, grad_pre)
+        if grad_inputs is not None:
+            grad_inputs.append(torch.bmm(grad_pre, with_inputs))
+    if grad_inputs is not None:
+        grad_inputs.reverse()
+    return grad_hh_t, grad_ih_t, grad_inputs
