@@ -102,98 +102,103 @@ class _FusedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, weight_ih, weight_hh, bias_ih, bias_hh, last_only):
-        bias = _candidate_doubled(bias_ih + bias_hh).unsqueeze(1)
-        inputs = u.unbind(2)  # T steps of (E, B, m)
-        sigmoids, memory, states = _forward_scan(
-            inputs, bias, _candidate_doubled(weight_ih).mT, _candidate_doubled(weight_hh).mT)
-        ctx.save_for_backward(u, weight_ih, weight_hh)
-        ctx.scan = sigmoids, memory, states
+        n = weight_hh.shape[-1]
+        rows = _step_rows(u, n)
+        weight = torch.cat([weight_hh, weight_ih, (bias_ih + bias_hh).unsqueeze(-1)], -1)
+        sigmoids, memory = _forward_scan(rows, _candidate_doubled(weight).mT)
+        ctx.save_for_backward(weight_ih, weight_hh, rows, sigmoids, memory)
         ctx.last_only = last_only
-        # a copy of h_T: the output must not be one of the tensors kept on ctx
-        return states[-1].clone() if last_only else torch.stack(states, 1)
+        # copies: an output must not be a tensor kept for the backward pass
+        if last_only:
+            return rows[-1, ..., :n].clone()
+        return rows[..., :n].transpose(0, 1).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
-        u, weight_ih, weight_hh = ctx.saved_tensors
-        sigmoids, memory, states = ctx.scan
-        E, B, T, m = u.shape
-        # [u_t, 1] per step: one product per step accumulates W_ih's and the bias's gradient
-        inputs = torch.cat([u, u.new_ones(E, B, T, 1)], -1).unbind(2)
+        weight_ih, weight_hh, rows, sigmoids, memory = ctx.saved_tensors
+        n, m = weight_hh.shape[-1], weight_ih.shape[-1]
+        T = sigmoids.shape[0]
         grad_at = ((lambda t: grad_states if t == T else None) if ctx.last_only
                    else (lambda t: grad_states[:, t]))
-        grad_hh_t, grad_ih_t, grad_inputs = _backward_scan(
-            grad_at, weight_hh, sigmoids, memory, states, inputs,
-            with_inputs=weight_ih if ctx.needs_input_grad[0] else None)
-        grad_u = None if grad_inputs is None else torch.stack(grad_inputs, 2)
-        grad_bias = grad_ih_t[:, m]
-        return (grad_u, grad_ih_t[:, :m].mT, grad_hh_t.mT, grad_bias, grad_bias, None)
+        grad_rows, grad_u = _backward_scan(
+            grad_at, weight_hh, sigmoids, memory, rows,
+            weight_ih if ctx.needs_input_grad[0] else None)
+        grad_bias = grad_rows[:, n + m]
+        return (grad_u, grad_rows[:, n:n + m].mT.contiguous(),
+                grad_rows[:, :n].mT.contiguous(), grad_bias.clone(), grad_bias, None)
 
 
-def _forward_scan(inputs: tuple[Tensor, ...], bias: Tensor, weight_ih_t: Tensor,
-                  weight_hh_t: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+def _step_rows(u: Tensor, n: int) -> Tensor:
+    """``(T+1, E, B, n + m + 1)``: row ``t`` is ``[h_t, u_{t+1}, 1]`` (``h_0 = 0``; the
+    scan writes ``h_1..h_T``; the last row's input part is zero), so that one product per
+    step gives the pre-activations (with ``[W_hh, W_ih, b]``) and one accumulates the
+    three gradients."""
+    E, B, T, m = u.shape
+    rows = u.new_empty(T + 1, E, B, n + m + 1)
+    rows[0, ..., :n] = 0
+    rows[:T, ..., n:n + m] = u.permute(2, 0, 1, 3)
+    rows[:T, ..., n + m] = 1
+    rows[T, ..., n:] = 0
+    return rows
+
+
+def _forward_scan(rows: Tensor, weight_t: Tensor) -> tuple[Tensor, Tensor]:
     """Run the recurrence over time.
 
     Args:
-        inputs: ``T`` inputs ``u_t``, each ``(E, B, m)``.
-        bias: ``(E, 1, 4n)``, ``b_ih + b_hh``; ``weight_ih_t``: ``(E, m, 4n)``, ``W_ihᵀ``;
-            ``weight_hh_t``: ``(E, n, 4n)``, ``W_hhᵀ``; all with the ``g`` part doubled.
+        rows: ``(T+1, E, B, n + m + 1)`` from :func:`_step_rows`; ``h_1..h_T`` are written
+            into its first ``n`` columns.
+        weight_t: ``(E, n + m + 1, 4n)``, ``[W_hh, W_ih, b_ih + b_hh]ᵀ`` with the ``g``
+            part doubled.
 
     Returns:
-        Per step ``t`` (index ``t - 1``): ``sigmoids`` ``(E, B, 4n)``,
-        ``[σ(a_i), σ(a_f), σ(2 a_g), σ(a_o)]``; ``memory`` ``(E, B, 4n)``, the blocks
-        ``[g, c_{t-1}, 4 i, tanh(c_t)]``, laid out so that one product with ``σ(1-σ)`` of
-        the sigmoids gives the backward pass's coefficients; and the ``T + 1`` ``states``
-        ``h_0 = 0, ..., h_T``, each ``(E, B, n)``.
+        ``sigmoids`` ``(T, E, B, 4n)``: ``[σ(a_i), σ(a_f), σ(2 a_g), σ(a_o)]`` of every
+        step; ``memory`` ``(T+1, E, B, 4n)``: per step the blocks
+        ``[g, c_{t-1}, 4 i, tanh(c_t)]`` (row ``T`` holds only ``c_T``), laid out so that
+        one product with ``σ(1-σ)`` of the sigmoids gives the backward pass's coefficients.
     """
-    E, B, _ = inputs[0].shape
-    n = weight_hh_t.shape[1]
-    minus_one = weight_hh_t.new_full((), -1.0)
-    doubled_cell = weight_hh_t.new_empty(E, B, n)
-    states = [weight_hh_t.new_zeros(E, B, n)]
-    sigmoids, memory = [], []
-    following = weight_hh_t.new_zeros(E, B, 4 * n)  # c_0 = 0 in its c_{t-1} block
-    for u_t in inputs:
-        mem, following = following, weight_hh_t.new_empty(E, B, 4 * n)
-        s = torch.baddbmm(bias, u_t, weight_ih_t).baddbmm_(states[-1], weight_hh_t)
-        i, f, s_g, o = s.sigmoid_().chunk(4, -1)
-        g, c_prev, four_i, tanh_c = mem.chunk(4, -1)
+    T1, E, B, _ = rows.shape
+    four_n = weight_t.shape[-1]
+    n = four_n // 4
+    sigmoids = rows.new_empty(T1 - 1, E, B, four_n)
+    memory = rows.new_empty(T1, E, B, four_n)
+    memory[0, ..., n:2 * n] = 0  # c_0
+    minus_one = rows.new_full((), -1.0)
+    doubled_cell = rows.new_empty(E, B, n)
+    for t in range(T1 - 1):
+        i, f, s_g, o = torch.bmm(rows[t], weight_t, out=sigmoids[t]).sigmoid_().chunk(4, -1)
+        g, c_prev, four_i, tanh_c = memory[t].chunk(4, -1)
         torch.add(minus_one, s_g, alpha=2, out=g)
-        c = torch.mul(f, c_prev, out=following[..., n:2 * n]).addcmul_(i, g)
+        c = torch.mul(f, c_prev, out=memory[t + 1, ..., n:2 * n]).addcmul_(i, g)
         torch.mul(c, 2, out=doubled_cell).sigmoid_()
         torch.add(minus_one, doubled_cell, alpha=2, out=tanh_c)
-        states.append(o * tanh_c)
+        torch.mul(o, tanh_c, out=rows[t + 1, ..., :n])
         torch.mul(i, 4, out=four_i)
-        sigmoids.append(s)
-        memory.append(mem)
-    return sigmoids, memory, states
+    return sigmoids, memory
 
 
-def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: list[Tensor], memory: list[Tensor],
-                   states: list[Tensor], inputs: tuple[Tensor, ...], with_inputs: Tensor | None
-                   ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: Tensor, memory: Tensor,
+                   rows: Tensor, weight_ih: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """BPTT of :func:`_forward_scan`, accumulating the weight gradients step by step.
 
     Args:
         grad_at: ``t -> `` the loss's gradient ``(E, B, n)`` at ``h_t``, or ``None``.
         weight_hh: ``(E, 4n, n)`` (not doubled: ``δa`` is the gradient at the true ``a``).
-        sigmoids, memory, states: what :func:`_forward_scan` returned.
-        inputs: ``T`` tensors ``[u_t, 1]``, each ``(E, B, m + 1)``.
-        with_inputs: ``W_ih`` ``(E, 4n, m)`` when the inputs' gradient is wanted, else
-            ``None``.
+        sigmoids, memory, rows: the forward pass's (see :func:`_forward_scan`).
+        weight_ih: ``(E, 4n, m)`` when the inputs' gradient is wanted, else ``None``.
 
     Returns:
-        ``(∂/∂W_hhᵀ (E, n, 4n), [∂/∂W_ihᵀ; ∂/∂b] (E, m+1, 4n), per step ∂/∂u_t or None)``.
+        ``[∂/∂W_hh, ∂/∂W_ih, ∂/∂b]ᵀ`` stacked, ``(E, n + m + 1, 4n)``, and ``∂/∂u``
+        ``(E, B, T, m)`` or ``None``.
     """
-    E, B, four_n = sigmoids[0].shape
+    T, E, B, four_n = sigmoids.shape
     n = four_n // 4
-    T = len(sigmoids)
-    grad_hh_t = weight_hh.new_zeros(E, n, four_n)
-    grad_ih_t = weight_hh.new_zeros(E, inputs[0].shape[-1], four_n)
-    grad_inputs = [] if with_inputs is not None else None
-    grad_pre = weight_hh.new_empty(E, B, four_n)
-    coefficients = weight_hh.new_empty(E, B, four_n)
-    out_scale = weight_hh.new_empty(E, B, n)
+    grad_rows = sigmoids.new_zeros(E, rows.shape[-1], four_n)
+    grad_pre = sigmoids.new_empty(E, B, four_n)
+    coefficients = sigmoids.new_empty(E, B, four_n)
+    out_scale = sigmoids.new_empty(E, B, n)
+    grad_u = None if weight_ih is None else sigmoids.new_empty(T, E, B, weight_ih.shape[-1])
     grad_cell = None
     for t in range(T - 1, -1, -1):
         s, mem = sigmoids[t], memory[t]
@@ -202,7 +207,7 @@ def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: list[Tensor], memory: l
             grad_h = (torch.bmm(grad_pre, weight_hh) if grad_h is None
                       else torch.baddbmm(grad_h, grad_pre, weight_hh))
         # δc = δc_next f_next + δh o (1 - tanh²c), with o tanh²c = h tanh c
-        torch.addcmul(s[..., 3 * n:], states[t + 1], mem[..., 3 * n:], value=-1,
+        torch.addcmul(s[..., 3 * n:], rows[t + 1, ..., :n], mem[..., 3 * n:], value=-1,
                       out=out_scale)
         grad_cell = (grad_h * out_scale if grad_cell is None
                      else grad_cell.addcmul_(grad_h, out_scale))
@@ -212,10 +217,7 @@ def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: list[Tensor], memory: l
                   out=grad_pre[..., :3 * n].view(E, B, 3, n))
         torch.mul(coefficients[..., 3 * n:], grad_h, out=grad_pre[..., 3 * n:])
         grad_cell.mul_(s[..., n:2 * n])
-        grad_hh_t.baddbmm_(states[t].mT, grad_pre)
-        grad_ih_t.baddbmm_(inputs[t].mT, grad_pre)
-        if grad_inputs is not None:
-            grad_inputs.append(torch.bmm(grad_pre, with_inputs))
-    if grad_inputs is not None:
-        grad_inputs.reverse()
-    return grad_hh_t, grad_ih_t, grad_inputs
+        grad_rows.baddbmm_(rows[t].mT, grad_pre)
+        if grad_u is not None:
+            torch.bmm(grad_pre, weight_ih, out=grad_u[t])
+    return grad_rows, None if grad_u is None else grad_u.permute(1, 2, 0, 3)
