@@ -67,7 +67,12 @@ def fused_lstm_states(u: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh)
     if bias_ih is None:
         bias_ih = bias_hh = weight_hh.new_zeros(weight_hh.shape[:2])
-    return _FusedLSTM.apply(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
+    weights = (weight_ih, weight_hh, bias_ih, bias_hh)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *weights)):
+        return _FusedLSTM.apply(u, *weights, last_only)
+    rows = _step_rows(u, weight_hh.shape[-1])
+    _forward_scan(rows, _scan_weight(*weights), keep=False)
+    return _states(rows, weight_hh.shape[-1], last_only)
 
 
 def _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
@@ -97,6 +102,21 @@ def _candidate_doubled(x: Tensor) -> Tensor:
     return x * scale.reshape(-1, *([1] * (x.dim() - 2)))
 
 
+def _scan_weight(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
+                 bias_hh: Tensor) -> Tensor:
+    """``[W_hh, W_ih, b_ih + b_hh]ᵀ`` with the ``g`` part doubled: ``(E, n + m + 1, 4n)``,
+    the right factor of every step's product with ``[h, u, 1]``."""
+    weight = torch.cat([weight_hh, weight_ih, (bias_ih + bias_hh).unsqueeze(-1)], -1)
+    return _candidate_doubled(weight).mT
+
+
+def _states(rows: Tensor, n: int, last_only: bool) -> Tensor:
+    """The states in :func:`fused_lstm_states` 's layout, copied out of ``rows``."""
+    if last_only:
+        return rows[-1, ..., :n].clone()
+    return rows[..., :n].transpose(0, 1).contiguous()
+
+
 class _FusedLSTM(torch.autograd.Function):
     """``(u, W_ih, W_hh, b_ih, b_hh, last_only) -> states``; see the module docstring."""
 
@@ -104,26 +124,23 @@ class _FusedLSTM(torch.autograd.Function):
     def forward(ctx, u, weight_ih, weight_hh, bias_ih, bias_hh, last_only):
         n = weight_hh.shape[-1]
         rows = _step_rows(u, n)
-        weight = torch.cat([weight_hh, weight_ih, (bias_ih + bias_hh).unsqueeze(-1)], -1)
-        sigmoids, memory = _forward_scan(rows, _candidate_doubled(weight).mT)
-        ctx.save_for_backward(weight_ih, weight_hh, rows, sigmoids, memory)
+        kept = _forward_scan(rows, _scan_weight(weight_ih, weight_hh, bias_ih, bias_hh),
+                             keep=True)
+        ctx.save_for_backward(weight_ih, weight_hh, rows, kept)
         ctx.last_only = last_only
-        # copies: an output must not be a tensor kept for the backward pass
-        if last_only:
-            return rows[-1, ..., :n].clone()
-        return rows[..., :n].transpose(0, 1).contiguous()
+        # a copy: an output must not be a tensor kept for the backward pass
+        return _states(rows, n, last_only)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
-        weight_ih, weight_hh, rows, sigmoids, memory = ctx.saved_tensors
+        weight_ih, weight_hh, rows, kept = ctx.saved_tensors
         n, m = weight_hh.shape[-1], weight_ih.shape[-1]
-        T = sigmoids.shape[0]
+        T = kept.shape[0]
         grad_at = ((lambda t: grad_states if t == T else None) if ctx.last_only
                    else (lambda t: grad_states[:, t]))
         grad_rows, grad_u = _backward_scan(
-            grad_at, weight_hh, sigmoids, memory, rows,
-            weight_ih if ctx.needs_input_grad[0] else None)
+            grad_at, weight_hh, kept, rows, weight_ih if ctx.needs_input_grad[0] else None)
         grad_bias = grad_rows[:, n + m]
         return (grad_u, grad_rows[:, n:n + m].mT.contiguous(),
                 grad_rows[:, :n].mT.contiguous(), grad_bias.clone(), grad_bias, None)
@@ -143,80 +160,80 @@ def _step_rows(u: Tensor, n: int) -> Tensor:
     return rows
 
 
-def _forward_scan(rows: Tensor, weight_t: Tensor) -> tuple[Tensor, Tensor]:
+def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
     """Run the recurrence over time.
 
     Args:
         rows: ``(T+1, E, B, n + m + 1)`` from :func:`_step_rows`; ``h_1..h_T`` are written
             into its first ``n`` columns.
-        weight_t: ``(E, n + m + 1, 4n)``, ``[W_hh, W_ih, b_ih + b_hh]ᵀ`` with the ``g``
-            part doubled.
+        weight_t: ``(E, n + m + 1, 4n)`` from :func:`_scan_weight`.
+        keep: whether to keep what the backward pass needs.
 
     Returns:
-        ``sigmoids`` ``(T, E, B, 4n)``: ``[σ(a_i), σ(a_f), σ(2 a_g), σ(a_o)]`` of every
-        step; ``memory`` ``(T+1, E, B, 4n)``: per step the blocks
-        ``[g, c_{t-1}, 4 i, tanh(c_t)]`` (row ``T`` holds only ``c_T``), laid out so that
-        one product with ``σ(1-σ)`` of the sigmoids gives the backward pass's coefficients.
+        With ``keep``, ``(T, E, B, 6n)``: per step ``[δa/δc' (3n), δa_o/δh (n), δc'/δh,
+        f]``, i.e. ``[g i(1-i), c f(1-f), i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``
+        (the gate blocks as one product of ``σ(1-σ)`` with ``[g, c, 4i, tanh c']``);
+        else ``None``.
     """
     T1, E, B, _ = rows.shape
     four_n = weight_t.shape[-1]
     n = four_n // 4
-    sigmoids = rows.new_empty(T1 - 1, E, B, four_n)
-    memory = rows.new_empty(T1, E, B, four_n)
-    memory[0, ..., n:2 * n] = 0  # c_0
+    kept = rows.new_empty(T1 - 1, E, B, 6 * n) if keep else None
     minus_one = rows.new_full((), -1.0)
+    s = rows.new_empty(E, B, four_n)
     doubled_cell = rows.new_empty(E, B, n)
+    # [g, c_{t-1}, 4i, tanh c_t] of this step, and the next step's (c_t written into it)
+    memory, following = rows.new_empty(E, B, four_n), rows.new_zeros(E, B, four_n)
     for t in range(T1 - 1):
-        i, f, s_g, o = torch.bmm(rows[t], weight_t, out=sigmoids[t]).sigmoid_().chunk(4, -1)
-        g, c_prev, four_i, tanh_c = memory[t].chunk(4, -1)
+        memory, following = following, memory
+        i, f, s_g, o = torch.bmm(rows[t], weight_t, out=s).sigmoid_().chunk(4, -1)
+        g, c_prev, four_i, tanh_c = memory.chunk(4, -1)
         torch.add(minus_one, s_g, alpha=2, out=g)
-        c = torch.mul(f, c_prev, out=memory[t + 1, ..., n:2 * n]).addcmul_(i, g)
+        c = torch.mul(f, c_prev, out=following[..., n:2 * n]).addcmul_(i, g)
         torch.mul(c, 2, out=doubled_cell).sigmoid_()
         torch.add(minus_one, doubled_cell, alpha=2, out=tanh_c)
-        torch.mul(o, tanh_c, out=rows[t + 1, ..., :n])
-        torch.mul(i, 4, out=four_i)
-    return sigmoids, memory
+        h = torch.mul(o, tanh_c, out=rows[t + 1, ..., :n])
+        if keep:
+            gates, out_scale, forget = kept[t].split([four_n, n, n], -1)
+            torch.mul(i, 4, out=four_i)
+            torch.addcmul(s, s, s, value=-1, out=gates).mul_(memory)
+            torch.addcmul(o, h, tanh_c, value=-1, out=out_scale)  # o - o tanh²c
+            forget.copy_(f)
+    return kept
 
 
-def _backward_scan(grad_at, weight_hh: Tensor, sigmoids: Tensor, memory: Tensor,
-                   rows: Tensor, weight_ih: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def _backward_scan(grad_at, weight_hh: Tensor, kept: Tensor, rows: Tensor,
+                   weight_ih: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """BPTT of :func:`_forward_scan`, accumulating the weight gradients step by step.
 
     Args:
         grad_at: ``t -> `` the loss's gradient ``(E, B, n)`` at ``h_t``, or ``None``.
         weight_hh: ``(E, 4n, n)`` (not doubled: ``δa`` is the gradient at the true ``a``).
-        sigmoids, memory, rows: the forward pass's (see :func:`_forward_scan`).
+        kept, rows: the forward pass's (see :func:`_forward_scan`).
         weight_ih: ``(E, 4n, m)`` when the inputs' gradient is wanted, else ``None``.
 
     Returns:
         ``[∂/∂W_hh, ∂/∂W_ih, ∂/∂b]ᵀ`` stacked, ``(E, n + m + 1, 4n)``, and ``∂/∂u``
         ``(E, B, T, m)`` or ``None``.
     """
-    T, E, B, four_n = sigmoids.shape
-    n = four_n // 4
-    grad_rows = sigmoids.new_zeros(E, rows.shape[-1], four_n)
-    grad_pre = sigmoids.new_empty(E, B, four_n)
-    coefficients = sigmoids.new_empty(E, B, four_n)
-    out_scale = sigmoids.new_empty(E, B, n)
-    grad_u = None if weight_ih is None else sigmoids.new_empty(T, E, B, weight_ih.shape[-1])
+    T, E, B, six_n = kept.shape
+    n = six_n // 6
+    grad_rows = kept.new_zeros(E, rows.shape[-1], 4 * n)
+    grad_pre = kept.new_empty(E, B, 4 * n)
+    grad_u = None if weight_ih is None else kept.new_empty(T, E, B, weight_ih.shape[-1])
     grad_cell = None
     for t in range(T - 1, -1, -1):
-        s, mem = sigmoids[t], memory[t]
+        gates, out_scale, forget = kept[t].split([4 * n, n, n], -1)
         grad_h = grad_at(t + 1)
         if t < T - 1:
             grad_h = (torch.bmm(grad_pre, weight_hh) if grad_h is None
                       else torch.baddbmm(grad_h, grad_pre, weight_hh))
-        # δc = δc_next f_next + δh o (1 - tanh²c), with o tanh²c = h tanh c
-        torch.addcmul(s[..., 3 * n:], rows[t + 1, ..., :n], mem[..., 3 * n:], value=-1,
-                      out=out_scale)
         grad_cell = (grad_h * out_scale if grad_cell is None
                      else grad_cell.addcmul_(grad_h, out_scale))
-        # [g i(1-i), c f(1-f), 4i σ(1-σ) = i(1-g²), tanh(c) o(1-o)]
-        torch.addcmul(s, s, s, value=-1, out=coefficients).mul_(mem)
-        torch.mul(coefficients[..., :3 * n].view(E, B, 3, n), grad_cell.unsqueeze(2),
+        torch.mul(gates[..., :3 * n].view(E, B, 3, n), grad_cell.unsqueeze(2),
                   out=grad_pre[..., :3 * n].view(E, B, 3, n))
-        torch.mul(coefficients[..., 3 * n:], grad_h, out=grad_pre[..., 3 * n:])
-        grad_cell.mul_(s[..., n:2 * n])
+        torch.mul(gates[..., 3 * n:], grad_h, out=grad_pre[..., 3 * n:])
+        grad_cell.mul_(forget)
         grad_rows.baddbmm_(rows[t].mT, grad_pre)
         if grad_u is not None:
             torch.bmm(grad_pre, weight_ih, out=grad_u[t])
