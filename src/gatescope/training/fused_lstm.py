@@ -163,6 +163,9 @@ def _step_rows(u: Tensor, n: int) -> Tensor:
 def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
     """Run the recurrence over time.
 
+    The scan carries ``2c`` instead of ``c`` (every product and sum is exactly twice the
+    one with ``c``), so that ``tanh c = 2 σ(2c) - 1`` needs no doubling of its own.
+
     Args:
         rows: ``(T+1, E, B, n + m + 1)`` from :func:`_step_rows`; ``h_1..h_T`` are written
             into its first ``n`` columns.
@@ -170,41 +173,47 @@ def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
         keep: whether to keep what the backward pass needs.
 
     Returns:
-        With ``keep``, ``(T, E, B, 6n)``: per step ``[δa/δc' (3n), δa_o/δh (n), δc'/δh,
-        f]``, i.e. ``[g i(1-i), c f(1-f), i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``
-        (the gate blocks as one product of ``σ(1-σ)`` with ``[g, c, 4i, tanh c']``);
-        else ``None``.
+        With ``keep``, ``(T, E, B, 6n)``: per step the factors of the backward pass,
+        ``[2 g i(1-i), 2 c f(1-f), 2 i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``
+        (``c`` the previous cell state, ``c'`` the new one; the four gate blocks come as
+        one product of ``σ(1-σ)`` with ``[2g, 2c, 8i, tanh c']``); else ``None``.
     """
     T1, E, B, _ = rows.shape
     four_n = weight_t.shape[-1]
     n = four_n // 4
-    kept = rows.new_empty(T1 - 1, E, B, 6 * n) if keep else None
-    minus_one = rows.new_full((), -1.0)
-    s = rows.new_empty(E, B, four_n)
-    doubled_cell = rows.new_empty(E, B, n)
-    # [g, c_{t-1}, 4i, tanh c_t] of this step, and the next step's (c_t written into it)
-    memory, following = rows.new_empty(E, B, four_n), rows.new_zeros(E, B, four_n)
+    pre = rows.new_empty(E, B, four_n)
+    i, f, s_g, o = pre.chunk(4, -1)
+    sigmoid_cell = rows.new_empty(E, B, n)
+    minus_one, minus_two = rows.new_full((), -1.0), rows.new_full((), -2.0)
+    # [2g, 2c_{t-1}, 8i, tanh c_t] of step t, in two buffers that take turns: step t
+    # writes its 2c_t into the other one, the next step's
+    memory = (rows.new_zeros(E, B, four_n), rows.new_empty(E, B, four_n))
+    blocks = tuple(m.chunk(4, -1) for m in memory)
+    states, inputs = rows[..., :n].unbind(0), rows.unbind(0)
+    if keep:
+        kept = rows.new_empty(T1 - 1, E, B, 6 * n)
+        factors = [k.unbind(0) for k in kept.split([four_n, n, n], -1)]
     for t in range(T1 - 1):
-        memory, following = following, memory
-        i, f, s_g, o = torch.bmm(rows[t], weight_t, out=s).sigmoid_().chunk(4, -1)
-        g, c_prev, four_i, tanh_c = memory.chunk(4, -1)
-        torch.add(minus_one, s_g, alpha=2, out=g)
-        c = torch.mul(f, c_prev, out=following[..., n:2 * n]).addcmul_(i, g)
-        torch.mul(c, 2, out=doubled_cell).sigmoid_()
-        torch.add(minus_one, doubled_cell, alpha=2, out=tanh_c)
-        h = torch.mul(o, tanh_c, out=rows[t + 1, ..., :n])
+        (g2, c2_prev, eight_i, tanh_c), c2 = blocks[t % 2], blocks[(t + 1) % 2][1]
+        torch.bmm(inputs[t], weight_t, out=pre).sigmoid_()
+        torch.add(minus_two, s_g, alpha=4, out=g2)  # 2g = 4 σ(2 a_g) - 2
+        torch.mul(f, c2_prev, out=c2).addcmul_(i, g2)
+        torch.add(minus_one, torch.sigmoid(c2, out=sigmoid_cell), alpha=2, out=tanh_c)
+        h = torch.mul(o, tanh_c, out=states[t + 1])
         if keep:
-            gates, out_scale, forget = kept[t].split([four_n, n, n], -1)
-            torch.mul(i, 4, out=four_i)
-            torch.addcmul(s, s, s, value=-1, out=gates).mul_(memory)
-            torch.addcmul(o, h, tanh_c, value=-1, out=out_scale)  # o - o tanh²c
-            forget.copy_(f)
-    return kept
+            torch.mul(i, 8, out=eight_i)
+            torch.addcmul(pre, pre, pre, value=-1, out=factors[0][t]).mul_(memory[t % 2])
+            torch.addcmul(o, h, tanh_c, value=-1, out=factors[1][t])  # o - o tanh²c
+            factors[2][t].copy_(f)
+    return kept if keep else None
 
 
 def _backward_scan(grad_at, weight_hh: Tensor, kept: Tensor, rows: Tensor,
                    weight_ih: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """BPTT of :func:`_forward_scan`, accumulating the weight gradients step by step.
+
+    It carries ``δ(2c) = δc / 2``, the gradient of the scan's ``2c``, which the doubled
+    gate factors turn into ``δa`` without a rescaling.
 
     Args:
         grad_at: ``t -> `` the loss's gradient ``(E, B, n)`` at ``h_t``, or ``None``.
@@ -220,21 +229,24 @@ def _backward_scan(grad_at, weight_hh: Tensor, kept: Tensor, rows: Tensor,
     n = six_n // 6
     grad_rows = kept.new_zeros(E, rows.shape[-1], 4 * n)
     grad_pre = kept.new_empty(E, B, 4 * n)
+    grad_gates = grad_pre[..., :3 * n]
+    grad_out = grad_pre[..., 3 * n:]
+    grad_cell, cell_thrice = kept.new_zeros(E, B, n), kept.new_empty(E, B, 3 * n)
     grad_u = None if weight_ih is None else kept.new_empty(T, E, B, weight_ih.shape[-1])
-    grad_cell = None
+    gates, output, cell, forget = (k.unbind(0) for k in kept.split([3 * n, n, n, n], -1))
+    inputs = rows.mT.unbind(0)
     for t in range(T - 1, -1, -1):
-        gates, out_scale, forget = kept[t].split([4 * n, n, n], -1)
         grad_h = grad_at(t + 1)
         if t < T - 1:
             grad_h = (torch.bmm(grad_pre, weight_hh) if grad_h is None
                       else torch.baddbmm(grad_h, grad_pre, weight_hh))
-        grad_cell = (grad_h * out_scale if grad_cell is None
-                     else grad_cell.addcmul_(grad_h, out_scale))
-        torch.mul(gates[..., :3 * n].view(E, B, 3, n), grad_cell.unsqueeze(2),
-                  out=grad_pre[..., :3 * n].view(E, B, 3, n))
-        torch.mul(gates[..., 3 * n:], grad_h, out=grad_pre[..., 3 * n:])
-        grad_cell.mul_(forget)
-        grad_rows.baddbmm_(rows[t].mT, grad_pre)
+        grad_cell.addcmul_(grad_h, cell[t], value=0.5)
+        # (a broadcasting product is several times slower than a concatenation and one
+        # product of equal shapes)
+        torch.mul(gates[t], torch.cat([grad_cell] * 3, -1, out=cell_thrice), out=grad_gates)
+        torch.mul(output[t], grad_h, out=grad_out)
+        grad_cell.mul_(forget[t])
+        grad_rows.baddbmm_(inputs[t], grad_pre)
         if grad_u is not None:
             torch.bmm(grad_pre, weight_ih, out=grad_u[t])
     return grad_rows, None if grad_u is None else grad_u.permute(1, 2, 0, 3)
