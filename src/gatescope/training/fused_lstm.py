@@ -65,6 +65,40 @@ def fused_lstm_states(u: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         ValueError: shapes that do not fit together, or only one of the biases.
     """
     _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh)
+    if torch_kernel_applies(u):
+        return _torch_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
+    return _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
+
+
+def torch_kernel_applies(u: Tensor) -> bool:
+    """Whether torch's own fused LSTM kernel (oneDNN's) runs ``u``: float32 on a CPU with
+    oneDNN enabled. There it beats the batched recurrence (it multiplies with AVX-512
+    kernels where MKL's batched products may not)."""
+    return (u.device.type == "cpu" and u.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def _torch_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
+    """:func:`fused_lstm_states` by torch's fused ``lstm`` kernel, one call per seed on
+    views of the stacked weights (their gradients flow back into the stacks)."""
+    E, B = u.shape[:2]
+    n = weight_hh.shape[-1]
+    stacks = (weight_ih, weight_hh) if bias_ih is None else (weight_ih, weight_hh, bias_ih,
+                                                             bias_hh)
+    per_seed = [w.unbind(0) for w in stacks]
+    zeros = u.new_zeros(1, B, n)
+    outputs = [torch.lstm(u[e], (zeros, zeros), [w[e] for w in per_seed], bias_ih is not None,
+                          1, 0.0, torch.is_grad_enabled(), False, True)[0]
+               for e in range(E)]  # each (B, T, n)
+    if last_only:
+        return torch.stack([out[:, -1] for out in outputs])
+    states = torch.stack(outputs)  # (E, B, T, n)
+    return torch.cat([states.new_zeros(E, B, 1, n), states], 2).transpose(1, 2)
+
+
+def _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
+    """:func:`fused_lstm_states` by the batched recurrence below (all seeds in one product
+    per step)."""
     if bias_ih is None:
         bias_ih = bias_hh = weight_hh.new_zeros(weight_hh.shape[:2])
     weights = (weight_ih, weight_hh, bias_ih, bias_hh)
