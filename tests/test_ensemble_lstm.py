@@ -22,7 +22,6 @@ from gatescope.training import forward as forward_module
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 TOL32 = dict(rtol=1e-4, atol=1e-5)
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-PATHS = {"batched": fused_lstm._batched_states, "torch kernel": fused_lstm._torch_kernel_states}
 
 
 def stacked_cells(E=3, m=3, n=5, bias=True, dtype=torch.float64, seed=0):
@@ -34,9 +33,9 @@ def stacked_cells(E=3, m=3, n=5, bias=True, dtype=torch.float64, seed=0):
     return cells, stacks
 
 
-def states_of(path, u, stacks, last_only):
-    weights = [stacks.get(k) for k in WEIGHTS]
-    return PATHS[path](u, *weights, last_only)
+def states_of(u, stacks, last_only):
+    return fused_lstm.fused_lstm_states(u, *[stacks.get(k) for k in WEIGHTS],
+                                        last_only=last_only)
 
 
 def reference(cells, u, last_only):
@@ -47,10 +46,10 @@ def reference(cells, u, last_only):
     return states[:, -1] if last_only else states
 
 
-def compare_with_autograd(path, bias, last_only, dtype, tol):
+def compare_with_autograd(bias, last_only, dtype, tol):
     cells, stacks = stacked_cells(bias=bias, dtype=dtype)
     u = torch.randn(3, 4, 7, 3, dtype=dtype)
-    got = states_of(path, u, stacks, last_only)
+    got = states_of(u, stacks, last_only)
     want = reference(cells, u, last_only)
     torch.testing.assert_close(got, want, **tol)
     weight = torch.randn_like(got)
@@ -66,17 +65,13 @@ def compare_with_autograd(path, bias, last_only, dtype, tol):
 def test_batched_recurrence_matches_autograd_in_float64(bias, last_only):
     """The hand-written BPTT (one product per step for all seeds) gives autograd's
     states and gradients through LSTMCell to 1e-10."""
-    compare_with_autograd("batched", bias, last_only, torch.float64, TOL64)
+    compare_with_autograd(bias, last_only, torch.float64, TOL64)
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("last_only", [True, False])
-def test_both_paths_are_close_to_autograd_in_float32(path, last_only):
-    """float32: the batched recurrence (tanh as 2σ(2x)-1) and torch's kernel per seed are
-    within rounding of the cell's own step."""
-    if path == "torch kernel" and not fused_lstm.torch_kernel_applies(torch.zeros(1)):
-        pytest.skip("torch's fused CPU kernel (oneDNN) is not available")
-    compare_with_autograd(path, True, last_only, torch.float32, TOL32)
+def test_batched_recurrence_is_close_to_autograd_in_float32(last_only):
+    """float32: tanh evaluated as 2σ(2x)-1 stays within rounding of the cell's own step."""
+    compare_with_autograd(True, last_only, torch.float32, TOL32)
 
 
 @pytest.mark.parametrize("last_only", [True, False])
@@ -87,16 +82,16 @@ def test_batched_recurrence_passes_gradcheck(last_only):
     weights = [torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
                for shape in ((2, 8, 2), (2, 8, 2), (2, 8), (2, 8))]
     assert torch.autograd.gradcheck(
-        lambda *a: fused_lstm._batched_states(*a, last_only), (u, *weights))
+        lambda *a: fused_lstm.fused_lstm_states(*a, last_only=last_only), (u, *weights))
 
 
 def test_batched_recurrence_without_grad_gives_the_same_states():
     """The forward that keeps nothing for a backward pass (probes, ``losses_on``)."""
     _, stacks = stacked_cells()
     u = torch.randn(3, 4, 7, 3, dtype=torch.float64)
-    with_grad = states_of("batched", u, stacks, False)
+    with_grad = states_of(u, stacks, False)
     with torch.no_grad():
-        without = states_of("batched", u, stacks, False)
+        without = states_of(u, stacks, False)
     torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
 
 

@@ -4,14 +4,17 @@ The ``"batched"`` ensemble mode unrolls a cell step by step with autograd record
 operation. For the LSTM, whose step is fixed, :func:`fused_lstm_states` runs the whole
 recurrence of E stacked models as one :class:`torch.autograd.Function` instead:
 
-* the input projection ``W_ih u_t + b_ih + b_hh`` of all T steps is one batched product
-  before the loop; inside it, one ``baddbmm`` per step adds ``W_hh h_{t-1}``, for the
-  four gates at once (E seeds as the batch of the product);
+* one ``bmm`` per step gives the four gates of all E seeds at once, from
+  ``[h_{t-1}, u_t, 1] @ [W_hh, W_ih, b_ih + b_hh]ᵀ`` (input projection and biases ride
+  along as extra columns, so nothing is added per step);
 * ``tanh`` is evaluated as ``2 σ(2x) - 1`` (torch's CPU ``tanh`` is several times slower
   than its ``sigmoid``): the rows of the candidate ``g`` in the weights and bias are
-  doubled (exact in floating point), so one ``sigmoid`` gives all four gates;
-* the backward pass is the hand-written BPTT of the LSTM (below), one ``bmm`` by ``W_hh``
-  per step, and the weight gradients of all steps as one product at the end.
+  doubled (exact in floating point), so one ``sigmoid`` gives all four gates, and the scan
+  carries ``2c`` so that ``tanh c`` needs no doubling either;
+* the forward pass keeps, per step, the factors the backward pass multiplies with
+  (``[2 g i(1-i), 2 c f(1-f), 2 i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``); the
+  backward pass is the hand-written BPTT below: per step one ``bmm`` by ``W_hh`` and one
+  that accumulates the gradients of ``W_hh``, ``W_ih`` and the bias together.
 
 It computes the maths of :class:`~gatescope.cells.lstm.LSTMCell` (torch's gate order
 i, f, g, o; ``h_0 = c_0 = 0``), so every seed gets the numbers of the cell run alone, up to
@@ -65,40 +68,12 @@ def fused_lstm_states(u: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         ValueError: shapes that do not fit together, or only one of the biases.
     """
     _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh)
-    if torch_kernel_applies(u):
-        return _torch_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
     return _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
 
 
-def torch_kernel_applies(u: Tensor) -> bool:
-    """Whether torch's own fused LSTM kernel (oneDNN's) runs ``u``: float32 on a CPU with
-    oneDNN enabled. There it beats the batched recurrence (it multiplies with AVX-512
-    kernels where MKL's batched products may not)."""
-    return (u.device.type == "cpu" and u.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def _torch_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
-    """:func:`fused_lstm_states` by torch's fused ``lstm`` kernel, one call per seed on
-    views of the stacked weights (their gradients flow back into the stacks)."""
-    E, B = u.shape[:2]
-    n = weight_hh.shape[-1]
-    stacks = (weight_ih, weight_hh) if bias_ih is None else (weight_ih, weight_hh, bias_ih,
-                                                             bias_hh)
-    per_seed = [w.unbind(0) for w in stacks]
-    zeros = u.new_zeros(1, B, n)
-    outputs = [torch.lstm(u[e], (zeros, zeros), [w[e] for w in per_seed], bias_ih is not None,
-                          1, 0.0, torch.is_grad_enabled(), False, True)[0]
-               for e in range(E)]  # each (B, T, n)
-    if last_only:
-        return torch.stack([out[:, -1] for out in outputs])
-    states = torch.stack(outputs)  # (E, B, T, n)
-    return torch.cat([states.new_zeros(E, B, 1, n), states], 2).transpose(1, 2)
-
-
 def _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
-    """:func:`fused_lstm_states` by the batched recurrence below (all seeds in one product
-    per step)."""
+    """:func:`fused_lstm_states` after the checks: the :class:`_FusedLSTM` function when a
+    gradient is wanted, else the bare forward scan (nothing kept)."""
     if bias_ih is None:
         bias_ih = bias_hh = weight_hh.new_zeros(weight_hh.shape[:2])
     weights = (weight_ih, weight_hh, bias_ih, bias_hh)
