@@ -31,6 +31,7 @@ import gatescope as gs
 from gatescope.training import (
     DATA_STREAM,
     EnsembleTrainer,
+    fused_lstm,
     make_optimizer,
     stream_generator,
     task_model_factory,
@@ -224,7 +225,8 @@ def bench_ensemble(args) -> None:
     med, out = interleaved_medians({"gatescope": trainer.step,
                                     "loop of fused nn.LSTM": loop_step}, args.repeats)
     diff = (out["gatescope"] - out["loop of fused nn.LSTM"]).abs().max().item()
-    report(f"lstm ensemble step E={seeds} T={T} ({trainer.mode})", "gatescope",
+    path = "fused LSTM" if fused_lstm.fused_lstm_applies(trainer.model(0).cell) else "unrolled"
+    report(f"lstm ensemble step E={seeds} T={T} ({trainer.mode}, {path})", "gatescope",
            "loop of fused nn.LSTM", med, diff)
 
 

@@ -151,6 +151,28 @@ class EnsembleTrainer:
         for p in self._trainable:
             if p.grad is not None:
                 alive &= torch.isfinite(p.grad).reshape(len(self.seeds), -1).all(1)
+        if self._all_alive(alive):
+            self.optimizer.step()
+        else:
+            self._step_alive_only(alive)
+        recorded = torch.where(self._alive, losses.detach(), torch.nan)
+        self._diverged_at = torch.where(self._alive & ~alive, self.steps_done,
+                                        self._diverged_at)
+        self._alive = alive
+        self._history.append(recorded)
+        self.steps_done += 1
+        return recorded
+
+    def _all_alive(self, alive: Tensor) -> bool:
+        """Whether every seed is known to be alive without waiting for the device: on the
+        CPU (nothing to wait for) the flags are read; elsewhere this is ``False``, so that
+        :meth:`_step_alive_only` runs without a synchronisation."""
+        return self.device.type == "cpu" and bool(alive.all())
+
+    def _step_alive_only(self, alive: Tensor) -> None:
+        """One optimizer step that leaves the seeds not ``alive`` (``(E,)`` bool) exactly as
+        they were: their gradients are zeroed, and their parameters are restored after the
+        step (an optimizer's momentum may move a parameter whose gradient is zero)."""
         before = [p.detach().clone() for p in self._trainable]
         for p in self._trainable:
             if p.grad is not None:
@@ -159,13 +181,6 @@ class EnsembleTrainer:
         with torch.no_grad():
             for p, old in zip(self._trainable, before, strict=True):
                 p.copy_(torch.where(self._per_seed(alive, p), p, old))
-        recorded = torch.where(self._alive, losses.detach(), torch.nan)
-        self._diverged_at = torch.where(self._alive & ~alive, self.steps_done,
-                                        self._diverged_at)
-        self._alive = alive
-        self._history.append(recorded)
-        self.steps_done += 1
-        return recorded
 
     @staticmethod
     def _per_seed(flags: Tensor, like: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from ..model import SequenceModel
+from .fused_lstm import fused_lstm_applies, fused_lstm_states
 
 MODES = ("auto", "batched", "vmap")
 
@@ -89,6 +90,17 @@ class _BatchedSequenceModel(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         """Predictions ``(E, B, out)`` (readout "last") or ``(E, B, T, out)`` ("all")."""
+        last = self.model.readout_kind == "last"
+        states = (self._fused_lstm_states(u, last) if fused_lstm_applies(self.model.cell)
+                  else self._unrolled_states(u, last))
+        # ``predict`` reads time from dim 1: hand it (E, T+1, B, N) so E acts as its batch.
+        if last:
+            return self.model.predict(states)
+        return self.model.predict(states).transpose(1, 2)
+
+    def _unrolled_states(self, u: Tensor, last: bool) -> Tensor:
+        """``(E, T+1, B, N)`` states from the cell's own step, or ``(E, 1, B, N)`` (the
+        last) when ``last``."""
         cell = self.model.cell
         E, B = u.shape[:2]
         h = cell.initial_state(B, u[0]).expand(E, B, cell.state_size)
@@ -96,10 +108,25 @@ class _BatchedSequenceModel(nn.Module):
         for u_t in u.permute(2, 0, 1, 3).contiguous():  # (E, B, m) per step, contiguous
             h = cell(h, u_t)
             states.append(h)
-        # ``predict`` reads time from dim 1: hand it (E, T+1, B, N) so E acts as its batch.
-        if self.model.readout_kind == "last":
-            return self.model.predict(h.unsqueeze(1))
-        return self.model.predict(torch.stack(states, dim=1)).transpose(1, 2)
+        return h.unsqueeze(1) if last else torch.stack(states, dim=1)
+
+    def _fused_lstm_states(self, u: Tensor, last: bool) -> Tensor:
+        """The same states' ``h`` part (all a readout reads) from the fused LSTM recurrence
+        (:mod:`gatescope.training.fused_lstm`): ``(E, T+1, B, n)`` or ``(E, 1, B, n)``."""
+        cell = self.model.cell
+        weights = [_plain(getattr(cell, k))
+                   for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        states = fused_lstm_states(u, *weights, last_only=last)
+        return states.unsqueeze(1) if last else states
+
+
+def _plain(t: Tensor | None) -> Tensor | None:
+    """A stacked parameter as a plain tensor (same data, same autograd graph), for code
+    that handles the stacking itself."""
+    if t is None:
+        return None
+    with torch._C.DisableTorchFunctionSubclass():
+        return t.as_subclass(Tensor)
 
 
 def vmap_loss(template: nn.Module) -> LossFunction:
