@@ -2,7 +2,7 @@
 
 # isort: off
 # Importing the cell modules registers the cells, in the order of docs/maths.md#cells.
-from . import plain, leaky, gated, gru, lstm  # noqa: F401
+from . import plain, leaky, gated, gru, lstm, min_gru, min_lstm  # noqa: F401
 
 # isort: on
 from .base import RecurrentCell, Trajectory
@@ -10,12 +10,14 @@ from .gated import MultiGateCell, ScalarGateCell
 from .gru import GRUCell
 from .leaky import LeakyCell
 from .lstm import LSTMCell
+from .min_gru import MinGRUCell
+from .min_lstm import MinLSTMCell
 from .plain import PlainCell
 from .registry import cell_class, list_cells, make_cell, register_cell
 from .stack import StackedCell
 
 __all__ = [
-    "GRUCell", "LSTMCell", "LeakyCell", "MultiGateCell", "PlainCell", "RecurrentCell",
+    "GRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell", "PlainCell", "RecurrentCell",
     "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
     "register_cell",
 ]
