@@ -273,7 +273,7 @@ def _brute_force_rates(cell: RecurrentCell, traj: Trajectory,
     diagonal read on the last ``n`` state entries, those the retention acts on (the cell
     state ``c`` of an LSTM's ``[h; c]``).
     """
-    n = cell.hidden_size
+    n = cell.retention_size
     diag = jacobians_autograd(cell, traj).diagonal(dim1=-2, dim2=-1)[..., -n:].double()
     r = traj.retention.detach().double().expand_as(diag)
     d = diag - r

@@ -2,20 +2,24 @@
 
 # isort: off
 # Importing the cell modules registers the cells, in the order of docs/maths.md#cells.
-from . import plain, leaky, gated, gru, lstm  # noqa: F401
+from . import plain, leaky, gated, gru, lstm, min_gru, min_lstm, lru, rg_lru  # noqa: F401
 
 # isort: on
 from .base import RecurrentCell, Trajectory
 from .gated import MultiGateCell, ScalarGateCell
 from .gru import GRUCell
 from .leaky import LeakyCell
+from .lru import LRUCell
 from .lstm import LSTMCell
+from .min_gru import MinGRUCell
+from .min_lstm import MinLSTMCell
 from .plain import PlainCell
+from .rg_lru import RGLRUCell
 from .registry import cell_class, list_cells, make_cell, register_cell
 from .stack import StackedCell
 
 __all__ = [
-    "GRUCell", "LSTMCell", "LeakyCell", "MultiGateCell", "PlainCell", "RecurrentCell",
+    "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell", "PlainCell", "RGLRUCell", "RecurrentCell",
     "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
     "register_cell",
 ]
