@@ -14,12 +14,13 @@ from .lstm import LSTMCell
 from .min_gru import MinGRUCell
 from .min_lstm import MinLSTMCell
 from .plain import PlainCell
-from .rg_lru import RGLRUCell
 from .registry import cell_class, list_cells, make_cell, register_cell
+from .rg_lru import RGLRUCell
 from .stack import StackedCell
 
 __all__ = [
-    "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell", "PlainCell", "RGLRUCell", "RecurrentCell",
+    "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell",
+    "PlainCell", "RGLRUCell", "RecurrentCell",
     "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
     "register_cell",
 ]
