@@ -173,27 +173,27 @@ def test_the_report_is_rebuilt_from_changed_results(built, tmp_path):
     runs, results = plan(TINY, out), out / "expansion" / "results.csv"
     assert c8(out)["verdict"] == "supported"
 
-    def slope_one(row):  # scalar_gate's small-ε slope 1 instead of 2: outside [1.8, 2.2]
-        if row["metric"] == "error_slope" and row["cell"] == "scalar_gate":
-            row["value"] = "1.0"
+    def rho_half(row):  # scalar_gate's median ρ_j 0.5 instead of < 0.1: not small
+        if row["metric"] == "correction_ratio_median" and row["cell"] == "scalar_gate":
+            row["value"] = "0.5"
         return row
 
-    rewrite_rows(results, slope_one)
+    rewrite_rows(results, rho_half)
     assert build_report(out, TINY, runs, {}) == out / "REPORT.md"
     verdict = c8(out)
     assert verdict["verdict"] == "mixed"
-    assert any(line.startswith("scalar_gate: slope 1 [IQR 1–1, n=2]")
+    assert any(line.startswith("scalar_gate: small: median ρ_j per seed 0.5 [IQR 0.5–0.5, n=2]")
                for line in verdict["evidence"]), verdict["evidence"]
     report = (out / "REPORT.md").read_text()
-    assert "slope 1 [IQR 1–1, n=2]" in report
+    assert "0.5 [IQR 0.5–0.5, n=2]" in report
     assert json.loads((out / STAMP).read_text())["stamp"] == results_stamp(runs, TINY)
 
-    rewrite_rows(results, lambda row: None if row["metric"] == "error_slope"
+    rewrite_rows(results, lambda row: None if row["metric"] == "correction_ratio_median"
                  and row["cell"] == "multi_gate" else row)
     build_report(out, TINY, runs, {})
     evidence = c8(out)["evidence"]
-    assert "not measured for: multi_gate (no error_slope or correction_ratio_median rows)" \
-        in evidence and not any(line.startswith("multi_gate: slope") for line in evidence)
+    assert "not measured for: multi_gate (no correction_ratio_median rows)" in evidence \
+        and not any(line.startswith("multi_gate: small") for line in evidence)
     assert "not measured for: multi_gate" in (out / "REPORT.md").read_text()
 
     before = {path: path.stat().st_mtime_ns for path in report_outputs(out)}
