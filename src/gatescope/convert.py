@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .cells.base import RecurrentCell, check_lengths
 from .cells.registry import make_cell
 from .cells.stack import StackedCell
+from .converters import converter_for
 
 #: Supported torch module types -> gatescope cell name.
 _CELL_NAMES = {nn.GRU: "gru", nn.LSTM: "lstm", nn.RNN: "plain",
@@ -99,6 +100,11 @@ def from_torch(module: nn.Module, layer: int | None = None,
         TypeError: when ``module`` is not one of the supported types, or changes what its
             ``forward`` computes.
     """
+    if (convert := converter_for(module)) is not None:
+        if direction is not None:
+            raise ValueError(f"direction applies to torch's bidirectional modules, not to "
+                             f"{type(module).__name__}: pass direction=None")
+        return convert(module, layer)
     module = stock_module(module)
     name = _cell_name(module)
     layers, directions = _layer_choices(module)

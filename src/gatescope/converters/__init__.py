@@ -1,0 +1,41 @@
+"""Converters for the recurrent modules of third-party packages (the ``gatescope[models]``
+extra): :func:`gatescope.from_torch` hands a module of one of these packages to the converter
+its package module registers, and gives torch's own modules to :mod:`gatescope.convert`.
+
+Each package module here (one per third-party package, imported only when a module of that
+package is converted, so the package stays optional) exposes ``CONVERTERS``: the class name
+of each supported module -> a function ``(module, layer) -> RecurrentCell`` that returns a cell
+computing what the module computes, with copies of its weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from torch import nn
+
+from ..cells.base import RecurrentCell
+
+#: The top-level package of a module's class -> the gatescope module holding its converters.
+PACKAGES: dict[str, str] = {}
+
+Converter = Callable[[nn.Module, "int | None"], RecurrentCell]
+
+
+def converter_for(module: nn.Module) -> Converter | None:
+    """The registered converter of ``module``'s class, or ``None`` when its package has none.
+
+    Raises:
+        TypeError: for a module of a supported package whose class has no converter (naming
+            the classes that have one).
+    """
+    package = type(module).__module__.split(".")[0]
+    if package not in PACKAGES:
+        return None
+    converters = importlib.import_module(f".{PACKAGES[package]}", __name__).CONVERTERS
+    name = type(module).__name__
+    if name not in converters:
+        raise TypeError(f"from_torch supports {', '.join(sorted(converters))} of {package}, "
+                        f"got {name}")
+    return converters[name]
