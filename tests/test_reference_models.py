@@ -289,6 +289,44 @@ def test_residual_blocks_equal_the_references_pre_norm_residual_layers(kinds):
                      split_is_zero=len(blocks) == 1)
 
 
+@pytest.mark.parametrize("use_lstm", [False, True])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_blocks_with_feedforward_reproduce_minlm(depth, use_lstm):
+    """A stack of ``ResidualCell(from_torch(mixer), feedforward=ff_mult)`` built from minLM's
+    layers, with its final norm and logits as the readout, gives minLM's logits; its
+    Jacobians equal autograd through minLM's layers stepped with ``prev_hidden``."""
+    from minGRU_pytorch.minLM import minLM
+    torch.manual_seed(0)
+    model = minLM(num_tokens=11, dim=N, depth=depth, ff_mult=2, use_lstm=use_lstm)
+    blocks = []
+    for _, norm, mixer, ff_norm, ff, _ in model.layers:
+        block = gs.ResidualCell(gs.from_torch(mixer), norm="rms", feedforward=2)
+        for ours, theirs in ((block.norm, norm), (block.ff_norm, ff_norm), (block.ff, ff)):
+            with torch.no_grad():
+                for p in theirs.parameters():  # gains away from 1
+                    p.add_(0.3 * torch.randn_like(p))
+            ours.load_state_dict(theirs.state_dict())
+        blocks.append(block)
+    cell = gs.StackedCell(blocks)
+    tokens = torch.randint(0, 11, (B, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        traj = cell.unroll(model.token_emb(tokens))
+        torch.testing.assert_close(model.to_logits(model.norm(traj.states[:, 1:, :N])),
+                                   model(tokens), **TOL)
+
+    def layer_step(norm, mixer, ff_norm, ff):
+        inner = _min_step(mixer)
+
+        def step(state, u):
+            new, y = _residual_step(norm, inner)(state, u)
+            y = y + ff(ff_norm(y))
+            return torch.cat([y, new[N:]]), y
+        return step
+    steps = [layer_step(*layer[1:5]) for layer in model.layers]
+    traj = cell.unroll(model.token_emb(tokens).detach(), _randn(B, cell.state_size, seed=2))
+    _check_jacobians(cell, traj, _stacked_step(cell, steps), split_is_zero=False)
+
+
 # ------------------------------------------------------------------------ refusals
 
 

@@ -1,6 +1,7 @@
-"""``ResidualCell``: the pre-norm residual block ``y = u + mixer(norm(u))`` around any cell, its
-norms' Jacobians and its analytic Jacobians against ``torch.func`` (float64, 1e-10), alone and
-in stacks; mambapy's ``RMSNorm`` is the ``"rms"`` norm (with the models extra)."""
+"""``ResidualCell``: the pre-norm residual block ``y = u + mixer(norm(u))`` (optionally with a
+feedforward half) around any cell, its norms' and feedforward's Jacobians and its analytic
+Jacobians against ``torch.func`` (float64, 1e-10), alone and in stacks; mambapy's ``RMSNorm``
+is the ``"rms"`` norm (with the models extra)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch.func import jacrev, vmap
 
 import gatescope as gs
+from gatescope.cells.feedforward import feedforward_jacobian, make_feedforward
 from gatescope.cells.norms import NORMS, make_norm, norm_jacobian
 
 N, B, T = 4, 2, 5
@@ -44,12 +46,28 @@ def test_norm_jacobians_equal_torch_func(kind, eps, affine):
     torch.testing.assert_close(norm_jacobian(norm, x), ref, **TOL)
 
 
-def test_norms_are_torchs_and_mambapys():
-    """``"rms"`` is torch's RMSNorm (eps None: finfo eps) and computes mambapy's RMSNorm;
-    ``"layer"`` is torch's LayerNorm."""
-    x = _randn(B, T, N, seed=1)
+@pytest.mark.parametrize("mult", [0.5, 4])
+def test_feedforward_jacobian_equals_torch_func(mult):
+    torch.manual_seed(0)
+    ff = make_feedforward(N, mult).double()
+    assert [type(m) for m in ff] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert ff[0].out_features == int(N * mult) and ff[1].approximate == "none"
+    x = 2 * _randn(B, T, N, seed=1)
+    torch.testing.assert_close(feedforward_jacobian(ff, x), vmap(vmap(jacrev(ff)))(x), **TOL)
+
+
+def test_norms_are_torchs():
+    """``"rms"`` is torch's RMSNorm (minGRU_pytorch's), ``"layer"`` torch's LayerNorm, each
+    with torch's default eps for ``eps=None``."""
     assert isinstance(make_norm("rms", N, None, True), torch.nn.RMSNorm)
+    assert make_norm("rms", N, None, True).eps is None  # torch: finfo(dtype).eps
     assert isinstance(make_norm("layer", N, None, True), torch.nn.LayerNorm)
+    assert make_norm("layer", N, None, False).eps == 1e-5
+    assert isinstance(make_norm(None, N, None, True), torch.nn.Identity)
+
+
+def test_rms_norm_computes_mambapys():
+    x = _randn(B, T, N, seed=1)
     mamba = pytest.importorskip("mambapy.mamba", reason="needs the models extra (mambapy)")
     for mup in (False, True):
         theirs = mamba.RMSNorm(N, eps=1e-5, use_mup=mup).double()
@@ -61,16 +79,20 @@ def test_norms_are_torchs_and_mambapys():
         torch.testing.assert_close(ours(x), theirs(x), **TOL)
 
 
+@pytest.mark.parametrize("feedforward", [None, 2])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_block_output_is_the_input_plus_the_mixers_output_on_the_normed_input(mixer, norm):
-    cell = _block(mixer, norm)
+def test_block_output_is_the_input_plus_the_mixers_output_on_the_normed_input(mixer, norm,
+                                                                              feedforward):
+    cell = _block(mixer, norm, feedforward=feedforward)
     u, h0 = _randn(B, T, N, seed=1), _randn(B, cell.state_size, seed=2)
     with torch.no_grad():
         traj = cell.unroll(u, h0)
         inner = cell.mixer.unroll(cell.norm(u), h0[:, N:])
+        v = u + inner.states[:, 1:, :N]
+        y = v if feedforward is None else v + cell.ff(cell.ff_norm(v))
     torch.testing.assert_close(traj.states[:, 1:, N:], inner.states[:, 1:], **TOL)
-    torch.testing.assert_close(traj.states[:, 1:, :N], u + inner.states[:, 1:, :N], **TOL)
+    torch.testing.assert_close(traj.states[:, 1:, :N], y, **TOL)
     torch.testing.assert_close(traj.retention, inner.retention, **TOL)
     assert cell.state_size == N + cell.mixer.state_size
     assert cell.retention_size == cell.mixer.retention_size
@@ -92,10 +114,11 @@ def _check_against_torch_func(cell, traj):
     return Bg
 
 
+@pytest.mark.parametrize("feedforward", [None, 2])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_block_jacobians_equal_torch_func(mixer, norm):
-    cell = _block(mixer, norm)
+def test_block_jacobians_equal_torch_func(mixer, norm, feedforward):
+    cell = _block(mixer, norm, feedforward=feedforward)
     with torch.no_grad():
         traj = cell.unroll(_randn(B, T, N, seed=1), 0.5 * _randn(B, cell.state_size, seed=2))
     Bg = _check_against_torch_func(cell, traj)
@@ -104,14 +127,15 @@ def test_block_jacobians_equal_torch_func(mixer, norm):
     # y_{t-1} does not feed the step; y_t's rows repeat the mixer's output rows
     J = gs.jacobians(cell, traj)
     assert J[..., :N].abs().max() == 0
-    torch.testing.assert_close(J[..., :N, N:], J[..., N:2 * N, N:])
+    if feedforward is None:
+        torch.testing.assert_close(J[..., :N, N:], J[..., N:2 * N, N:])
 
 
 @pytest.mark.parametrize("mixers", [("gru", "min_gru"), ("lstm", "lru", "multi_gate")],
                          ids="-".join)
 def test_stacked_blocks_jacobians_equal_torch_func(mixers):
-    blocks = [_block(m, norm, seed=k) for k, (m, norm) in
-              enumerate(zip(mixers, ["rms", "layer", None], strict=False))]
+    blocks = [_block(m, norm, seed=k, feedforward=ff) for k, (m, norm, ff) in
+              enumerate(zip(mixers, ["rms", "layer", None], [4, None, 0.5], strict=False))]
     cell = gs.StackedCell(blocks)
     u = _randn(B, T, N, seed=1)
     with torch.no_grad():
@@ -132,6 +156,9 @@ def test_bad_mixers_and_options_are_refused_naming_the_field():
         gs.ResidualCell(gs.make_cell("gru", N, N), norm="batch")
     with pytest.raises(ValueError, match="eps must be > 0"):
         gs.ResidualCell(gs.make_cell("gru", N, N), eps=0.0)
+    for bad in (0.1, -1, float("nan"), "4", True):  # int(4 * 0.1) = 0
+        with pytest.raises(ValueError, match="feedforward must be None or a number > 0"):
+            gs.ResidualCell(gs.make_cell("gru", N, N), feedforward=bad)
 
 
 def test_block_norm_takes_the_mixers_dtype():

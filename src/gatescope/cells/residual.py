@@ -1,6 +1,7 @@
 """The pre-norm residual block that language models put around each recurrent mixer
-(mambapy's ``ResidualBlock``, the mixer half of ``minGRU_pytorch``'s ``minLM`` layers):
-``y_t = u_t + mixer(norm(u_t))`` (docs/maths.md#residual-blocks).
+(mambapy's ``ResidualBlock``; with ``feedforward``, a whole layer of ``minGRU_pytorch``'s
+``minLM``): ``v_t = u_t + mixer(norm(u_t))``, then optionally
+``y_t = v_t + FF(ff_norm(v_t))`` (docs/maths.md#residual-blocks).
 
 State layout: ``[y_t (n); mixer state]``, so ``state[..., :n]`` is the block's output, what a
 readout and the next layer of a :class:`~gatescope.StackedCell` read. The mixer's output is
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from .base import RecurrentCell, Trajectory
 from .diagonal import with_output_columns
+from .feedforward import feedforward_jacobian, make_feedforward
 from .norms import make_norm, norm_jacobian
 
 #: The keys of a step's dict that are not cached intermediates.
@@ -21,15 +23,18 @@ _STEP_KEYS = ("state", "held", "gate", "retention")
 
 
 class ResidualCell(RecurrentCell):
-    """``y_t = u_t + ỹ_t``, ``ỹ_t = x_t[:n]`` the output of the mixer's step
-    ``x_t = mixer(x_{t-1}, norm(u_t))``; the state is ``[y_t; x_t]``.
+    """``v_t = u_t + x_t[:n]``, ``x_t[:n]`` the output of the mixer's step
+    ``x_t = mixer(x_{t-1}, norm(u_t))``; the block's output is ``y_t = v_t``, or with
+    ``feedforward`` ``y_t = v_t + FF(ff_norm(v_t))``; the state is ``[y_t; x_t]``.
 
-    Jacobian split: the norm and the residual act on the input only, and ``y_{t-1}`` does not
-    feed the step, so ``J_t`` is the mixer's ``J^x_t`` with its first ``n`` rows repeated as
-    the rows of ``y_t`` and zero columns for ``y_{t-1}``; ``A`` and ``B`` are the mixer's
-    mapped the same way (the held gates are the mixer's). The input Jacobian goes through the
-    norm: ``∂x_t/∂u_t = E^x_t N_t`` with ``N_t = ∂norm(u_t)/∂u_t``, and ``∂y_t/∂u_t = I +``
-    its first ``n`` rows.
+    Jacobian split: the norms, the feedforward and the residuals act on the input and the
+    output only, and ``y_{t-1}`` does not feed the step, so ``J_t`` is the mixer's ``J^x_t``
+    with its first ``n`` rows, times ``K_t = ∂y_t/∂v_t`` (``I``, or
+    ``I + ∂FF/∂z · ∂ff_norm(v_t)/∂v_t`` at ``z = ff_norm(v_t)``), as the rows of ``y_t`` and
+    zero columns for ``y_{t-1}``; ``A`` and ``B`` are the mixer's mapped the same way (the
+    held gates are the mixer's). The input Jacobian goes through the norm:
+    ``∂x_t/∂u_t = E^x_t N_t`` with ``N_t = ∂norm(u_t)/∂u_t``, and
+    ``∂y_t/∂u_t = K_t (I + (E^x_t N_t)[:n])``.
 
     Trajectory layout: ``traj.gates`` and ``traj.retention`` are the mixer's (the retention
     acts on the last entries of the state, the mixer's); the mixer's cached intermediates
@@ -44,18 +49,21 @@ class ResidualCell(RecurrentCell):
             ``1e-5``).
         affine: whether the norm has a learned gain (``norm.weight``) and, for ``"layer"``,
             bias.
+        feedforward: ``None`` (default), or minLM's ``ff_mult``: the block adds the
+            feedforward half ``FF(ff_norm(v))`` (``ff``, ``ff_norm`` of the same kind as
+            ``norm``; see :mod:`gatescope.cells.feedforward`).
 
     Raises:
         TypeError: when ``mixer`` is not a gatescope cell.
-        ValueError: when ``mixer.input_size != mixer.hidden_size``, or for a bad ``norm`` or
-            ``eps``.
+        ValueError: when ``mixer.input_size != mixer.hidden_size``, or for a bad ``norm``,
+            ``eps`` or ``feedforward``.
     """
 
     name = "residual"
     description = "pre-norm residual block y = u + mixer(norm(u)) around a cell"
 
     def __init__(self, mixer: RecurrentCell, norm: str | None = "rms", eps: float | None = None,
-                 affine: bool = True) -> None:
+                 affine: bool = True, feedforward: float | None = None) -> None:
         if not isinstance(mixer, RecurrentCell):
             raise TypeError(f"mixer must be a gatescope RecurrentCell, got "
                             f"{type(mixer).__name__}")
@@ -66,12 +74,17 @@ class ResidualCell(RecurrentCell):
                 f"hidden_size={mixer.hidden_size}")
         super().__init__(mixer.hidden_size, mixer.hidden_size)
         p = next(mixer.parameters(), None)
-        self.norm = make_norm(norm, self.hidden_size, eps, affine).to(
-            **({} if p is None else {"dtype": p.dtype, "device": p.device}))
+        like = {} if p is None else {"dtype": p.dtype, "device": p.device}
+        self.norm = make_norm(norm, self.hidden_size, eps, affine).to(**like)
         self.mixer = mixer
+        if feedforward is None:
+            self.ff_norm = self.ff = None
+        else:
+            self.ff = make_feedforward(self.hidden_size, feedforward).to(**like)
+            self.ff_norm = make_norm(norm, self.hidden_size, eps, affine).to(**like)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}"
+        return f"hidden_size={self.hidden_size}, feedforward={self.ff is not None}"
 
     @property
     def state_size(self) -> int:
@@ -95,7 +108,10 @@ class ResidualCell(RecurrentCell):
         normed = self.norm(u)
         out = self.mixer.compute(h[..., self.hidden_size:], normed, held)
         x = out["state"]
-        result = {"state": torch.cat([u + x[..., :self.hidden_size], x], -1),
+        y = u + x[..., :self.hidden_size]
+        if self.ff is not None:
+            y = y + self.ff(self.ff_norm(y))
+        result = {"state": torch.cat([y, x], -1),
                   "held": out["held"], "gate": out["gate"], "retention": out["retention"],
                   "normed": normed}
         result.update({f"mixer.{key}": v for key, v in out.items()
@@ -111,31 +127,50 @@ class ResidualCell(RecurrentCell):
                           gates=traj.gates, retention=traj.retention, cache=cache,
                           cell_type=type(self.mixer), lengths=traj.lengths)
 
-    def _block_rows(self, rows: Tensor) -> Tensor:
-        """``∂[y_t; x_t]/∂·`` from ``∂x_t/∂·`` (``(..., N_x, k)``): the first ``n`` rows
-        repeated in front; ``(..., n + N_x, k)``."""
-        return torch.cat([rows[..., :self.hidden_size, :], rows], -2)
+    def output_slope(self, traj: Trajectory) -> Tensor | None:
+        """``K_t = ∂y_t/∂v_t = I + ∂FF/∂z · ∂ff_norm(v_t)/∂v_t``: ``(B, T, n, n)``, or
+        ``None`` (``K_t = I``) without a feedforward."""
+        if self.ff is None:
+            return None
+        n = self.hidden_size
+        v = traj.inputs + traj.states[:, 1:, n:2 * n]
+        K = feedforward_jacobian(self.ff, self.ff_norm(v)) @ norm_jacobian(self.ff_norm, v)
+        K.diagonal(dim1=-2, dim2=-1).add_(1)
+        return K
 
-    def _state_jacobian(self, J_mixer: Tensor | None) -> Tensor | None:
+    def _block_rows(self, rows: Tensor, slope: Tensor | None, direct: bool = False) -> Tensor:
+        """``∂[y_t; x_t]/∂·`` from ``∂x_t/∂·`` (``(..., N_x, k)``): in front, the first ``n``
+        rows (plus ``I`` when ``direct``: ``∂u_t/∂u_t``) times ``slope`` (``K_t``; ``None``
+        for ``I``); ``(..., n + N_x, k)``."""
+        top = rows[..., :self.hidden_size, :]
+        if direct:
+            top = top + torch.eye(self.hidden_size, dtype=top.dtype, device=top.device)
+        return torch.cat([top if slope is None else slope @ top, rows], -2)
+
+    def _state_jacobian(self, J_mixer: Tensor | None, slope: Tensor | None) -> Tensor | None:
         """The block's ``(B, T, N, N)`` from the mixer's state Jacobian (or part of it)."""
         if J_mixer is None:
             return None
-        return with_output_columns(self._block_rows(J_mixer), self.hidden_size)
+        return with_output_columns(self._block_rows(J_mixer, slope), self.hidden_size)
 
     def analytic_jacobian(self, traj):
         """``J_t`` from the mixer's (see the class docstring): ``(B, T, N, N)`` or ``None``."""
-        return self._state_jacobian(self.mixer.analytic_jacobian(self.mixer_trajectory(traj)))
+        return self._state_jacobian(self.mixer.analytic_jacobian(self.mixer_trajectory(traj)),
+                                    self.output_slope(traj))
 
     def analytic_jacobian_split(self, traj):
         """The mixer's ``(A, B)`` mapped as ``J`` (see the class docstring), or ``None``."""
         split = self.mixer.analytic_jacobian_split(self.mixer_trajectory(traj))
-        return None if split is None else tuple(map(self._state_jacobian, split))
+        if split is None:
+            return None
+        slope = self.output_slope(traj)
+        return tuple(self._state_jacobian(part, slope) for part in split)
 
     def analytic_input_jacobian(self, traj):
-        """``∂[y_t; x_t]/∂u_t = [I + (E^x N)[:n]; E^x N]``: ``(B, T, N, n)`` or ``None``."""
+        """``∂[y_t; x_t]/∂u_t = [K_t (I + (E^x N)[:n]); E^x N]``: ``(B, T, N, n)`` or
+        ``None``."""
         E = self.mixer.analytic_input_jacobian(self.mixer_trajectory(traj))
         if E is None:
             return None
-        rows = self._block_rows(E @ norm_jacobian(self.norm, traj.inputs))
-        rows[..., :self.hidden_size, :].diagonal(dim1=-2, dim2=-1).add_(1)
-        return rows
+        return self._block_rows(E @ norm_jacobian(self.norm, traj.inputs),
+                                self.output_slope(traj), direct=True)
