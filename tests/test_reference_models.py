@@ -32,7 +32,8 @@ from minGRU_pytorch.minLSTM import minLSTM  # noqa: E402
 N, B, T = 4, 2, 5
 TOL = dict(atol=1e-10, rtol=1e-10)
 #: (expansion_factor, proj_out) of the minGRU/minLSTM cases: d = n, 2n, n with a projection.
-SHAPES = [(1.0, None), (2.0, None), (1.0, True), (1.5, None)]
+#: The last is minGRUAttnHybrid's: the output is the inner state, d = 2n wide.
+SHAPES = [(1.0, None), (2.0, None), (1.0, True), (1.5, None), (2.0, False)]
 MIN_CLASSES = {"minGRU": "min_gru", "minLSTM": "min_lstm"}
 MIN_MODULES = {"minGRU": minGRU, "minLSTM": minLSTM}
 
@@ -159,11 +160,13 @@ def test_min_cells_reproduce_the_parallel_and_sequential_forward(kind, shape):
     cell = gs.from_torch(module)
     assert cell.name == MIN_CLASSES[kind]
     assert (cell.to_out is not None) == isinstance(module.to_out, nn.Linear)
-    assert cell.inner_size == int(N * shape[0])
+    assert cell.inner_size == int(N * shape[0]) == (cell.state_size - cell.output_size)
+    assert cell.input_size == N and cell.hidden_size == (N if shape[1] is not False
+                                                         else cell.inner_size)
     assert all(p.dtype == torch.float64 for p in cell.parameters())
     u = 2 * _randn(B, T, N, seed=1)
     traj = cell.unroll(u)
-    out = traj.states[:, 1:, :N]
+    out = traj.states[:, 1:, :cell.hidden_size]
     torch.testing.assert_close(out, module(u), **TOL)
     s, steps = None, []
     for t in range(T):

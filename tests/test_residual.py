@@ -164,3 +164,19 @@ def test_bad_mixers_and_options_are_refused_naming_the_field():
 def test_block_norm_takes_the_mixers_dtype():
     cell = gs.ResidualCell(gs.make_cell("gru", N, N, dtype=torch.float64), norm="layer")
     assert {p.dtype for p in cell.parameters()} == {torch.float64}
+
+
+def test_lag_gradients_and_rates_run_on_stacked_blocks():
+    """The lag-resolved gradient of a SequenceModel on residual blocks (which reads the
+    blocks' J and one-step derivatives) sums to autograd's; effective rates run on it."""
+    cell = gs.StackedCell([_block("min_gru", feedforward=2), _block("gru", "layer", seed=1)])
+    model = gs.SequenceModel(cell, output_size=1).double()
+    u, y = _randn(B, T, N, seed=1), _randn(B, 1, seed=2)
+    parts = gs.lag_gradients(model, u, y)
+    grads = torch.autograd.grad(model.loss(u, y), list(model.parameters()))
+    for (name, _), grad in zip(model.named_parameters(), grads, strict=True):
+        torch.testing.assert_close(parts[name].sum(0), grad, **TOL)
+    with torch.no_grad():
+        mu = gs.effective_learning_rates(cell, cell.unroll(u))
+    assert mu.shape == (B, T + 1, T + 1, cell.retention_size)
+    assert torch.isfinite(mu[:, 1:, 1]).all()
