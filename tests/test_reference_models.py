@@ -372,8 +372,11 @@ def test_converted_cells_copy_the_weights_and_keep_dtype_and_device():
     with torch.no_grad():
         cell.to_hidden_and_gate.weight.add_(1)
     assert not torch.equal(cell.to_hidden_and_gate.weight, module.to_hidden_and_gate.weight)
-    lru = gs.from_torch(_lru_module())
-    assert lru.B_re.dtype == torch.float32 and lru.B_re.device == module.to_out.weight.device
+    reference = _lru_module()
+    lru = gs.from_torch(reference)
+    assert {p.dtype for p in lru.parameters()} == {torch.float32}
+    assert {p.device for p in lru.parameters()} == {reference.D.device}
+    torch.testing.assert_close(lru.C_im, reference.C.imag, atol=0, rtol=0)
 
 
 def test_expansion_factor_recovers_inner_widths_that_rounding_would_lose():
