@@ -11,6 +11,7 @@ on first use, with its pydantic settings and its process pool (PEP 562).
 
 from .cells import (
     RecurrentCell,
+    ResidualCell,
     StackedCell,
     Trajectory,
     cell_class,
@@ -94,6 +95,7 @@ __all__ = [
     "ProbeResults",
     "RateSummary",
     "RecurrentCell",
+    "ResidualCell",
     "Schedule",
     "SequenceModel",
     "SkipQuantity",

@@ -15,12 +15,13 @@ from .min_gru import MinGRUCell
 from .min_lstm import MinLSTMCell
 from .plain import PlainCell
 from .registry import cell_class, list_cells, make_cell, register_cell
+from .residual import ResidualCell
 from .rg_lru import RGLRUCell
 from .stack import StackedCell
 
 __all__ = [
     "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell",
-    "PlainCell", "RGLRUCell", "RecurrentCell",
+    "PlainCell", "RGLRUCell", "RecurrentCell", "ResidualCell",
     "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
     "register_cell",
 ]

@@ -18,7 +18,7 @@ from torch import nn
 from ..cells.base import RecurrentCell
 
 #: The top-level package of a module's class -> the gatescope module holding its converters.
-PACKAGES: dict[str, str] = {}
+PACKAGES: dict[str, str] = {"minGRU_pytorch": "mingru", "LRU_pytorch": "lru"}
 
 Converter = Callable[[nn.Module, "int | None"], RecurrentCell]
 
@@ -39,3 +39,19 @@ def converter_for(module: nn.Module) -> Converter | None:
         raise TypeError(f"from_torch supports {', '.join(sorted(converters))} of {package}, "
                         f"got {name}")
     return converters[name]
+
+
+def check_single_layer(module: nn.Module, layer) -> None:
+    """Refuse ``layer`` other than ``None``/``0`` for a single-layer ``module``, and a module
+    with forward hooks (which the converted cell would not run).
+
+    Raises:
+        ValueError: for another ``layer``, naming the allowed values.
+        TypeError: when ``module`` has forward hooks.
+    """
+    name = type(module).__name__
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer):
+        raise ValueError(f"{name} has a single layer: layer must be None or 0, got {layer!r}")
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise TypeError(f"from_torch reproduces {name}.forward, but this {name} has forward "
+                        "hooks, which the cell would not run; remove them before converting")
