@@ -80,11 +80,15 @@ class MambaCell(RecurrentCell):
       ``Σ_s C_s ∂h_s + h_t ∂C/∂a E_t`` of the gate terms (``B_t``).
     * ``y_{t-1}`` does not feed the step: zero columns.
 
-    The per-step Jacobian is structured: diagonal on ``h``, a nilpotent shift on ``ξ``, and
-    ``h``, ``y`` read ``ξ`` but nothing reads ``h`` except ``h`` itself and ``y``; so it is
-    block lower triangular in ``(y, ξ, h)``-reversed order and a transport product's ``h``
-    block is the product of the diagonals ``∏ exp(Δ_j A)``. The dense matrices here are for
-    small sizes.
+    The per-step Jacobian is structured: diagonal on ``h``, a nilpotent shift on ``ξ``; ``h``
+    and ``y`` read ``ξ``, and nothing but ``h`` itself and ``y`` reads ``h``. It is block lower
+    triangular in the order ``(ξ, h, y)``, so a transport product's ``h``-on-``h`` block is
+    the product of the diagonals ``∏ exp(Δ_j A)`` (``traj.retention``), and a window entry
+    feeds ``h`` directly only during the ``W`` steps it stays in the window. The dense
+    ``(B, T, N, N)`` matrices built here are for small sizes.
+
+    mambapy's ``step`` differs from its ``forward`` for ``d_conv = 1`` (its cache grows to one
+    past input, which the step then reads); the cell computes ``forward``'s maths there.
 
     Args:
         input_size: ``m`` (mambapy's ``d_model`` for a ``MambaBlock``).

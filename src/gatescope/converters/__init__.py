@@ -18,7 +18,7 @@ from torch import nn
 from ..cells.base import RecurrentCell
 
 #: The top-level package of a module's class -> the gatescope module holding its converters.
-PACKAGES: dict[str, str] = {}
+PACKAGES: dict[str, str] = {"mambapy": "mambapy"}
 
 Converter = Callable[[nn.Module, "int | None"], RecurrentCell]
 
