@@ -90,6 +90,20 @@ def test_two_mamba_layers_stack():
         tight(part, ref)
 
 
+def test_the_full_probe_runs_with_delta_per_inner_channel():
+    """The probe's per-neuron gate keeps ``Δ``'s ``d`` inner channels (it expanded every gate
+    to ``hidden_size`` before, which failed for Mamba)."""
+    torch.manual_seed(4)
+    model = gs.SequenceModel(gs.make_cell("mamba", 3, 4, d_state=2), 1)
+    u, y = torch.randn(4, 5, 3), torch.randn(4, 1)
+    probe = gs.Probe(model, u, y, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     quantities="full")
+    probe(0)
+    results = probe.results()
+    assert results["gate_per_neuron"].shape == (1, model.cell.d_inner)
+    assert results["retention_per_neuron"].shape == (1, model.cell.retention_size)
+
+
 def test_verify_passes():
     results = run_checks(cells=["mamba"])
     assert all(r.passed and not r.skipped for r in results), results
