@@ -246,17 +246,19 @@ class MambaCell(RecurrentCell):
         rows) when ``held``."""
         Bsz, T = traj.batch_size, traj.seq_len
         n, dW, dS = self.hidden_size, self.window_size, self.retention_size
-        h_ssm = traj.retention.new_zeros(Bsz, T, dS, dS)
-        o_ssm = traj.retention.new_zeros(Bsz, T, self.d_inner, dS)
-        w_window = traj.retention.new_zeros(Bsz, T, dW, dW)
+        r = traj.retention
         if held:
-            h_ssm = eye_like(traj.retention)
-            decay = traj.retention.unflatten(-1, (self.d_inner, self.d_state))
-            o_ssm = block_rows(traj.cache["C"].unsqueeze(-2) * decay)
-            k = torch.arange(self.d_conv - 1, device=h_ssm.device)
-            shift = (k.unsqueeze(-1) + 1 == k).to(h_ssm.dtype)  # ξ_{t,k} = ξ_{t-1,k+1}
-            w_window = torch.kron(torch.eye(self.d_inner, dtype=shift.dtype,
-                                            device=shift.device), shift).expand_as(w_window)
+            h_ssm = eye_like(r)
+            o_ssm = block_rows(traj.cache["C"].unsqueeze(-2)
+                               * r.unflatten(-1, (self.d_inner, self.d_state)))
+            k = torch.arange(self.d_conv - 1, device=r.device)
+            shift = (k.unsqueeze(-1) + 1 == k).to(r.dtype)  # ξ_{t,k} = ξ_{t-1,k+1}
+            w_window = torch.kron(torch.eye(self.d_inner, dtype=r.dtype, device=r.device),
+                                  shift).expand(Bsz, T, dW, dW)
+        else:
+            h_ssm = r.new_zeros(Bsz, T, dS, dS)
+            o_ssm = r.new_zeros(Bsz, T, self.d_inner, dS)
+            w_window = r.new_zeros(Bsz, T, dW, dW)
         o_rows = torch.cat([o_window, o_ssm], -1)
         y_rows = self.out_proj.weight @ (traj.cache["z_gate"].unsqueeze(-1) * o_rows)
         inner = torch.cat([
