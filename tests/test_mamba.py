@@ -63,6 +63,15 @@ def test_analytic_split_and_input_jacobian_equal_the_cells_autograd(d_conv):
     assert (Bg.abs().max() > 1e-3) == (d_conv > 1)
 
 
+def test_padded_batches_hold_the_state_past_each_length():
+    cell = random_mamba()
+    traj = cell.unroll(unrolled(cell).inputs, lengths=torch.tensor([T, 3]))
+    tight(traj.states[1, 4:], traj.states[1, 3].expand(T - 3, -1))
+    for part, ref in zip(gs.jacobian_split(cell, traj),
+                         gs.jacobian_split_autograd(cell, traj), strict=True):
+        tight(part, ref)
+
+
 def test_retention_is_exp_delta_A_on_the_ssm_state_and_the_gate_is_delta():
     cell = random_mamba()
     traj = unrolled(cell)
@@ -76,11 +85,12 @@ def test_retention_is_exp_delta_A_on_the_ssm_state_and_the_gate_is_delta():
     tight(mu0[:, 3, 0], traj.retention[:, :3].prod(1))
 
 
-def test_two_mamba_layers_stack():
+@pytest.mark.parametrize("widths", [(3, 4, 5), (3, 4, 2, 3)])
+def test_mamba_layers_stack(widths):
     torch.manual_seed(2)
-    stack = gs.StackedCell([gs.make_cell("mamba", 3, 4, d_state=2, dtype=torch.float64),
-                            gs.make_cell("mamba", 4, 5, d_state=2, d_conv=2,
-                                         dtype=torch.float64)])
+    stack = gs.StackedCell([
+        gs.make_cell("mamba", m, n, d_state=2, d_conv=2 + k % 2, dtype=torch.float64)
+        for k, (m, n) in enumerate(zip(widths[:-1], widths[1:], strict=True))])
     traj = unrolled(stack, T=4)
     J_ref, E_ref = step_jacobians(stack.step, traj)
     tight(gs.jacobians(stack, traj), J_ref)
@@ -206,6 +216,17 @@ def test_outputs_and_cache_equal_mambablock_step(mambapy, options):
     # the converted cell itself: mambapy's A is float32, so agreement is to ~1e-7
     direct = gs.from_torch(block).unroll(u).states
     torch.testing.assert_close(direct, traj.states, rtol=1e-5, atol=1e-6)
+
+
+def test_a_float32_block_converts_to_a_float32_cell(mambapy):
+    torch.manual_seed(5)
+    block = mambapy.MambaBlock(mambapy.MambaConfig(d_model=M, n_layers=1, d_state=STATE))
+    cell = gs.from_torch(block)
+    u = torch.randn(B, T, M)
+    assert cell.A_log.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(cell.unroll(u).states[:, 1:, :M], block(u),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_d_conv_1_equals_the_parallel_forward(mambapy):
