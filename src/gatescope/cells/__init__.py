@@ -2,7 +2,7 @@
 
 # isort: off
 # Importing the cell modules registers the cells, in the order of docs/maths.md#cells.
-from . import plain, leaky, gated, gru, lstm, min_gru, min_lstm, lru, rg_lru  # noqa: F401
+from . import plain, leaky, gated, gru, lstm, min_gru, min_lstm, lru, rg_lru, mamba  # noqa: F401
 
 # isort: on
 from .base import RecurrentCell, Trajectory
@@ -11,6 +11,7 @@ from .gru import GRUCell
 from .leaky import LeakyCell
 from .lru import LRUCell
 from .lstm import LSTMCell
+from .mamba import MambaCell
 from .min_gru import MinGRUCell
 from .min_lstm import MinLSTMCell
 from .plain import PlainCell
@@ -20,8 +21,8 @@ from .rg_lru import RGLRUCell
 from .stack import StackedCell
 
 __all__ = [
-    "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MinGRUCell", "MinLSTMCell", "MultiGateCell",
-    "PlainCell", "RGLRUCell", "RecurrentCell", "ResidualCell",
+    "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MambaCell", "MinGRUCell", "MinLSTMCell",
+    "MultiGateCell", "PlainCell", "RGLRUCell", "RecurrentCell", "ResidualCell",
     "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
     "register_cell",
 ]

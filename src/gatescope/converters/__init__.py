@@ -18,7 +18,8 @@ from torch import nn
 from ..cells.base import RecurrentCell
 
 #: The top-level package of a module's class -> the gatescope module holding its converters.
-PACKAGES: dict[str, str] = {"minGRU_pytorch": "mingru", "LRU_pytorch": "lru"}
+PACKAGES: dict[str, str] = {"minGRU_pytorch": "mingru", "LRU_pytorch": "lru",
+                           "mambapy": "mambapy"}
 
 Converter = Callable[[nn.Module, "int | None"], RecurrentCell]
 

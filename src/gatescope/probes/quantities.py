@@ -48,10 +48,13 @@ def loss(ctx: ProbeContext) -> dict[str, Tensor]:
                    description="mean update gate and retention per neuron")
 def gates(ctx: ProbeContext) -> dict[str, Tensor]:
     """``gate_per_neuron`` (absent for cells without a learned gate) and
-    ``retention_per_neuron``, means over the batch and time."""
+    ``retention_per_neuron``, means over the batch and time. A scalar gate is repeated
+    across the ``hidden_size`` neurons; a gate of another width (a minGRU's inner channels,
+    Mamba's ``Δ`` per inner channel) keeps its own."""
     traj, n = ctx.trajectory, ctx.cell.hidden_size
-    out = {} if traj.gates is None else \
-        {M.GATE_PER_NEURON.name: traj.gates.double().mean((0, 1)).expand(n)}
+    mean_gate = None if traj.gates is None else traj.gates.double().mean((0, 1))
+    out = {} if mean_gate is None else {
+        M.GATE_PER_NEURON.name: mean_gate.expand(n) if mean_gate.shape[-1] == 1 else mean_gate}
     out[M.RETENTION_PER_NEURON.name] = neuron_retention(ctx.cell, traj).mean((0, 1))
     return out
 
