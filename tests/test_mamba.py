@@ -265,8 +265,8 @@ def test_converter_refuses_what_the_cell_does_not_compute(mambapy):
     block = mambapy.MambaBlock(mambapy.MambaConfig(d_model=M, n_layers=1))
     with pytest.raises(ValueError, match="layer"):
         gs.from_torch(block, layer=0)
-    with pytest.raises(TypeError, match="MambaBlock"):
-        gs.from_torch(mambapy.ResidualBlock(block.config))
+    with pytest.raises(ValueError, match="layer must be an int in 0..0"):
+        gs.from_torch(mambapy.Mamba(block.config), layer=1)
 
 
 def test_state_dict_loads_directly(mambapy):
@@ -275,3 +275,81 @@ def test_state_dict_loads_directly(mambapy):
                         dtype=torch.float64)
     cell.load_state_dict(block.state_dict())
     assert cell.state_dict().keys() == block.state_dict().keys()
+
+
+# ---------------------------------------------------------------- mambapy's ResidualBlock, Mamba
+
+
+def reference_model(mambapy, n_layers, seed=0):
+    """A float64 ``Mamba`` of ``n_layers`` residual blocks with random parameters (each block's
+    ``D`` float32-exact, as in :func:`reference_block`)."""
+    torch.manual_seed(seed)
+    config = mambapy.MambaConfig(d_model=M, n_layers=n_layers, d_state=STATE, d_conv=3,
+                                 bias=True)
+    model = mambapy.Mamba(config).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for block in model.layers:
+            block.mixer.D.copy_(block.mixer.D.float())
+    return model
+
+
+def matched_blocks(model):
+    """``from_torch(model)`` with every layer's ``A`` the block's float32 one (see
+    :func:`matched_cell`), and the list of its residual cells (bottom first)."""
+    cell = gs.from_torch(model)
+    blocks = list(cell.layers) if isinstance(cell, gs.StackedCell) else [cell]
+    with torch.no_grad():
+        for block, ref in zip(blocks, model.layers, strict=True):
+            block.mixer.A_log.copy_(torch.log(torch.exp(ref.mixer.A_log.float()).double()))
+    return cell, blocks
+
+
+def model_step(model, cell, blocks, state, u):
+    """mambapy's per-layer ``ResidualBlock.step`` as a map of the gatescope state: each layer's
+    part is ``[x_out; mixer state]`` with the mixer's output ``x_out - x_in``."""
+    parts = cell.split_state(state) if isinstance(cell, gs.StackedCell) else [state]
+    new, x = [], u
+    for part, block, ref in zip(parts, blocks, model.layers, strict=True):
+        _, window, h = block.mixer.split_state(part[..., M:])
+        out, (h, window) = ref.step(x, (h, window))
+        new.append(torch.cat([out, block.mixer.join_state(out - x, window, h)], -1))
+        x = out
+    return cell.join_states(new) if isinstance(cell, gs.StackedCell) else new[0]
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_mamba_models_equal_mambapy_and_their_jacobians_its_step(mambapy, n_layers):
+    """A ``Mamba`` of 1-3 residual blocks: the converted cell's outputs equal the model's
+    parallel ``forward`` and its per-layer ``step``; J and the input Jacobian equal autograd
+    through that step (float64, 1e-10)."""
+    model = reference_model(mambapy, n_layers)
+    cell, blocks = matched_blocks(model)
+    assert isinstance(cell, gs.StackedCell) == (n_layers > 1)
+    assert all(isinstance(b, gs.ResidualCell) for b in blocks)
+    gen = torch.Generator().manual_seed(2)
+    u = torch.randn(B, T, M, generator=gen, dtype=torch.float64)
+    traj = cell.unroll(u).detach()
+    with torch.no_grad():
+        tight(traj.states[:, 1:, :M], model(u))
+        for t in range(T):
+            tight(traj.states[:, t + 1], model_step(model, cell, blocks, traj.states[:, t],
+                                                    u[:, t]))
+    J, E = cell.analytic_jacobian(traj), cell.analytic_input_jacobian(traj)
+    rows = torch.arange(B)
+    for t in range(T):
+        J_ref, E_ref = jacrev(lambda s, x: model_step(model, cell, blocks, s, x),
+                              argnums=(0, 1))(traj.states[:, t], u[:, t])
+        tight(J[:, t], J_ref[rows, :, rows])
+        tight(E[:, t], E_ref[rows, :, rows])
+
+
+def test_a_residual_block_converts_with_its_norm(mambapy):
+    model = reference_model(mambapy, 2)
+    block = gs.from_torch(model.layers[1])
+    assert isinstance(block, gs.ResidualCell)
+    torch.testing.assert_close(block.norm.weight, model.layers[1].norm.weight, rtol=0, atol=0)
+    assert block.norm.eps == model.config.rms_norm_eps
+    layer = gs.from_torch(model, layer=1)
+    assert layer.state_dict().keys() == block.state_dict().keys()

@@ -1,5 +1,8 @@
 """Converters for ``mambapy`` (https://github.com/alxndrTL/mamba.py): its ``MambaBlock``
-becomes a ``"mamba"`` cell (docs/maths.md#mamba) with a copy of the block's ``state_dict``.
+becomes a ``"mamba"`` cell (docs/maths.md#mamba) with a copy of the block's ``state_dict``, a
+``ResidualBlock`` (``x + mixer(RMSNorm(x))``) a :class:`~gatescope.cells.residual.ResidualCell`
+around it (docs/maths.md#residual-blocks), and a ``Mamba`` (its ``layers``, residual blocks)
+a :class:`~gatescope.StackedCell` of those.
 
 The cell computes the block's recurrent ``step(x, cache)``; its state ``[y; ξ; h]`` holds the
 cache ``(h, inputs)`` flattened (:meth:`~gatescope.cells.mamba.MambaCell.split_state`).
@@ -10,9 +13,12 @@ computes in the block's dtype throughout).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..cells.mamba import MambaCell
+from ..cells.residual import ResidualCell
+from ..cells.stack import StackedCell
 
 
 def _mamba_block(module: nn.Module, layer: int | None) -> MambaCell:
@@ -38,6 +44,39 @@ def _mamba_block(module: nn.Module, layer: int | None) -> MambaCell:
     return cell
 
 
-#: mambapy class name -> converter. ``Mamba`` and ``ResidualBlock`` (``x + mixer(RMSNorm(x))``)
-#: need a residual wrapper cell, not here yet.
-CONVERTERS = {"MambaBlock": _mamba_block}
+def _residual_block(module: nn.Module, layer: int | None) -> ResidualCell:
+    """The :class:`~gatescope.cells.residual.ResidualCell` of a ``mambapy`` ``ResidualBlock``:
+    RMSNorm with the block's ``rms_norm_eps`` and gain, around its ``MambaBlock``.
+
+    Raises:
+        ValueError: as :func:`_mamba_block` (``layer``, ``inner_layernorms``).
+    """
+    mixer = _mamba_block(module.mixer, layer)
+    norm = module.norm
+    cell = ResidualCell(mixer, norm="rms", eps=norm.eps, affine=not norm.use_mup)
+    with torch.no_grad():
+        if not norm.use_mup:
+            cell.norm.weight.copy_(norm.weight)
+    return cell
+
+
+def _mamba(module: nn.Module, layer: int | None) -> ResidualCell | StackedCell:
+    """The cell of a ``mambapy`` ``Mamba``: a :class:`~gatescope.StackedCell` of its residual
+    blocks (top layer first in the state), or layer ``k`` alone with ``layer=k``.
+
+    Raises:
+        ValueError: for ``layer`` outside ``0..n_layers-1`` (naming the range), or a block
+            :func:`_mamba_block` refuses.
+    """
+    blocks = list(module.layers)
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
+            raise ValueError(f"layer must be an int in 0..{len(blocks) - 1} (n_layers="
+                             f"{len(blocks)}) or None, got {layer!r}")
+        return _residual_block(blocks[layer], None)
+    cells = [_residual_block(block, None) for block in blocks]
+    return cells[0] if len(cells) == 1 else StackedCell(cells)
+
+
+#: mambapy class name -> converter.
+CONVERTERS = {"MambaBlock": _mamba_block, "ResidualBlock": _residual_block, "Mamba": _mamba}
