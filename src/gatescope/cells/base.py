@@ -173,6 +173,9 @@ class RecurrentCell(nn.Module):
     name: str = "custom"
     #: One line for ``gatescope list``.
     description: str = "a user-defined cell"
+    #: What ``traj.gates`` holds: ``"sigmoid"``, gate values in ``(0, 1)`` (every cell but
+    #: Mamba), or ``"step size"``, Mamba's ``Δ_t > 0`` (unbounded above; docs/maths.md#mamba).
+    gate_kind: str = "sigmoid"
 
     def __init_subclass__(cls, **kwargs) -> None:
         # a subclass that redefines the split but not J gets J = A + B of its own split, so

@@ -107,6 +107,7 @@ class MambaCell(RecurrentCell):
                    "h = exp(ΔA) h + Δ B x; retention exp(ΔA), gate Δ")
     #: Whether the cell has a learned, data-dependent update gate (docs/maths.md#cells).
     gated: ClassVar[bool] = True
+    gate_kind = "step size"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = False,
                  d_state: int = 16, expand: int = 2, d_conv: int = 4,

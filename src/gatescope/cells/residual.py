@@ -95,6 +95,11 @@ class ResidualCell(RecurrentCell):
         return self.mixer.retention_size
 
     @property
+    def gate_kind(self) -> str:
+        """The mixer's (its gates are the block's)."""
+        return self.mixer.gate_kind
+
+    @property
     def gated(self) -> bool:
         """Whether the mixer has a learned, data-dependent update gate."""
         return getattr(self.mixer, "gated", False)

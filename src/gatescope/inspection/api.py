@@ -20,8 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from ..cells.base import RecurrentCell, check_lengths
+from ..cells.stack import StackedCell
 from ..checks import as_device, as_float, as_int
 from ..convert import from_torch, layer_inputs
+from ..converters import converter_for
 from ..measures.rates import time_scales
 from ..model import SequenceModel
 from ..probes.measure import measure
@@ -35,6 +37,7 @@ from .sampled import (
     log_lag_grid,
     memory_horizon,
     saturation_fractions,
+    step_size_spectrum,
 )
 
 #: Defaults of :func:`inspect` (see its arguments).
@@ -85,6 +88,8 @@ def module_units(module: nn.Module | RecurrentCell, x: Tensor,
     Raises:
         InspectInputError: for a module ``from_torch`` cannot convert (its message).
     """
+    if isinstance(module, StackedCell):
+        return stacked_units(module, x, lengths)
     if isinstance(module, RecurrentCell):
         return [AnalysisUnit(0, "forward", module, x)]
     if not isinstance(module, nn.RNNBase):  # a torch cell (nn.GRUCell, ...): one unit
@@ -95,6 +100,17 @@ def module_units(module: nn.Module | RecurrentCell, x: Tensor,
                          layer_inputs(module, own_layout, layer=k, direction=d,
                                       lengths=lengths))
             for k in range(module.num_layers) for d in directions]
+
+
+def stacked_units(cell: StackedCell, x: Tensor, lengths: Tensor | None = None
+                  ) -> list[AnalysisUnit]:
+    """One analysis unit per layer of a stack (bottom first): layer ``k``'s inputs are the
+    outputs ``h`` of layer ``k - 1`` (its first ``hidden_size`` state entries), from one
+    unroll of the stack."""
+    with torch.no_grad():
+        traj = cell.unroll(x, lengths=lengths)
+    return [AnalysisUnit(k, "forward", layer, cell.layer_trajectory(traj, k).inputs)
+            for k, layer in enumerate(cell.layers)]
 
 
 def _converted(module: nn.Module, **unit) -> RecurrentCell:
@@ -218,6 +234,8 @@ def inspect(module: nn.Module | RecurrentCell, inputs: Tensor, targets: Tensor |
             a module gatescope cannot convert or a bad setting, before any compute.
     """
     _check_settings(end_times, rate_lags, lookback_probes, horizon_threshold, max_sequences)
+    if converter_for(module) is not None:  # a third-party package's module (gatescope[models])
+        module = _converted(module)
     _checked(as_int, "transport_lags", transport_lags, minimum=0)
     _checked(as_int, "lyapunov_count", lyapunov_count, minimum=0)
     dev = _resolve_device(device, module)
@@ -345,7 +363,7 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
         skipped.update(skip)
     hist = _timed(timings, "time_scale_histogram",
                   lambda: _tau_histogram(instantaneous_time_scales(cell, traj)[traj.step_mask]))
-    saturation = saturation_fractions(traj)
+    saturation = saturation_fractions(traj, gate_kind=cell.gate_kind)
     lookback = record["output_lookback"][::-1]          # index ℓ = 0..T-1
     envelope = record.get("sampled_envelope")
     decay = fit_decay(np.arange(1, T + 1), envelope) if envelope is not None else None
@@ -376,6 +394,7 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
             "exponents": record["lyapunov_exponents"].tolist(),
             "gate_prediction": None if "gate_exponents" not in record
             else record["gate_exponents"].tolist()},
+        "step_sizes": step_size_spectrum(traj) if cell.gate_kind == "step size" else None,
         "saturation": saturation,
         "saturation_totals": {k: float(record[k]) for k in
                               ("gate_saturated_fraction", "tanh_saturated_fraction")

@@ -163,10 +163,10 @@ def time_scale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
 def gate_saturation(ctx: ProbeContext) -> dict[str, float]:
     """Entry-weighted saturation over every sigmoid gate and every tanh output."""
     traj = ctx.trajectory
-    parts = saturation_fractions(traj)
+    parts = saturation_fractions(traj, gate_kind=ctx.cell.gate_kind)
     inside = traj.step_mask
     weights = {label: x[inside.to(x.device)].numel()
-               for label, (x, _) in saturation_sources(traj).items()}
+               for label, (x, _) in saturation_sources(traj, ctx.cell.gate_kind).items()}
     out = {}
     for metric, kind in ((GATE_SATURATED, "sigmoid"), (TANH_SATURATED, "tanh")):
         chosen = {k: v for k, v in parts.items() if v["kind"] == kind}

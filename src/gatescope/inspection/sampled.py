@@ -29,6 +29,7 @@ from ..cells.base import RecurrentCell, Trajectory
 from ..cells.gru import GRUCell
 from ..cells.lstm import LSTMCell
 from ..cells.plain import PlainCell
+from ..measures._quantile import quantile
 from ..measures.rates import neuron_retention, retained_diagonal
 
 #: Gate values within this distance of 0 or 1 (sigmoid) or of ±1 (tanh) count as saturated.
@@ -213,12 +214,19 @@ def output_lookback(cell: RecurrentCell, traj: Trajectory, probes: int | None = 
     return out
 
 
-def saturation_sources(traj: Trajectory) -> dict[str, tuple[Tensor, str]]:
+#: Levels of :func:`step_size_spectrum`.
+STEP_SIZE_LEVELS = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+
+
+def saturation_sources(traj: Trajectory, gate_kind: str = "sigmoid"
+                       ) -> dict[str, tuple[Tensor, str]]:
     """The gates :func:`saturation_fractions` looks at: ``{label: (values, kind)}``, kind
     ``"sigmoid"`` or ``"tanh"``; the retention of a cell without one (plain: ``r = 0``) is
-    left out."""
+    left out, and so are gates that are not sigmoid values (``gate_kind``, the cell's
+    :attr:`~gatescope.RecurrentCell.gate_kind`: Mamba's step sizes ``Δ`` do not saturate
+    at 1)."""
     sources = {}
-    if traj.gates is not None:
+    if traj.gates is not None and gate_kind == "sigmoid":
         sources["update gate g"] = (traj.gates, "sigmoid")
     if bool(traj.retention.ne(0).any()):
         sources["retention r"] = (traj.retention, "sigmoid")
@@ -231,7 +239,8 @@ def saturation_sources(traj: Trajectory) -> dict[str, tuple[Tensor, str]]:
     return sources
 
 
-def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[str, dict]:
+def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS,
+                         gate_kind: str = "sigmoid") -> dict[str, dict]:
     """Fraction of (example, step, neuron) entries of each gate near its limits.
 
     Sigmoid gates (the update gate ``traj.gates``, the retention, and the cells' reset and
@@ -240,11 +249,11 @@ def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[
 
     Returns:
         ``{label: {"low": float | None, "high": float, "kind": "sigmoid" | "tanh"}}`` over
-        :func:`saturation_sources`.
+        :func:`saturation_sources` (with ``gate_kind``).
     """
     out = {}
     inside = traj.step_mask
-    for label, (x, kind) in saturation_sources(traj).items():
+    for label, (x, kind) in saturation_sources(traj, gate_kind).items():
         x = x.detach().double()[inside.to(x.device)]  # (entries within the lengths, ...)
         if kind == "sigmoid":
             out[label] = {"kind": kind, "low": float((x < eps).double().mean()),
@@ -253,6 +262,22 @@ def saturation_fractions(traj: Trajectory, eps: float = SATURATION_EPS) -> dict[
             out[label] = {"kind": kind, "low": None,
                           "high": float((x.abs() > 1 - eps).double().mean())}
     return out
+
+
+def step_size_spectrum(traj: Trajectory) -> dict:
+    """Quantiles of Mamba's step sizes ``Δ_t`` (``traj.gates``, ``(B, T, d)``) over every
+    (sequence, step, channel) entry within the lengths, and each channel's median over
+    (sequence, step): a collapsed ``Δ`` (all small) freezes the state, since the retention
+    is ``exp(Δ A)``.
+
+    Returns:
+        ``{"levels": [...], "quantiles": [...], "per_channel_median": [...]}``.
+    """
+    delta = traj.gates.detach().double()[traj.step_mask.to(traj.gates.device)]  # (entries, d)
+    levels = torch.tensor(STEP_SIZE_LEVELS, dtype=torch.float64, device=delta.device)
+    return {"levels": list(STEP_SIZE_LEVELS),
+            "quantiles": quantile(delta.flatten(), levels).tolist(),
+            "per_channel_median": quantile(delta, 0.5, dim=0).tolist()}
 
 
 def log_lag_grid(T: int, count: int) -> list[int]:

@@ -147,6 +147,22 @@ FIGURES = {"time_scales": _fig_time_scales, "envelope": _fig_envelope,
            "transport": _fig_transport}
 
 
+def _step_size_blocks(steps: dict | None) -> list[tuple]:
+    """Mamba's step sizes ``Δ`` (``None``: the cell has none): quantiles over every entry and
+    the spread of the channels' medians."""
+    if steps is None:
+        return []
+    medians = _values(steps["per_channel_median"])
+    return [("h3", "Step sizes Δ (Mamba)"),
+            ("table", ["quantile", *map(_fmt, steps["levels"])],
+             [["Δ", *map(_fmt, steps["quantiles"])]]),
+            ("li", f"per channel (median over sequences and steps): from "
+                   f"{_fmt(float(np.nanmin(medians)))} to {_fmt(float(np.nanmax(medians)))}, "
+                   f"median {_fmt(float(np.nanmedian(medians)))} over {medians.size} channels; "
+                   "the retention is exp(Δ A), so channels with small Δ keep their state "
+                   "longest.")]
+
+
 def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]:
     """The report blocks of one analysis unit: ``("h2"|"h3"|"p"|"li", text)``,
     ``("table", header, rows)`` and ``("img", figure name)``."""
@@ -166,6 +182,7 @@ def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]
         b.append(("li", f"per neuron (mean retention): median τ_q = "
                         f"{_fmt(float(np.nanmedian(per)))}, max {_fmt(float(np.nanmax(per)))}."))
     b += _img(figures, f"{stem}_time_scales")
+    b += _step_size_blocks(unit.get("step_sizes"))
     env = unit["envelope"]
     b.append(("h3", "Envelope f(ℓ) of the effective rates"))
     if env is not None:
