@@ -4,11 +4,15 @@ below), and Mamba's step sizes Δ get their own spectrum (docs/maths.md#mamba)."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import gatescope as gs
+from gatescope.cli import main
+from gatescope.inspection import load_state_dict, module_from_state_dict
 from gatescope.inspection.api import module_units
 
 
@@ -64,3 +68,46 @@ def test_a_mingru_module_is_converted_before_inspection():
     (unit,) = result.summary["units"]
     assert unit["cell"] == "MinGRUCell" and unit["step_sizes"] is None
     assert unit["time_scales"] is not None
+
+
+@pytest.mark.parametrize("layout", ["Mamba", "minGRU", "LRU"])
+def test_the_cli_inspects_a_reference_models_weights_file(tmp_path, capsys, layout):
+    """A weights file of a reference package's module, nested under a prefix, is recognised
+    from its keys (the package itself is not needed to read it) and reported per layer; the
+    cells hold exactly the module's outputs."""
+    if layout == "Mamba":
+        module, m = mamba_model(), 4
+    elif layout == "minGRU":
+        mingru = pytest.importorskip("minGRU_pytorch", reason="minGRU_pytorch is needed")
+        module, m = mingru.minGRU(4, expansion_factor=1.5), 4
+    else:
+        lru = pytest.importorskip("LRU_pytorch", reason="LRU_pytorch is needed")
+        module, m = lru.LRU(3, 4, 5), 3
+    torch.manual_seed(1)
+    x = torch.randn(2, 10, m)
+    weights, data = tmp_path / "model.pt", tmp_path / "x.npy"
+    torch.save({"backbone." + k: v for k, v in module.state_dict().items()}, weights)
+    np.save(data, x.numpy())
+    out = tmp_path / "report"
+    assert main(["inspect", str(weights), "--data", str(data), "--prefix", "backbone",
+                 "--out", str(out), "--quiet", "--lyapunov", "0"]) == 0
+    summary = json.loads((out / "inspect.json").read_text())
+    assert summary["module"].split(" ")[0].endswith(layout)
+    assert len(summary["units"]) == (2 if layout == "Mamba" else 1)
+    state = {k[len("backbone."):]: v for k, v in load_state_dict(weights).items()}
+    cell, _ = module_from_state_dict(state)
+    with torch.no_grad():
+        ours = cell.unroll(x).states[:, 1:, :cell.hidden_size]
+        theirs = module(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_weights_file_of_a_block_with_inner_layernorms_is_refused_by_name(tmp_path, capsys):
+    mamba = pytest.importorskip("mambapy.mamba", reason="mambapy is needed")
+    block = mamba.MambaBlock(mamba.MambaConfig(d_model=4, n_layers=1, inner_layernorms=True))
+    weights, data = tmp_path / "block.pt", tmp_path / "x.npy"
+    torch.save(block.state_dict(), weights)
+    np.save(data, np.zeros((1, 3, 4), dtype=np.float32))
+    assert main(["inspect", str(weights), "--data", str(data), "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    assert "inner_layernorms" in capsys.readouterr().err

@@ -11,9 +11,9 @@ computing what the module computes, with copies of its weights.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..cells.base import RecurrentCell
 
@@ -56,3 +56,20 @@ def check_single_layer(module: nn.Module, layer) -> None:
     if module._forward_hooks or module._forward_pre_hooks:
         raise TypeError(f"from_torch reproduces {name}.forward, but this {name} has forward "
                         "hooks, which the cell would not run; remove them before converting")
+
+
+def cell_from_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[str, RecurrentCell] | None:
+    """The cell of a reference package's module from its ``state_dict`` alone (the packages
+    need not be installed: the cells use their parameter names): ``(description, cell)`` for
+    the first layout whose marker key ``state_dict`` has, or ``None`` when none matches.
+
+    Raises:
+        ValueError, TypeError, RuntimeError, KeyError: the layout's builder refusing the
+            weights (a layout it does not compute, keys or shapes that do not fit).
+    """
+    for package, name in PACKAGES.items():
+        layouts = importlib.import_module(f".{name}", __name__).STATE_DICT_LAYOUTS
+        for cls, (marker, build) in layouts.items():
+            if marker in state_dict:
+                return f"{package}.{cls}", build(state_dict)
+    return None

@@ -12,9 +12,11 @@ cell with ``input_size = dim`` and ``hidden_size = d``.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..cells.diagonal import DiagonalCell
 from ..cells.registry import make_cell
@@ -29,6 +31,28 @@ def expansion_factor(dim: int, inner: int) -> float:
     return e if int(dim * e) == inner else math.nextafter(e, math.inf)
 
 
+def cell_from_weights(cell_name: str, projection: str, chunks: int,
+                      state_dict: Mapping[str, Tensor]) -> DiagonalCell:
+    """The ``cell_name`` cell holding ``state_dict`` (loaded strictly), its sizes read from
+    the shapes: ``projection.weight`` has ``chunks * d`` rows and ``dim`` columns, and a
+    ``to_out.weight`` means ``proj_out``.
+
+    Raises:
+        RuntimeError: for keys that are not the layout's (``load_state_dict``'s message).
+    """
+    weight = state_dict[f"{projection}.weight"]
+    dim, inner = weight.shape[1], weight.shape[0] // chunks
+    like = {"dtype": weight.dtype, "device": weight.device,
+            "bias": f"{projection}.bias" in state_dict}
+    if "to_out.weight" in state_dict:
+        cell = make_cell(cell_name, dim, dim, expansion_factor=expansion_factor(dim, inner),
+                         proj_out=True, **like)
+    else:  # the output is the inner state, d wide (d != dim with an expansion_factor)
+        cell = make_cell(cell_name, dim, inner, proj_out=False, **like)
+    cell.load_state_dict(state_dict)
+    return cell
+
+
 def _converter(cell_name: str, projection: str, chunks: int):
     """The converter of the class whose input projection ``projection`` has ``chunks * d``
     outputs (``d`` the inner width)."""
@@ -37,21 +61,19 @@ def _converter(cell_name: str, projection: str, chunks: int):
         """The cell computing ``module``'s recurrence, with copies of its weights (its dtype
         and device); ``layer`` must be ``None`` or ``0``."""
         check_single_layer(module, layer)
-        weight = getattr(module, projection).weight
-        dim, inner = weight.shape[1], weight.shape[0] // chunks
-        like = {"dtype": weight.dtype, "device": weight.device}
-        if isinstance(module.to_out, nn.Linear):
-            cell = make_cell(cell_name, dim, dim, expansion_factor=expansion_factor(dim, inner),
-                             proj_out=True, **like)
-        else:  # the output is the inner state, d wide (d != dim with an expansion_factor)
-            cell = make_cell(cell_name, dim, inner, proj_out=False, **like)
-        cell.load_state_dict(module.state_dict())
-        return cell
+        return cell_from_weights(cell_name, projection, chunks, module.state_dict())
 
     return convert
 
 
-CONVERTERS = {
-    "minGRU": _converter("min_gru", "to_hidden_and_gate", 2),
-    "minLSTM": _converter("min_lstm", "to_hidden_and_f_i_gate", 3),
-}
+#: The layouts :func:`cell_from_weights` reads: ``(cell, projection, chunks)``.
+_LAYOUTS = {"minGRU": ("min_gru", "to_hidden_and_gate", 2),
+            "minLSTM": ("min_lstm", "to_hidden_and_f_i_gate", 3)}
+
+CONVERTERS = {name: _converter(*layout) for name, layout in _LAYOUTS.items()}
+
+#: ``state_dict`` layouts (for ``gatescope inspect`` on a weights file): class name ->
+#: ``(a key only that layout has, the cell builder)``.
+STATE_DICT_LAYOUTS = {
+    name: (f"{layout[1]}.weight", functools.partial(cell_from_weights, *layout))
+    for name, layout in _LAYOUTS.items()}

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import first_line
+from ..converters import cell_from_state_dict
 from .errors import InspectInputError
 
 #: Gate blocks stacked in ``weight_hh`` -> module kind.
@@ -313,8 +314,52 @@ def _layout_error(prefix: str, problem: str) -> InspectInputError:
     return InspectInputError(f"WEIGHTS: unknown recurrent layout {where}: {problem}")
 
 
+@dataclass(frozen=True)
+class PackageModuleSpec:
+    """A reference package's module read from its ``state_dict``
+    (:func:`gatescope.converters.cell_from_state_dict`): what the report calls it and the
+    input size."""
+
+    name: str
+    input_size: int
+    hidden_size: int
+
+    def describe(self) -> str:
+        """One line such as ``mambapy.Mamba (as gatescope cells: input 64, output 64)``."""
+        return (f"{self.name} (as gatescope cells: input {self.input_size}, output "
+                f"{self.hidden_size})")
+
+
 def module_from_state_dict(state_dict: Mapping[str, Tensor], prefix: str | None = None,
-                           nonlinearity: str = "tanh") -> tuple[nn.Module, ModuleSpec]:
-    """:func:`recognise` the module and build it holding the weights (in eval mode)."""
+                           nonlinearity: str = "tanh"
+                           ) -> tuple[nn.Module, ModuleSpec | PackageModuleSpec]:
+    """:func:`recognise` the module and build it holding the weights (in eval mode); a
+    ``state_dict`` without torch recurrent weights is tried as one of the reference packages'
+    modules (mambapy's ``Mamba``/``ResidualBlock``/``MambaBlock``, minGRU_pytorch's
+    ``minGRU``/``minLSTM``, LRU_pytorch's ``LRU``; their keys under ``prefix``), built
+    directly as gatescope cells.
+
+    Raises:
+        InspectInputError: see :func:`recognise`, or the package layout's refusal.
+    """
+    if not recurrent_prefixes(state_dict):
+        found = _package_cell(state_dict, prefix)
+        if found is not None:
+            return found
     spec = recognise(state_dict, prefix, nonlinearity)
     return spec.build(state_dict), spec
+
+
+def _package_cell(state_dict: Mapping[str, Tensor], prefix: str | None
+                  ) -> tuple[nn.Module, PackageModuleSpec] | None:
+    """The reference package's module under ``prefix`` (top level for ``None``), or ``None``."""
+    dot = prefix.rstrip(".") + "." if prefix else ""
+    own = {k[len(dot):]: v for k, v in state_dict.items() if k.startswith(dot)}
+    try:
+        found = cell_from_state_dict(own)
+    except (ValueError, TypeError, RuntimeError, KeyError) as err:
+        raise InspectInputError(f"WEIGHTS: {first_line(err)}") from None
+    if found is None:
+        return None
+    name, cell = found
+    return cell.eval(), PackageModuleSpec(name, cell.input_size, cell.hidden_size)
