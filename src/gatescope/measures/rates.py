@@ -46,6 +46,7 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
+from ..dynamics.structured import CumulativeLogs, structure_of
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
 from ._integers import integer_lags
 from ._quantile import quantile
@@ -176,20 +177,40 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
     for i, lag in enumerate(lags):
         if lag <= T:
             wanted.setdefault(lag, []).append(i)
-    last = max(wanted, default=-1)
     for start in range(0, traj.batch_size, chunk_size):
         rows = slice(start, min(start + chunk_size, traj.batch_size))
         sub = traj.examples(rows)
-        r = neuron_retention(cell, sub)
-        d = None if order == 0 else (
-            retained_diagonal(cell, sub, None if J is None else J[rows]) - r)
         beyond = times_beyond_length(sub)
-        for lag, (p, s) in enumerate(window_products(r, d)):
-            if lag > last:
-                break
-            if lag in wanted:
-                mu = p if s is None else p + s
-                yield rows, lag, wanted[lag], mu.masked_fill(beyond[:, lag:, None], math.nan)
+        for lag, mu in _lag_rates(cell, sub, sorted(wanted), order,
+                                  None if J is None else J[rows]):
+            yield rows, lag, wanted[lag], mu.masked_fill(beyond[:, lag:, None], math.nan)
+
+
+def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: int,
+               J: Tensor | None) -> Iterator[tuple[int, Tensor]]:
+    """``(lag, μ (B, T+1-lag, n))`` for the sorted ``lags``: from the cumulative log-sums of
+    the cell's :meth:`~gatescope.RecurrentCell.jacobian_structure` when it declares one
+    (docs/maths.md#structured-jacobians; ``J`` is not needed), else by the dual-number pass
+    over every lag up to the last."""
+    structure = structure_of(cell, traj)
+    if structure is not None:
+        cumulative = CumulativeLogs.of(structure)
+        for lag in lags:
+            yield lag, cumulative.rates(lag, order)
+        return
+    r = neuron_retention(cell, traj)
+    d = None if order == 0 else retained_diagonal(cell, traj, J) - r
+    wanted, last = set(lags), max(lags, default=-1)
+    for lag, (p, s) in enumerate(window_products(r, d)):
+        if lag > last:
+            break
+        if lag in wanted:
+            yield lag, p if s is None else p + s
+
+
+def _needs_jacobians(cell: RecurrentCell, traj: Trajectory, J: Tensor | None) -> bool:
+    """Whether order 1 builds the Jacobians: not given, and no structure declared."""
+    return J is None and cell.jacobian_structure(traj) is None
 
 
 def _rate_arguments(traj: Trajectory, lags, order: int,
@@ -221,6 +242,9 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
             ``μ⁰ + μ¹``.
         J: the trajectory's Jacobians ``(B, T, N, N)`` if already computed (order 1 reads
             their diagonal); computed when needed otherwise, one chunk of examples at a time.
+            A cell that declares its :meth:`~gatescope.RecurrentCell.jacobian_structure`
+            needs none: its rates come from cumulative log-sums in ``O(B·T·n)`` per lag
+            (docs/maths.md#structured-jacobians), and ``J`` is ignored.
         chunk_size: examples processed at once (bounds the Jacobians and window tensors held
             besides the result); ``None`` for the whole batch. For the envelope and the
             neuron dispersion without the full result use :func:`effective_rate_summary`.
@@ -242,7 +266,8 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
     B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     chunk = B if chunk_size is None else min(chunk_size, B)
     shape = (B, T + 1, len(lags), n)
-    check_dense(tensor_bytes(shape, 8) + chunk_bytes(traj, n, order, J is None, chunk),
+    work = chunk_bytes(traj, n, order, _needs_jacobians(cell, traj, J), chunk)
+    check_dense(tensor_bytes(shape, 8) + work,
                 f"gs.effective_learning_rates: mu of {describe(shape, torch.float64)} "
                 f"(and {chunk} examples' work at once)",
                 "gs.effective_rate_summary(cell, traj, lags, chunk_size=) for the envelope and "
@@ -279,7 +304,7 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
     B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     if chunk_size is None:
-        chunk_size = auto_chunk_size(traj, n, order, J is None)
+        chunk_size = auto_chunk_size(traj, n, order, _needs_jacobians(cell, traj, J))
     L = len(lags)
     device = traj.states.device
     cv = torch.full((B, T + 1, L), math.nan, dtype=torch.float64, device=device)
