@@ -30,14 +30,16 @@ from .jacobians import check_trajectory
 from .matrix_free import _check_times, _int_list, lanczos_top
 from .spectral import RTOL
 
-#: Float64 elements of window tensors one chunk holds (bounds peak memory).
-CHUNK_ELEMENTS = 2**23
+#: Float64 elements of window tensors one chunk holds: cache-sized, since each chunk is a
+#: few elementwise passes (and it bounds peak memory).
+CHUNK_ELEMENTS = 2**20
 
 
 def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | None:
-    """``cell.jacobian_structure(traj)`` checked against the cell, detached, in float64, with
-    the steps past each sequence's length held (``m = 1``, ``θ = 0``); ``None`` when the cell
-    declares no structure (a :class:`~gatescope.StackedCell` never does: its layers couple).
+    """``cell.jacobian_structure(traj)`` checked against the cell, detached (in its own dtype:
+    :class:`CumulativeLogs` sums in float64 one chunk at a time), with the steps past each
+    sequence's length held (``m = 1``, ``θ = 0``); ``None`` when the cell declares no
+    structure (a :class:`~gatescope.StackedCell` never does: its layers couple).
 
     Raises:
         ValueError: for a trajectory of another cell, or a structure whose sizes do not
@@ -55,8 +57,8 @@ def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | N
             f"block {s.block}, {s.output_size} output rows; the cell needs (B, T)={shape}, "
             f"block·K = retention_size={cell.retention_size} and output rows + block·K = "
             f"state_size={cell.state_size}")
-    modulus = s.modulus.detach().double()
-    angle = None if s.angle is None else s.angle.detach().double()
+    modulus = s.modulus.detach()
+    angle = None if s.angle is None else s.angle.detach()
     if traj.lengths is not None:
         beyond = ~traj.step_mask.to(modulus.device).unsqueeze(-1)
         modulus = modulus.masked_fill(beyond, 1.0)
@@ -67,7 +69,9 @@ def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | N
 
 def _prefix(x: Tensor) -> Tensor:
     """``(B, T, K) -> (B, T+1, K)`` sums over steps ``1..t`` at index ``t`` (0 at ``t = 0``)."""
-    return torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x.cumsum(1)], 1)
+    out = x.new_zeros(x.shape[0], x.shape[1] + 1, x.shape[2])
+    torch.cumsum(x, 1, out=out[:, 1:])
+    return out
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,13 @@ class CumulativeLogs:
 
     @classmethod
     def of(cls, s: JacobianStructure) -> CumulativeLogs:
-        zero = s.modulus == 0
+        log_m = s.modulus.to(torch.float64, copy=True)
+        zero = log_m == 0
         any_zero = bool(zero.any())
-        log_m = torch.log(s.modulus.masked_fill(zero, 1.0) if any_zero else s.modulus)
-        angle = s.angle
+        if any_zero:
+            log_m.masked_fill_(zero, 1.0)
+        log_m.log_()
+        angle = None if s.angle is None else s.angle.double()
         return cls(_prefix(log_m), _prefix(zero.double()) if any_zero else None,
                    None if angle is None else _prefix(angle),
                    None if angle is None else _prefix(-2 * torch.sin(angle / 2) ** 2), s)
@@ -105,8 +112,8 @@ class CumulativeLogs:
         (``None`` for block 1) for the windows ``(k, t]``.
 
         Args:
-            ends, starts: integer index tensors ``t`` and ``k`` broadcastable to one shape
-                ``W`` (``0 ≤ k ≤ t ≤ T``).
+            ends, starts: ``t`` and ``k`` (``0 ≤ k ≤ t ≤ T``) as integer index tensors
+                broadcastable to one shape ``W``, or as slices of equal length (no gather).
             rows, channels: the examples and channels wanted.
 
         Returns:
@@ -121,21 +128,22 @@ class CumulativeLogs:
             log_m = log_m.masked_fill(diff(self.zeros) > 0, -math.inf)
         return log_m, None if self.angle is None else diff(self.angle)
 
-    def rates(self, lag: int, order: int) -> Tensor:
-        """The effective rates at ``lag`` for every end time ``t = lag..T``:
-        ``(B, T+1-lag, b·K)`` float64.
+    def rates(self, lag: int, order: int, ends: slice | None = None) -> Tensor:
+        """The effective rates at ``lag`` for the end times ``ends`` (a slice within
+        ``lag..T``; default all of them): ``(B, len(ends), b·K)`` float64.
 
         ``μ⁰ = |Φ(t, t-ℓ)|`` (the product of the retention ``m``) and, at order 1,
         ``μ = μ⁰ (1 + Σ_j (cos θ_j - 1))``: ``diag(Λ_j) - m_j = m_j (cos θ_j - 1)``, so
         ``Σ_j (∏_{i≠j} m_i) d_j = μ⁰ Σ_j (cos θ_j - 1)`` exactly (block 1: ``μ = μ⁰``).
         """
         T = self.log_modulus.shape[1] - 1
-        ends = torch.arange(lag, T + 1, device=self.log_modulus.device)
-        log_m, _ = self.window(ends, ends - lag)
-        mu = log_m.exp()
+        ends = slice(lag, T + 1) if ends is None else ends
+        starts = slice(ends.start - lag, ends.stop - lag)
+        log_m, _ = self.window(ends, starts)
+        mu = log_m.exp_()
         if order == 1 and self.cos_defect is not None:
             x = self.cos_defect
-            mu = mu * (1 + x[:, ends] - x[:, ends - lag])
+            mu = mu * (1 + x[:, ends] - x[:, starts])
         return mu if self.angle is None else mu.repeat_interleave(2, -1)
 
 
@@ -174,7 +182,7 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
     """``‖M_{k+ℓ,k}‖_2`` for the start times ``k ∈ starts`` at every lag ``ℓ = 0..T-k``.
 
     Args:
-        structure: from :func:`structure_of` (float64, held past the lengths).
+        structure: from :func:`structure_of` (held past the lengths).
         starts: ``(S,)`` ints ``0 ≤ k ≤ T``.
         rtol: the Lanczos tolerance with output rows (the iteration stops at the Krylov
             space's exhaustion at the latest, where the value is exact).
@@ -216,14 +224,13 @@ def _diagonal_norms(cum: CumulativeLogs, ks: Tensor, rtol: float) -> Tensor:
     b, T1, K = cum.log_modulus.shape
     out = torch.full((b, len(ks), T1), math.nan, dtype=torch.float64, device=ks.device)
     for i, k in enumerate(ks.tolist()):
-        ends = torch.arange(k, T1, device=ks.device)
-        step = max(1, CHUNK_ELEMENTS // (b * len(ends)))
+        step = max(1, CHUNK_ELEMENTS // (b * (T1 - k)))
         best = None
         for q0 in range(0, K, step):
-            log_m, _ = cum.window(ends, ends[:1], channels=slice(q0, q0 + step))
+            log_m, _ = cum.window(slice(k, T1), slice(k, k + 1), channels=slice(q0, q0 + step))
             top = log_m.amax(-1)
             best = top if best is None else torch.maximum(best, top)
-        out[:, i, : len(ends)] = best.exp()
+        out[:, i, : T1 - k] = best.exp()
     return out
 
 
@@ -231,7 +238,7 @@ def _pair_norms(cum: CumulativeLogs, ks: Tensor, rtol: float) -> Tensor:
     """``‖[C; I] Φ(k+ℓ, k)‖_2`` (output rows ``C``) for ``ℓ ≥ 1``: ``(b, S, T+1)``, NaN past
     ``T`` and at ``ℓ = 0`` (set by the caller); pairs in chunks whose Lanczos bases fit."""
     b, T1, K = cum.log_modulus.shape
-    C = cum.structure.output_map
+    C = cum.structure.output_map.double()
     lags = torch.arange(1, T1, device=ks.device)
     k_all, l_all = torch.meshgrid(ks, lags, indexing="ij")
     keep = (k_all + l_all) < T1

@@ -98,8 +98,8 @@ def coefficient_of_variation(x: Tensor) -> Tensor:
     Returns:
         ``(...)``; NaN where every entry is zero or NaN.
     """
-    a = x.detach().double().abs()
-    return a.std(-1, correction=0) / a.mean(-1)
+    std, mean = torch.std_mean(x.detach().double().abs(), -1, correction=0)
+    return std / mean
 
 
 def check_epsilon(epsilon: float) -> None:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
-from ..dynamics.structured import CumulativeLogs, structure_of
+from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, structure_of
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
 from ._integers import integer_lags
 from ._quantile import quantile
@@ -167,10 +167,12 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
     """Stream the effective rates chunk of examples by chunk, lag by lag.
 
     Yields:
-        ``(rows, lag, positions, mu)``: ``mu`` ``(c, T+1-lag, n)`` float64 holds
-        ``μ_{t,lag,q}`` of the examples ``rows`` for ``t = lag..T`` (NaN at times past a
-        sequence's length), for the entries ``positions`` of ``lags``. Lags longer than the
-        sequence are not yielded. Only one chunk's tensors are held at a time.
+        ``(rows, lag, positions, times, mu)``: ``mu`` ``(c, len(times), n)`` float64 holds
+        ``μ_{t,lag,q}`` of the examples ``rows`` for the end times ``t`` in the slice
+        ``times`` (within ``lag..T``; NaN at times past a sequence's length), for the entries
+        ``positions`` of ``lags``. The dense pass yields all of ``lag..T`` at once, the
+        structured one cache-sized blocks of end times. Lags longer than the sequence are
+        not yielded. Only one chunk's tensors are held at a time.
     """
     T = traj.seq_len
     wanted: dict[int, list[int]] = {}
@@ -181,22 +183,30 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
         rows = slice(start, min(start + chunk_size, traj.batch_size))
         sub = traj.examples(rows)
         beyond = times_beyond_length(sub)
-        for lag, mu in _lag_rates(cell, sub, sorted(wanted), order,
-                                  None if J is None else J[rows]):
-            yield rows, lag, wanted[lag], mu.masked_fill(beyond[:, lag:, None], math.nan)
+        for lag, times, mu in _lag_rates(cell, sub, sorted(wanted), order,
+                                         None if J is None else J[rows]):
+            past = beyond[:, times, None]
+            yield (rows, lag, wanted[lag], times,
+                   mu.masked_fill(past, math.nan) if past.any() else mu)
 
 
 def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: int,
-               J: Tensor | None) -> Iterator[tuple[int, Tensor]]:
-    """``(lag, μ (B, T+1-lag, n))`` for the sorted ``lags``: from the cumulative log-sums of
-    the cell's :meth:`~gatescope.RecurrentCell.jacobian_structure` when it declares one
-    (docs/maths.md#structured-jacobians; ``J`` is not needed), else by the dual-number pass
-    over every lag up to the last."""
+               J: Tensor | None) -> Iterator[tuple[int, slice, Tensor]]:
+    """``(lag, times, μ (B, len(times), n))`` for the sorted ``lags``: from the cumulative
+    log-sums of the cell's :meth:`~gatescope.RecurrentCell.jacobian_structure` when it
+    declares one (docs/maths.md#structured-jacobians; ``J`` is not needed), in blocks of end
+    times of :data:`~gatescope.dynamics.structured.CHUNK_ELEMENTS` values (cache-sized: each
+    lag is a few passes over them); else by the dual-number pass over every lag up to the
+    last, all end times at once."""
+    T = traj.seq_len
     structure = structure_of(cell, traj)
     if structure is not None:
         cumulative = CumulativeLogs.of(structure)
+        step = max(1, CHUNK_ELEMENTS // max(1, traj.batch_size * cell.retention_size))
         for lag in lags:
-            yield lag, cumulative.rates(lag, order)
+            for t0 in range(lag, T + 1, step):
+                times = slice(t0, min(T + 1, t0 + step))
+                yield lag, times, cumulative.rates(lag, order, times)
         return
     r = neuron_retention(cell, traj)
     d = None if order == 0 else retained_diagonal(cell, traj, J) - r
@@ -205,7 +215,7 @@ def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: in
         if lag > last:
             break
         if lag in wanted:
-            yield lag, p if s is None else p + s
+            yield lag, slice(lag, T + 1), p if s is None else p + s
 
 
 def _needs_jacobians(cell: RecurrentCell, traj: Trajectory, J: Tensor | None) -> bool:
@@ -274,8 +284,9 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
                 "the neuron CV without the full tensor; chunk_size= bounds the work besides "
                 "the result; or pass fewer lags")
     out = torch.full(shape, math.nan, dtype=torch.float64, device=traj.states.device)
-    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, max(1, chunk)):
-        out[rows, lag:, positions] = mu.unsqueeze(2)
+    for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J,
+                                                      max(1, chunk)):
+        out[rows, times, positions] = mu.unsqueeze(2)
     return out
 
 
@@ -310,12 +321,12 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     cv = torch.full((B, T + 1, L), math.nan, dtype=torch.float64, device=device)
     total = torch.zeros(L, dtype=torch.float64, device=device)
     count = torch.zeros(L, dtype=torch.float64, device=device)
-    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
+    for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
         a = mu.abs()
         valid = ~a.isnan()
         total[positions] += a.nansum()
         count[positions] += valid.sum()
-        cv[rows, lag:, positions] = coefficient_of_variation(mu).unsqueeze(-1)
+        cv[rows, times, positions] = coefficient_of_variation(mu).unsqueeze(-1)
     mean = torch.where(count > 0, total / count.clamp_min(1), math.nan)
     return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
                        quantile(cv.flatten(0, 1), 0.5, dim=0), chunk_size)
