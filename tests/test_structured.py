@@ -181,3 +181,19 @@ def test_a_structure_of_the_wrong_size_is_refused():
         JacobianStructure(traj.retention, traj.retention[..., :1])
     with pytest.raises(ValueError, match="starts must be ints with 0 <= k <= T=7"):
         start_sensitivities(structure_of(make("rg_lru"), unrolled(make("rg_lru"))), [8])
+
+
+@pytest.mark.parametrize("key", ["min_gru", "min_gru_proj", "lru"])
+def test_chunk_boundaries_change_nothing(key, monkeypatch):
+    """With a tiny chunk the examples, channels, pairs and blocks of end times are all split;
+    the results are those of one chunk."""
+    import gatescope.dynamics.structured as structured
+
+    cell = make(key)
+    traj = unrolled(cell, LENGTHS["padded"])
+    S, mu = structured_sensitivities(cell, traj, rtol=1e-13), gs.effective_learning_rates(
+        cell, traj, [0, 2, 5])
+    monkeypatch.setattr(structured, "CHUNK_ELEMENTS", 8)
+    monkeypatch.setattr(gs.measures.rates, "CHUNK_ELEMENTS", 8)
+    assert_close(structured_sensitivities(cell, traj, rtol=1e-13), S)
+    assert_close(gs.effective_learning_rates(cell, traj, [0, 2, 5]), mu)

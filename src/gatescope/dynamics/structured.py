@@ -208,8 +208,8 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
                                  None if structure.angle is None else structure.angle[rows],
                                  structure.output_map)
         cum = CumulativeLogs.of(part)
-        norms = (_diagonal_norms if part.output_map is None else _pair_norms)(cum, ks, rtol)
-        out[rows] = norms
+        out[rows] = (_diagonal_norms(cum, ks) if part.output_map is None
+                     else _pair_norms(cum, ks, rtol))
     out[:, :, 0] = 1.0
     if lengths is not None:  # all-held windows: M = I
         held = ks.view(1, -1) >= lengths.to(device).view(-1, 1)
@@ -218,7 +218,7 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
     return out
 
 
-def _diagonal_norms(cum: CumulativeLogs, ks: Tensor, rtol: float) -> Tensor:
+def _diagonal_norms(cum: CumulativeLogs, ks: Tensor) -> Tensor:
     """``max_q |Φ_q(k+ℓ, k)|`` (no output rows): ``(b, S, T+1)``, NaN past ``T``; the max is
     taken on the log-moduli, one chunk of start times and channels at a time."""
     b, T1, K = cum.log_modulus.shape
