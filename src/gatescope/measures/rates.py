@@ -322,11 +322,12 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     total = torch.zeros(L, dtype=torch.float64, device=device)
     count = torch.zeros(L, dtype=torch.float64, device=device)
     for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
-        a = mu.abs()
-        valid = ~a.isnan()
-        total[positions] += a.nansum()
-        count[positions] += valid.sum()
-        cv[rows, times, positions] = coefficient_of_variation(mu).unsqueeze(-1)
+        # a time past its length is NaN for all n neurons, so each (b, t) row is valid or
+        # NaN as a whole: the row means carry the envelope's sum and count (one pass)
+        std, mean = torch.std_mean(mu.abs(), -1, correction=0)
+        total[positions] += mean.nansum() * n
+        count[positions] += (~mean.isnan()).sum() * n
+        cv[rows, times, positions] = (std / mean).unsqueeze(-1)
     mean = torch.where(count > 0, total / count.clamp_min(1), math.nan)
     return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
                        quantile(cv.flatten(0, 1), 0.5, dim=0), chunk_size)
