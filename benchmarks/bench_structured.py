@@ -59,9 +59,10 @@ def synthetic(B: int, T: int, N: int) -> tuple[RecurrentCell, Trajectory]:
     return SyntheticDiagonal(1, N), traj
 
 
-def unrolled(name: str, B: int, T: int, N: int, m: int = 4):
+def unrolled(name: str, B: int, T: int, N: int, options: dict, m: int = 4):
+    """A registered cell (``hidden_size = N`` and ``options``) unrolled on Gaussian inputs."""
     torch.manual_seed(0)
-    cell = gs.make_cell(name, input_size=m, hidden_size=N)
+    cell = gs.make_cell(name, input_size=m, hidden_size=N, **options)
     with torch.no_grad():
         return cell, cell.unroll(torch.randn(B, T, m)).detach()
 
@@ -97,7 +98,8 @@ def child(args) -> None:
     if args.cell == "synthetic":
         cell, traj = synthetic(args.batch, args.seq_len, args.channels)
     else:
-        cell, traj = unrolled(args.cell, args.batch, args.seq_len, args.channels)
+        cell, traj = unrolled(args.cell, args.batch, args.seq_len, args.channels,
+                              json.loads(args.options))
     ks, ls = plan(args.seq_len, args.starts, args.lags)
     runs = [structured_run(cell, traj, ks, ls) for _ in range(args.repeats)]
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--channels", type=int, default=8192, help="N, the diagonal channels")
+    parser.add_argument("--options", default="{}",
+                        help="JSON keyword options of a registered --cell (e.g. a mamba layer's)")
     parser.add_argument("--starts", type=int, default=64)
     parser.add_argument("--lags", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -155,6 +159,7 @@ def main() -> None:
     T0 = args.dense_seq_len
     _, small_lags = plan(T0, 1, args.lags)
     sizes = args.dense_sizes
+    dense_time(sizes[0], args.batch, T0, small_lags, 1)  # warm-up: one-time imports, caches
     times = [dense_time(N, args.batch, T0, small_lags, args.repeats) for N in sizes]
     x, y = torch.tensor(sizes).double().log(), torch.tensor(times).double().log()
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
