@@ -14,6 +14,7 @@ from gatescope.dynamics.structured import (
     structure_of,
     structured_sensitivities,
 )
+from gatescope.measures import time_scales
 from gatescope.probes import ProbeContext
 
 CELLS = {
@@ -193,7 +194,13 @@ def test_chunk_boundaries_change_nothing(key, monkeypatch):
     traj = unrolled(cell, LENGTHS["padded"])
     S, mu = structured_sensitivities(cell, traj, rtol=1e-13), gs.effective_learning_rates(
         cell, traj, [0, 2, 5])
+    tau = time_scales(cell, traj)
     monkeypatch.setattr(structured, "CHUNK_ELEMENTS", 8)
     monkeypatch.setattr(gs.measures.rates, "CHUNK_ELEMENTS", 8)
     assert_close(structured_sensitivities(cell, traj, rtol=1e-13), S)
     assert_close(gs.effective_learning_rates(cell, traj, [0, 2, 5]), mu)
+    blocked = time_scales(cell, traj)  # blocks of 2 steps
+    assert_close(blocked, tau)
+    inside = traj.step_mask.unsqueeze(-1).double()
+    r = traj.retention.expand(*traj.retention.shape[:-1], cell.retention_size)
+    assert_close(blocked, -1 / ((r * inside).sum((0, 1)) / inside.sum((0, 1))).log())

@@ -220,7 +220,7 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
 
 def _diagonal_norms(cum: CumulativeLogs, ks: Tensor) -> Tensor:
     """``max_q |Φ_q(k+ℓ, k)|`` (no output rows): ``(b, S, T+1)``, NaN past ``T``; the max is
-    taken on the log-moduli, one chunk of start times and channels at a time."""
+    taken on the log-moduli, one start time and chunk of channels at a time."""
     b, T1, K = cum.log_modulus.shape
     out = torch.full((b, len(ks), T1), math.nan, dtype=torch.float64, device=ks.device)
     for i, k in enumerate(ks.tolist()):

@@ -411,7 +411,15 @@ def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     Returns:
         ``(n,)`` float64 (a scalar gate's value repeated across neurons).
     """
-    r = neuron_retention(cell, traj)
-    inside = traj.step_mask.to(r.device).unsqueeze(-1).double()  # steps within each length
-    r = (r * inside).sum((0, 1)) / inside.sum((0, 1))
+    T = traj.seq_len
+    # cache-sized blocks of steps, so a float32 retention is never copied whole to float64
+    block = max(1, CHUNK_ELEMENTS // max(1, traj.batch_size * cell.retention_size))
+    total = count = 0
+    for t0 in range(0, T, block):
+        part = traj.steps(t0, min(T, t0 + block))
+        r = neuron_retention(cell, part)
+        inside = part.step_mask.to(r.device).unsqueeze(-1).double()  # steps within lengths
+        total = total + (r * inside).sum((0, 1))
+        count = count + inside.sum((0, 1))
+    r = total / count
     return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))
