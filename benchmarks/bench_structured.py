@@ -169,6 +169,9 @@ def main() -> None:
     print(f"dense (min_gru, structure hidden; B={args.batch}, T={T0}), medians:")
     for N, t in zip(sizes, times, strict=True):
         print(f"  N={N:<5} {t:8.3f} s")
+    local = math.log(times[-1] / times[-2]) / math.log(sizes[-1] / sizes[-2])
+    print(f"  local exponent between the two largest N: {local:.2f} (the products' N^3 takes "
+          f"over there; the fit over all N, below, is the conservative extrapolation)")
     print(f"  fit: time ∝ N^{slope:.2f}; EXTRAPOLATED to N={args.channels} and "
           f"{res['starts']}x{args.seq_len} pairs (x{pairs_ratio:.0f} the T={T0} pairs): "
           f"{extrapolated:.3g} s")
