@@ -32,7 +32,7 @@ from .spectral import RTOL
 
 #: Float64 elements of window tensors one chunk holds: cache-sized, since each chunk is a
 #: few elementwise passes (and it bounds peak memory).
-CHUNK_ELEMENTS = 2**20
+CHUNK_ELEMENTS = 2**18
 
 
 def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | None:

@@ -50,7 +50,7 @@ from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, structure_of
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
 from ._integers import integer_lags
 from ._quantile import quantile
-from .anisotropy import coefficient_of_variation
+from .anisotropy import abs_std_mean, coefficient_of_variation
 
 
 def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
@@ -324,7 +324,7 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
         # a time past its length is NaN for all n neurons, so each (b, t) row is valid or
         # NaN as a whole: the row means carry the envelope's sum and count (one pass)
-        std, mean = torch.std_mean(mu.abs(), -1, correction=0)
+        std, mean = abs_std_mean(mu)
         total[positions] += mean.nansum() * n
         count[positions] += (~mean.isnan()).sum() * n
         cv[rows, times, positions] = (std / mean).unsqueeze(-1)
