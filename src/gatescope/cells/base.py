@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .structure import JacobianStructure
+
 
 @dataclass
 class Trajectory:
@@ -163,6 +165,11 @@ class RecurrentCell(nn.Module):
     intermediates it wants cached) and, where it can, :meth:`analytic_jacobian_split`;
     without it gatescope falls back to ``torch.func`` (with a one-time warning). A cell may
     also override :meth:`analytic_jacobian` where ``J`` alone is cheaper than its two parts.
+
+    A cell whose Jacobian is diagonal or 2×2-block diagonal on an inner state (with output
+    rows ``C Λ_t`` in front) declares it with :meth:`jacobian_structure`; transport,
+    sensitivities and effective rates then run in ``O(B·T·N)`` without forming ``J``
+    (docs/maths.md#structured-jacobians).
 
     Args:
         input_size: ``m``, the size of ``u_t``.
@@ -319,3 +326,15 @@ class RecurrentCell(nn.Module):
         """
         split = self.analytic_jacobian_split(traj)
         return None if split is None else split[0] + split[1]
+
+    def jacobian_structure(self, traj: Trajectory) -> JacobianStructure | None:
+        """The per-step Jacobians as a :class:`~gatescope.cells.structure.JacobianStructure`
+        (the diagonal or the 2×2 rotation blocks ``(B, T, K)`` of the inner state and the
+        output rows' map), or ``None`` (the default) when ``J`` has no such structure.
+
+        It must describe exactly :meth:`analytic_jacobian` at every step, and its ``modulus``
+        must be the trajectory's retention on the inner entries
+        (docs/maths.md#structured-jacobians). Steps past a sequence's length need no care:
+        the analyses hold them (``J = I``).
+        """
+        return None

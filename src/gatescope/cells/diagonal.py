@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import RecurrentCell, Trajectory, eye_like
+from .structure import JacobianStructure
 
 
 def output_rows(inner_rows: Tensor, out_weight: Tensor | None,
@@ -144,6 +145,13 @@ class DiagonalCell(RecurrentCell):
         """
         inner = eye_like(traj.retention.expand(*traj.retention.shape[:-1], self.inner_size))
         return with_output_columns(output_rows(inner, self._weight_out()), self.output_size)
+
+    def jacobian_structure(self, traj):
+        """``Λ_t = diag(r_t)`` on ``s`` with the output map ``W_out`` (or none): the
+        :class:`~gatescope.cells.structure.JacobianStructure` of :meth:`analytic_jacobian`."""
+        r = traj.retention
+        return JacobianStructure(r.expand(*r.shape[:-1], self.inner_size),
+                                 output_map=self._weight_out())
 
     def analytic_jacobian_split(self, traj):
         """``(A, B) = (J, 0)``: the gates read only the input (see the class docstring)."""

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from .base import RecurrentCell, _positive_size
 from .diagonal import output_rows, with_output_columns
 from .registry import register_cell
+from .structure import JacobianStructure
 
 
 def interleave(re: Tensor, im: Tensor, dim: int = -1) -> Tensor:
@@ -135,6 +136,15 @@ class LRUCell(RecurrentCell):
         inner = output_rows(rotation_blocks(re, im), self.output_map())
         J = with_output_columns(inner, self.hidden_size)
         return J.expand(traj.batch_size, traj.seq_len, *J.shape).clone()
+
+    def jacobian_structure(self, traj):
+        """The rotation blocks ``|λ_q| R(θ_q)``, ``θ_q = exp(θ_log_q)``, with the output map
+        ``C̃`` (:meth:`output_map`): the
+        :class:`~gatescope.cells.structure.JacobianStructure` of :meth:`analytic_jacobian`."""
+        shape = (traj.batch_size, traj.seq_len, self.state_features)
+        modulus = torch.exp(-torch.exp(self.nu_log))
+        return JacobianStructure(modulus.expand(shape), torch.exp(self.theta_log).expand(shape),
+                                 self.output_map())
 
     def analytic_jacobian_split(self, traj):
         """``(A, B) = (J, 0)`` (see the class docstring)."""

@@ -186,7 +186,7 @@ def _top_eigenpairs(T_diag: list[Tensor], T_off: list[Tensor]) -> tuple[Tensor, 
     return values[..., -1], vectors[..., -1]
 
 
-def _lanczos(gram, start: Tensor, rtol: float, max_iter: int) -> dict[str, Tensor]:
+def lanczos_top(gram, start: Tensor, rtol: float, max_iter: int) -> dict[str, Tensor]:
     """Top eigenpair of each Hermitian operator ``gram(X, running)`` acting on ``(B, P, N)``
     vectors, by Lanczos with full reorthogonalisation from the unit vectors ``start``; an
     entry stops (its values frozen) once its residual ``β_j |s_j| ≤ rtol·θ``."""
@@ -280,7 +280,7 @@ def transport_norms(cell: RecurrentCell, traj: Trajectory, lags, starts=None, *,
     start = torch.randn(Bsz, S * L, N, generator=gen, dtype=dtype).to(device)
     start = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
 
-    result = _lanczos(_Gram(windows, state_dtype), start, float(rtol), steps)
+    result = lanczos_top(_Gram(windows, state_dtype), start, float(rtol), steps)
     unsort = torch.argsort(windows.order)
 
     def per_pair(x: Tensor) -> Tensor:

@@ -89,6 +89,23 @@ class SpectrumStats:
     effective_rank: Tensor
 
 
+def abs_std_mean(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The population std and the mean of ``|x|`` along the last dimension, float64: two
+    passes (the mean, then the norm of the deviations from it), several times faster than
+    ``torch.std_mean``'s one-pass update and as accurate.
+
+    Args:
+        x: ``(..., K)``.
+
+    Returns:
+        ``(std, mean)``, each ``(...)``; NaN along a row with a NaN.
+    """
+    a = x.detach().double().abs()
+    mean = a.mean(-1, keepdim=True)
+    std = torch.linalg.vector_norm(a - mean, dim=-1) / math.sqrt(a.shape[-1])
+    return std, mean.squeeze(-1)
+
+
 def coefficient_of_variation(x: Tensor) -> Tensor:
     """``std/mean`` of ``|x|`` along the last dimension (population std), float64.
 
@@ -98,8 +115,8 @@ def coefficient_of_variation(x: Tensor) -> Tensor:
     Returns:
         ``(...)``; NaN where every entry is zero or NaN.
     """
-    a = x.detach().double().abs()
-    return a.std(-1, correction=0) / a.mean(-1)
+    std, mean = abs_std_mean(x)
+    return std / mean
 
 
 def check_epsilon(epsilon: float) -> None:

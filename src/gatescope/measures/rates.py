@@ -46,10 +46,11 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.jacobians import jacobians
+from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, structure_of
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
 from ._integers import integer_lags
 from ._quantile import quantile
-from .anisotropy import coefficient_of_variation
+from .anisotropy import abs_std_mean, coefficient_of_variation
 
 
 def neuron_retention(cell: RecurrentCell, traj: Trajectory) -> Tensor:
@@ -166,30 +167,60 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
     """Stream the effective rates chunk of examples by chunk, lag by lag.
 
     Yields:
-        ``(rows, lag, positions, mu)``: ``mu`` ``(c, T+1-lag, n)`` float64 holds
-        ``μ_{t,lag,q}`` of the examples ``rows`` for ``t = lag..T`` (NaN at times past a
-        sequence's length), for the entries ``positions`` of ``lags``. Lags longer than the
-        sequence are not yielded. Only one chunk's tensors are held at a time.
+        ``(rows, lag, positions, times, mu)``: ``mu`` ``(c, len(times), n)`` float64 holds
+        ``μ_{t,lag,q}`` of the examples ``rows`` for the end times ``t`` in the slice
+        ``times`` (within ``lag..T``; NaN at times past a sequence's length), for the entries
+        ``positions`` of ``lags``. The dense pass yields all of ``lag..T`` at once, the
+        structured one cache-sized blocks of end times. Lags longer than the sequence are
+        not yielded. Only one chunk's tensors are held at a time.
     """
     T = traj.seq_len
     wanted: dict[int, list[int]] = {}
     for i, lag in enumerate(lags):
         if lag <= T:
             wanted.setdefault(lag, []).append(i)
-    last = max(wanted, default=-1)
     for start in range(0, traj.batch_size, chunk_size):
         rows = slice(start, min(start + chunk_size, traj.batch_size))
         sub = traj.examples(rows)
-        r = neuron_retention(cell, sub)
-        d = None if order == 0 else (
-            retained_diagonal(cell, sub, None if J is None else J[rows]) - r)
         beyond = times_beyond_length(sub)
-        for lag, (p, s) in enumerate(window_products(r, d)):
-            if lag > last:
-                break
-            if lag in wanted:
-                mu = p if s is None else p + s
-                yield rows, lag, wanted[lag], mu.masked_fill(beyond[:, lag:, None], math.nan)
+        for lag, times, mu in _lag_rates(cell, sub, sorted(wanted), order,
+                                         None if J is None else J[rows]):
+            past = beyond[:, times, None]
+            yield (rows, lag, wanted[lag], times,
+                   mu.masked_fill(past, math.nan) if past.any() else mu)
+
+
+def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: int,
+               J: Tensor | None) -> Iterator[tuple[int, slice, Tensor]]:
+    """``(lag, times, μ (B, len(times), n))`` for the sorted ``lags``: from the cumulative
+    log-sums of the cell's :meth:`~gatescope.RecurrentCell.jacobian_structure` when it
+    declares one (docs/maths.md#structured-jacobians; ``J`` is not needed), in blocks of end
+    times of :data:`~gatescope.dynamics.structured.CHUNK_ELEMENTS` values (cache-sized: each
+    lag is a few passes over them); else by the dual-number pass over every lag up to the
+    last, all end times at once."""
+    T = traj.seq_len
+    structure = structure_of(cell, traj)
+    if structure is not None:
+        cumulative = CumulativeLogs.of(structure)
+        step = max(1, CHUNK_ELEMENTS // max(1, traj.batch_size * cell.retention_size))
+        for lag in lags:
+            for t0 in range(lag, T + 1, step):
+                times = slice(t0, min(T + 1, t0 + step))
+                yield lag, times, cumulative.rates(lag, order, times)
+        return
+    r = neuron_retention(cell, traj)
+    d = None if order == 0 else retained_diagonal(cell, traj, J) - r
+    wanted, last = set(lags), max(lags, default=-1)
+    for lag, (p, s) in enumerate(window_products(r, d)):
+        if lag > last:
+            break
+        if lag in wanted:
+            yield lag, slice(lag, T + 1), p if s is None else p + s
+
+
+def _needs_jacobians(cell: RecurrentCell, traj: Trajectory, J: Tensor | None) -> bool:
+    """Whether order 1 builds the Jacobians: not given, and no structure declared."""
+    return J is None and cell.jacobian_structure(traj) is None
 
 
 def _rate_arguments(traj: Trajectory, lags, order: int,
@@ -221,6 +252,9 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
             ``μ⁰ + μ¹``.
         J: the trajectory's Jacobians ``(B, T, N, N)`` if already computed (order 1 reads
             their diagonal); computed when needed otherwise, one chunk of examples at a time.
+            A cell that declares its :meth:`~gatescope.RecurrentCell.jacobian_structure`
+            needs none: its rates come from cumulative log-sums in ``O(B·T·n)`` per lag
+            (docs/maths.md#structured-jacobians), and ``J`` is ignored.
         chunk_size: examples processed at once (bounds the Jacobians and window tensors held
             besides the result); ``None`` for the whole batch. For the envelope and the
             neuron dispersion without the full result use :func:`effective_rate_summary`.
@@ -242,15 +276,17 @@ def effective_learning_rates(cell: RecurrentCell, traj: Trajectory,
     B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     chunk = B if chunk_size is None else min(chunk_size, B)
     shape = (B, T + 1, len(lags), n)
-    check_dense(tensor_bytes(shape, 8) + chunk_bytes(traj, n, order, J is None, chunk),
+    work = chunk_bytes(traj, n, order, _needs_jacobians(cell, traj, J), chunk)
+    check_dense(tensor_bytes(shape, 8) + work,
                 f"gs.effective_learning_rates: mu of {describe(shape, torch.float64)} "
                 f"(and {chunk} examples' work at once)",
                 "gs.effective_rate_summary(cell, traj, lags, chunk_size=) for the envelope and "
                 "the neuron CV without the full tensor; chunk_size= bounds the work besides "
                 "the result; or pass fewer lags")
     out = torch.full(shape, math.nan, dtype=torch.float64, device=traj.states.device)
-    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, max(1, chunk)):
-        out[rows, lag:, positions] = mu.unsqueeze(2)
+    for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J,
+                                                      max(1, chunk)):
+        out[rows, times, positions] = mu.unsqueeze(2)
     return out
 
 
@@ -279,18 +315,19 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     lags, chunk_size = _rate_arguments(traj, lags, order, chunk_size)
     B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     if chunk_size is None:
-        chunk_size = auto_chunk_size(traj, n, order, J is None)
+        chunk_size = auto_chunk_size(traj, n, order, _needs_jacobians(cell, traj, J))
     L = len(lags)
     device = traj.states.device
     cv = torch.full((B, T + 1, L), math.nan, dtype=torch.float64, device=device)
     total = torch.zeros(L, dtype=torch.float64, device=device)
     count = torch.zeros(L, dtype=torch.float64, device=device)
-    for rows, lag, positions, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
-        a = mu.abs()
-        valid = ~a.isnan()
-        total[positions] += a.nansum()
-        count[positions] += valid.sum()
-        cv[rows, lag:, positions] = coefficient_of_variation(mu).unsqueeze(-1)
+    for rows, _, positions, times, mu in rate_windows(cell, traj, lags, order, J, chunk_size):
+        # a time past its length is NaN for all n neurons, so each (b, t) row is valid or
+        # NaN as a whole: the row means carry the envelope's sum and count (one pass)
+        std, mean = abs_std_mean(mu)
+        total[positions] += mean.nansum() * n
+        count[positions] += (~mean.isnan()).sum() * n
+        cv[rows, times, positions] = (std / mean).unsqueeze(-1)
     mean = torch.where(count > 0, total / count.clamp_min(1), math.nan)
     return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
                        quantile(cv.flatten(0, 1), 0.5, dim=0), chunk_size)
@@ -374,7 +411,15 @@ def time_scales(cell: RecurrentCell, traj: Trajectory) -> Tensor:
     Returns:
         ``(n,)`` float64 (a scalar gate's value repeated across neurons).
     """
-    r = neuron_retention(cell, traj)
-    inside = traj.step_mask.to(r.device).unsqueeze(-1).double()  # steps within each length
-    r = (r * inside).sum((0, 1)) / inside.sum((0, 1))
+    T = traj.seq_len
+    # cache-sized blocks of steps, so a float32 retention is never copied whole to float64
+    block = max(1, CHUNK_ELEMENTS // max(1, traj.batch_size * cell.retention_size))
+    total = count = 0
+    for t0 in range(0, T, block):
+        part = traj.steps(t0, min(T, t0 + block))
+        r = neuron_retention(cell, part)
+        inside = part.step_mask.to(r.device).unsqueeze(-1).double()  # steps within lengths
+        total = total + (r * inside).sum((0, 1))
+        count = count + inside.sum((0, 1))
+    r = total / count
     return torch.where(r >= 1, torch.inf, -1.0 / torch.log(r))

@@ -14,6 +14,7 @@ from torch import Tensor
 from ..cells.base import RecurrentCell, Trajectory
 from ..dynamics.gate_term import check_gate_term, gate_split
 from ..dynamics.jacobians import jacobians
+from ..dynamics.structured import structured_sensitivities
 from ..dynamics.transport import ordered_sensitivities
 from ..measures.anisotropy import final_state_gradient, per_example_gradients
 from ..measures.optimizer_steps import DEFAULT_LEVELS, optimizer_step_sizes
@@ -144,9 +145,22 @@ class ProbeContext:
         return A + B
 
     @cached_property
+    def structured(self) -> bool:
+        """Whether the cell declares its :meth:`~gatescope.RecurrentCell.jacobian_structure`
+        (a single diagonal or rotation-block layer; never a stack): exact sensitivities and
+        the rates then come from cumulative log-sums, without the dense Jacobians
+        (docs/maths.md#structured-jacobians)."""
+        return (self.gate_term == "previous"
+                and self.cell.jacobian_structure(self.trajectory) is not None)
+
+    @cached_property
     def sensitivities(self) -> Tensor:
         """``(B, T+1, T+1)`` transport norms (:func:`gatescope.sensitivities`) of products
-        in ``product_order``, exact or by ``power_iterations``."""
+        in ``product_order``, exact or by ``power_iterations``; exact ones of a
+        :attr:`structured` cell by :func:`~gatescope.dynamics.structured.
+        structured_sensitivities` (its factors commute: both orders agree)."""
+        if self.structured and self.power_iterations is None:
+            return structured_sensitivities(self.cell, self.trajectory)
         return ordered_sensitivities(self.jacobians, self.product_order, self.power_iterations,
                                      torch.Generator().manual_seed(self.sampling_seed))
 
@@ -154,7 +168,7 @@ class ProbeContext:
     def rates(self) -> Tensor:
         """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags."""
         return effective_learning_rates(self.cell, self.trajectory, self.effective_rate_lags,
-                                        order=1, J=self.jacobians)
+                                        order=1, J=None if self.structured else self.jacobians)
 
     @cached_property
     def optimizer_steps(self) -> Mapping[Tensor, Tensor] | None:

@@ -1,0 +1,182 @@
+"""The structured fast path at a Mamba layer's size, and its ratio to the dense path.
+
+The issue's goal: a layer with ``N = 8192`` diagonal channels (Mamba: d_model 256, expand 2,
+d_state 16), ``T = 4096``, ``B = 4``: sensitivities at every lag from 64 start times
+(:func:`~gatescope.dynamics.structured.start_sensitivities`), plus the effective rates'
+envelope and neuron dispersion (``gs.effective_rate_summary``, first order) at 64 geometric
+lags and the time scales (``gatescope.measures.time_scales``), in ≤ 10 s with peak memory
+< 2 GiB. ``--cell synthetic`` (the default) is a bare diagonal structure on a random
+retention tensor ``(B, T, N)``, the analysis' input without a model; a registered cell name
+(``min_gru``, ``rg_lru``, ``lru``, ``mamba`` once merged) unrolls that cell with
+``hidden_size = N`` instead (its trajectory then counts in the peak memory).
+
+The dense path cannot run at this size (``(B, T, N, N)`` Jacobians). It is timed at small
+``N`` and ``T`` (``min_gru`` with its structure hidden: ``gs.jacobians``, ``gs.sensitivities``
+and ``gs.effective_rate_summary`` from ``J``), its time fitted as ``c·N^p`` and extrapolated
+to ``N``, and scaled from its ``T₀(T₀+1)/2`` pairs to the 64·T pairs asked (the dense work
+grows with the pairs): an **extrapolation**, printed as such.
+
+Run: ``python benchmarks/bench_structured.py`` (medians of ``--repeats`` runs; the peak
+memory is the subprocess' maxrss, input included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import gatescope as gs
+from gatescope.cells.base import RecurrentCell, Trajectory
+from gatescope.cells.structure import JacobianStructure
+from gatescope.dynamics.structured import start_sensitivities, structure_of
+from gatescope.measures import time_scales
+
+
+class SyntheticDiagonal(RecurrentCell):
+    """A bare diagonal structure: ``J_t = diag(r_t)``, ``r`` the trajectory's retention (the
+    benchmark never steps it)."""
+
+    def jacobian_structure(self, traj: Trajectory) -> JacobianStructure:
+        return JacobianStructure(traj.retention)
+
+
+def synthetic(B: int, T: int, N: int) -> tuple[RecurrentCell, Trajectory]:
+    """The cell and a trajectory whose retention ``(B, T, N)`` float32 lies in ``(0.5, 1)``;
+    inputs and states are zero-stride views (the structured path reads neither)."""
+    gen = torch.Generator().manual_seed(0)
+    r = 1 - 0.5 * torch.rand(B, T, N, generator=gen)
+    zero = torch.zeros(1, 1, 1)
+    traj = Trajectory(inputs=zero.expand(B, T, 1), states=zero.expand(B, T + 1, N),
+                      gates=None, retention=r, cell_type=SyntheticDiagonal)
+    return SyntheticDiagonal(1, N), traj
+
+
+def unrolled(name: str, B: int, T: int, N: int, options: dict, m: int = 4):
+    """A registered cell (``hidden_size = N`` and ``options``) unrolled on Gaussian inputs."""
+    torch.manual_seed(0)
+    cell = gs.make_cell(name, input_size=m, hidden_size=N, **options)
+    with torch.no_grad():
+        return cell, cell.unroll(torch.randn(B, T, m)).detach()
+
+
+def plan(T: int, starts: int, lags: int) -> tuple[list[int], list[int]]:
+    """``starts`` evenly spaced start times in ``[0, T-1]``; ``lags`` geometric lags in
+    ``[1, T]`` (rounded, duplicates dropped)."""
+    ks = torch.linspace(0, T - 1, starts).round().long().unique().tolist()
+    ls = torch.logspace(0, math.log10(T), lags).round().long().unique().tolist()
+    return ks, ls
+
+
+def structured_run(cell, traj, ks, ls) -> dict[str, float]:
+    """Seconds of each part of the structured analysis."""
+    parts = {}
+    t0 = time.perf_counter()
+    start_sensitivities(structure_of(cell, traj), ks, lengths=traj.lengths)
+    parts["sensitivities"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gs.effective_rate_summary(cell, traj, ls, order=1, chunk_size=1)
+    parts["rates+envelope"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    time_scales(cell, traj)
+    parts["time_scales"] = time.perf_counter() - t0
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def child(args) -> None:
+    """One subprocess: build the input, run the structured analysis ``repeats`` times, print
+    the median parts and the peak memory as JSON."""
+    torch.set_num_threads(args.threads)
+    if args.cell == "synthetic":
+        cell, traj = synthetic(args.batch, args.seq_len, args.channels)
+    else:
+        cell, traj = unrolled(args.cell, args.batch, args.seq_len, args.channels,
+                              json.loads(args.options))
+    ks, ls = plan(args.seq_len, args.starts, args.lags)
+    runs = [structured_run(cell, traj, ks, ls) for _ in range(args.repeats)]
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    print(json.dumps({"parts": median, "peak_gib": peak, "starts": len(ks), "lags": len(ls)}))
+
+
+def dense_time(N: int, B: int, T: int, lags: list[int], repeats: int) -> float:
+    """Median seconds of the dense path (min_gru, structure hidden) at ``(B, T, N)``."""
+    torch.manual_seed(0)
+    cell = gs.make_cell("min_gru", input_size=4, hidden_size=N, dtype=torch.float64)
+    cell.jacobian_structure = lambda traj: None
+    with torch.no_grad():
+        traj = cell.unroll(torch.randn(B, T, 4, dtype=torch.float64))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        J = gs.jacobians(cell, traj)
+        gs.sensitivities(J)
+        gs.effective_rate_summary(cell, traj, lags, order=1, J=J)
+        time_scales(cell, traj)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cell", default="synthetic")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--channels", type=int, default=8192, help="N, the diagonal channels")
+    parser.add_argument("--options", default="{}",
+                        help="JSON keyword options of a registered --cell (e.g. a mamba layer's)")
+    parser.add_argument("--starts", type=int, default=64)
+    parser.add_argument("--lags", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dense-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--dense-seq-len", type=int, default=32)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    out = subprocess.run([sys.executable, *sys.argv, "--child"], capture_output=True,
+                         text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    p = res["parts"]
+    print(f"structured ({args.cell}, B={args.batch}, T={args.seq_len}, N={args.channels}, "
+          f"{args.threads} threads; {res['starts']} start times x every lag, "
+          f"{res['lags']} geometric rate lags), medians of {args.repeats}:")
+    for name, value in p.items():
+        print(f"  {name:<16} {value:8.2f} s")
+    print(f"  peak memory      {res['peak_gib']:8.2f} GiB (process maxrss, input included)")
+
+    torch.set_num_threads(args.threads)
+    T0 = args.dense_seq_len
+    _, small_lags = plan(T0, 1, args.lags)
+    sizes = args.dense_sizes
+    dense_time(sizes[0], args.batch, T0, small_lags, 1)  # warm-up: one-time imports, caches
+    times = [dense_time(N, args.batch, T0, small_lags, args.repeats) for N in sizes]
+    x, y = torch.tensor(sizes).double().log(), torch.tensor(times).double().log()
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    intercept = float(y.mean() - slope * x.mean())
+    pairs_ratio = res["starts"] * args.seq_len / (T0 * (T0 + 1) / 2)
+    extrapolated = math.exp(intercept + slope * math.log(args.channels)) * pairs_ratio
+    print(f"dense (min_gru, structure hidden; B={args.batch}, T={T0}), medians:")
+    for N, t in zip(sizes, times, strict=True):
+        print(f"  N={N:<5} {t:8.3f} s")
+    local = math.log(times[-1] / times[-2]) / math.log(sizes[-1] / sizes[-2])
+    print(f"  local exponent between the two largest N: {local:.2f} (the products' N^3 takes "
+          f"over there; the fit over all N, below, is the conservative extrapolation)")
+    print(f"  fit: time ∝ N^{slope:.2f}; EXTRAPOLATED to N={args.channels} and "
+          f"{res['starts']}x{args.seq_len} pairs (x{pairs_ratio:.0f} the T={T0} pairs): "
+          f"{extrapolated:.3g} s")
+    print(f"ratio dense/structured (extrapolated): {extrapolated / p['total']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
