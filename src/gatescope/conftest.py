@@ -10,6 +10,7 @@ afterwards, so examples never leak into ``gatescope list`` or other tests.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterator
 
@@ -18,6 +19,11 @@ import torch
 
 import gatescope as gs
 from gatescope.registry import Registry
+
+#: Modules that import an optional package as they are imported: without it, their doctests
+#: are not collected (the tests that use them skip, naming the extra).
+collect_ignore = ([] if importlib.util.find_spec("lightning") is not None
+                  else ["integrations/lightning.py"])
 
 try:
     DoctestItem = pytest.DoctestItem
