@@ -101,19 +101,19 @@ class FamiliesSettings(GridSettings, TransportFidelity):
     optimizers: OptimizerNames = Field(("sgd", "adam"), description="optimizers")
     lr: LearningRates = Field({"sgd": 1e-2, "adam": 1e-3}, description="{optimizer = lr}")
     seeds: Seeds = Field((0, 1, 2), description="a count N (seeds 0..N-1) or a list")
-    steps: StepCount = Field(300, description=f"optimizer steps (<= {MAX_STEPS})")
-    checkpoints: Steps | None = Field((0, 300), description="measurement steps")
-    batch_size: BatchSize = Field(32, description=f"fresh sequences per seed per step "
+    steps: StepCount = Field(150, description=f"optimizer steps (<= {MAX_STEPS})")
+    checkpoints: Steps | None = Field((0, 150), description="measurement steps")
+    batch_size: BatchSize = Field(16, description=f"fresh sequences per seed per step "
                                   f"(<= {MAX_BATCH})")
-    seq_len: SeqLen = Field(50, description="task length T")
-    hidden_size: Annotated[int, integer(1, 256)] = Field(32, description="n (<= 256)")
-    probe_batch: BatchSize = Field(8, description="fixed probe sequences per seed")
-    gradient_examples: BatchSize = Field(32, description="M per-example gradients")
+    seq_len: SeqLen = Field(30, description="task length T")
+    hidden_size: Annotated[int, integer(1, 256)] = Field(16, description="n (<= 256)")
+    probe_batch: BatchSize = Field(4, description="fixed probe sequences per seed")
+    gradient_examples: BatchSize = Field(16, description="M per-example gradients")
     rank: Annotated[int, integer(1)] = Field(
         4, description="r of AI_r and CE_r (<= gradient_examples)")
     rate_lags: Lags = Field((1, 4, 16), description="lags of the effective rates "
                             "(each < seq_len)")
-    mamba_d_state: Annotated[int, integer(1, 64)] = Field(4, description="mamba's d_state S")
+    mamba_d_state: Annotated[int, integer(1, 64)] = Field(2, description="mamba's d_state S")
     mamba_expand: Annotated[int, integer(1, 4)] = Field(1, description="mamba's expand")
     log_every: StepCount = Field(10, description="record the training loss every k steps")
 
@@ -122,12 +122,11 @@ class FamiliesSettings(GridSettings, TransportFidelity):
     @field_validator("cells", "layers", mode="before")
     @classmethod
     def _listed(cls, value: Any) -> Any:
-        return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
-
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _whole(cls, value: Any) -> Any:
-        return [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
+        """One value or ``"a,b"`` as a list; ``"2"`` as ``2`` (from ``--set layers=1,2``)."""
+        items = value.split(",") if isinstance(value, str) else \
+            value if isinstance(value, list | tuple) else [value]
+        return [int(v) if isinstance(v, str) and v.strip().isdigit() else
+                v.strip() if isinstance(v, str) else v for v in items]
 
     @field_validator("rank")
     @classmethod
