@@ -68,3 +68,13 @@ def test_tiny_run_writes_rows_for_every_family_its_report_and_resumes(tmp_path, 
     assert main(args) == 0
     assert f"0 group(s) run, {2 * len(FAMILIES)} reused" in capsys.readouterr().out
     assert (out / "REPORT.md").read_text() == report
+
+
+def test_the_memory_check_counts_the_models_state_not_hidden_size():
+    """Mamba's state (SSM state and window) is far larger than ``hidden_size``: a probe batch
+    whose Jacobians fit at ``hidden_size`` but not at mamba's state size is refused."""
+    model = experiment_class("families").settings_model
+    sizes = {"hidden_size": 256, "seq_len": 2000, "probe_batch": 64}
+    build_settings(model, {**sizes, "cells": "leaky", "layers": 1})
+    problems = _problems(**sizes, cells="mamba", mamba_d_state=16)
+    assert "state size" in next(iter(problems))

@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, field_validator
 
 from .. import metrics as M
-from ..cells import ResidualCell, StackedCell, make_cell
+from ..cells import RecurrentCell, ResidualCell, StackedCell, make_cell
 from ..model import SequenceModel
 from ..probes import ProbeContext
 from ..training import EnsembleTrainer, stream_generator, train_resumable
@@ -148,26 +148,36 @@ class FamiliesSettings(GridSettings, TransportFidelity):
             options |= {"d_state": self.mamba_d_state, "expand": self.mamba_expand}
         return make_cell(family, input_size, self.hidden_size, **options)
 
+    def stack(self, family: str, layers: int, input_size: int) -> RecurrentCell:
+        """The recurrent part of a model: the bare cell, or two layers as a StackedCell
+        (the upper one in a ResidualCell for the diagonal families)."""
+        first = self.cell(family, input_size)
+        if layers == 1:
+            return first
+        upper = self.cell(family, self.hidden_size)
+        return StackedCell([first, ResidualCell(upper) if family in DIAGONAL else upper])
+
     def model_factory(self, group: Group):
         """A factory of the group's fresh :class:`~gatescope.SequenceModel` s."""
         family, layers = parse_model_name(group.cell)
         task = self.task(group.task)
 
         def build() -> SequenceModel:
-            first = self.cell(family, task.input_size)
-            if layers == 1:
-                cell = first
-            else:
-                upper = self.cell(family, self.hidden_size)
-                cell = StackedCell([first, ResidualCell(upper) if family in DIAGONAL
-                                    else upper])
-            return SequenceModel(cell, output_size=task.output_size, readout=task.readout,
+            return SequenceModel(self.stack(family, layers, task.input_size),
+                                 output_size=task.output_size, readout=task.readout,
                                  loss=task.loss, bias=self.bias)
 
         return build
 
     def largest_tensors(self) -> list[tuple[str, list[tuple[str, int]]]]:
-        return [*super().largest_tensors(), self.probe_jacobians(self.probe_batch)]
+        # the state of a stack, or of mamba (its SSM state and window), exceeds hidden_size
+        size = max(self.stack(f, n, 1).state_size for f in self.cells for n in self.layers)
+        state = ("state size (hidden_size, layers, mamba_d_state, mamba_expand)", size)
+        return [("the ensemble's states", [("seeds", len(self.seeds)),
+                                           ("batch_size", self.batch_size),
+                                           ("seq_len", self.seq_len), state]),
+                ("one seed's probe Jacobians", [("probe_batch", self.probe_batch),
+                                                ("seq_len", self.seq_len), state, state])]
 
 
 @register_experiment("families")
