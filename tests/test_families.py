@@ -78,3 +78,8 @@ def test_the_memory_check_counts_the_models_state_not_hidden_size():
     build_settings(model, {**sizes, "cells": "leaky", "layers": 1})
     problems = _problems(**sizes, cells="mamba", mamba_d_state=16)
     assert "state size" in next(iter(problems))
+
+
+def test_a_repeated_family_or_layer_count_is_refused():
+    assert "once" in _problems(cells="gru,gru")["cells"]
+    assert "once" in _problems(layers=[2, 2])["layers"]

@@ -49,6 +49,7 @@ from .settings import (
     MAX_BATCH,
     MAX_STEPS,
     BatchSize,
+    HiddenSize,
     Lags,
     LearningRates,
     OptimizerNames,
@@ -106,7 +107,7 @@ class FamiliesSettings(GridSettings, TransportFidelity):
     batch_size: BatchSize = Field(16, description=f"fresh sequences per seed per step "
                                   f"(<= {MAX_BATCH})")
     seq_len: SeqLen = Field(30, description="task length T")
-    hidden_size: Annotated[int, integer(1, 256)] = Field(16, description="n (<= 256)")
+    hidden_size: HiddenSize = Field(16, description="n")
     probe_batch: BatchSize = Field(4, description="fixed probe sequences per seed")
     gradient_examples: BatchSize = Field(16, description="M per-example gradients")
     rank: Annotated[int, integer(1)] = Field(
@@ -125,8 +126,11 @@ class FamiliesSettings(GridSettings, TransportFidelity):
         """One value or ``"a,b"`` as a list; ``"2"`` as ``2`` (from ``--set layers=1,2``)."""
         items = value.split(",") if isinstance(value, str) else \
             value if isinstance(value, list | tuple) else [value]
-        return [int(v) if isinstance(v, str) and v.strip().isdigit() else
-                v.strip() if isinstance(v, str) else v for v in items]
+        items = [int(v) if isinstance(v, str) and v.strip().isdigit() else
+                 v.strip() if isinstance(v, str) else v for v in items]
+        if len(set(map(str, items))) != len(items):
+            raise ValueError(f"give each value once; got {items}")
+        return items
 
     @field_validator("rank")
     @classmethod
