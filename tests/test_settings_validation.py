@@ -180,7 +180,7 @@ def test_the_sweep_covers_every_numeric_setting():
 # ---------------------------------------------------------------------- what stays valid
 
 
-@pytest.mark.parametrize("name", ["train", "profiles", "anisotropy", "expansion"])
+@pytest.mark.parametrize("name", ["train", "profiles", "anisotropy", "expansion", "families"])
 def test_defaults_and_bounds_themselves_are_accepted(name):
     model = experiment_class(name).settings_model
     build_settings(model, {})

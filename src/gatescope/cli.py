@@ -148,6 +148,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"{args.experiment}: {len(result.ran)} group(s) run, {len(result.skipped)} reused; "
           f"{result.rows} rows in {result.out / 'results.csv'}")
+    from .reporting.run_reports import write_run_report
+
+    report = write_run_report(args.experiment, result.out)
+    if report is not None:
+        print(f"report: {report}")
     return EXIT_OK
 
 

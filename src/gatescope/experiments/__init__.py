@@ -16,7 +16,7 @@ from .base import Experiment, Group, Progress, Settings
 from .registry import experiment_class, get_experiment, list_experiments, register_experiment
 
 # Importing the experiment modules registers them.
-from . import train, profiles, anisotropy, expansion  # noqa: F401
+from . import train, profiles, anisotropy, expansion, families  # noqa: F401
 
 # isort: on
 from ..results import read_rows

@@ -41,7 +41,9 @@ def render_markdown(title: str, intro: list[str], verdicts: list[Verdict],
         return [f"![{n}]({figures[n].relative_to(out).as_posix()})" for n in names
                 if n in figures]
 
-    md = [f"# {title}", "", *intro, "", "## Verdicts", "", *_summary_table(verdicts), ""]
+    md = [f"# {title}", "", *intro, ""]
+    if verdicts:  # a report of measurements only (e.g. ``families``) has no claims
+        md += ["## Verdicts", "", *_summary_table(verdicts), ""]
     for v in verdicts:
         md += [f"### {v.claim}: {v.statement}", "", f"**Verdict: {v.verdict}.**", "",
                f"Measured: {v.measurement}.", ""]
@@ -71,9 +73,10 @@ def render_html(title: str, intro: list[str], verdicts: list[Verdict],
     rows = "".join(
         f"<tr><td>{v.claim}</td><td>{html.escape(v.statement)}</td>"
         f'<td class="{v.verdict.replace(" ", "-")}">{v.verdict}</td></tr>' for v in verdicts)
-    body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(p)}</p>" for p in intro),
-            "<h2>Verdicts</h2>", f"<table><tr><th>claim</th><th>statement</th>"
-            f"<th>verdict</th></tr>{rows}</table>"]
+    body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(p)}</p>" for p in intro)]
+    if verdicts:
+        body += ["<h2>Verdicts</h2>", f"<table><tr><th>claim</th><th>statement</th>"
+                 f"<th>verdict</th></tr>{rows}</table>"]
     for v in verdicts:
         body += [f"<h3>{v.claim}: {html.escape(v.statement)}</h3>",
                  f"<p><b>Verdict: {v.verdict}.</b> Measured: {html.escape(v.measurement)}.</p>",
