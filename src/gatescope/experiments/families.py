@@ -30,7 +30,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import Field, field_validator
 
 from .. import metrics as M
@@ -59,7 +58,6 @@ from .settings import (
     Steps,
     TaskNames,
     integer,
-    lr_for,
 )
 
 #: The cell families of the grid.
@@ -161,8 +159,9 @@ class FamiliesSettings(GridSettings, TransportFidelity):
         upper = self.cell(family, self.hidden_size)
         return StackedCell([first, ResidualCell(upper) if family in DIAGONAL else upper])
 
-    def model_factory(self, group: Group):
-        """A factory of the group's fresh :class:`~gatescope.SequenceModel` s."""
+    def model_factory(self, group: Group, cell_options: dict[str, Any] | None = None):
+        """A factory of the group's fresh :class:`~gatescope.SequenceModel` s (a family takes
+        no ``cell_options``)."""
         family, layers = parse_model_name(group.cell)
         task = self.task(group.task)
 
@@ -197,11 +196,7 @@ class FamiliesExperiment(Experiment):
 
     def run_group(self, settings: FamiliesSettings, group: Group, workdir: Path,
                   progress: Progress) -> list[dict[str, Any]]:
-        trainer = EnsembleTrainer(
-            settings.model_factory(group), settings.seeds, settings.task(group.task),
-            optimizer=group.optimizer, lr=lr_for(settings.lr, group.optimizer),
-            batch_size=settings.batch_size, dtype=getattr(torch, settings.dtype),
-            device=settings.device)
+        trainer = settings.trainer(group)
         probe = trainer.sample_batch([stream_generator(s, "probe") for s in trainer.seeds],
                                      settings.probe_batch)
         grads = trainer.sample_batch([stream_generator(s, "gradients") for s in trainer.seeds],

@@ -133,6 +133,12 @@ class GridSettings(Settings):
         """The task ``name`` at this grid's sizes."""
         return make_task(name, seq_len=self.seq_len, input_size=self.input_size)
 
+    def model_factory(self, group: Group, cell_options: dict[str, Any] | None = None):
+        """A factory of the group's fresh models: the task's model of ``group.cell`` at this
+        grid's ``hidden_size`` (an experiment with other models overrides it)."""
+        return task_model_factory(self.task(group.task), group.cell, self.hidden_size,
+                                  bias=self.bias, **(cell_options or {}))
+
     def trainer(self, group: Group, cell_options: dict[str, Any] | None = None,
                 **trainer_options: Any) -> EnsembleTrainer:
         """The :class:`~gatescope.training.EnsembleTrainer` of ``group``: every seed, the
@@ -143,10 +149,8 @@ class GridSettings(Settings):
             cell_options: extra options of the cell (e.g. ``alpha``).
             **trainer_options: extra options of the trainer (e.g. ``fixed_batch``).
         """
-        task = self.task(group.task)
-        factory = task_model_factory(task, group.cell, self.hidden_size, bias=self.bias,
-                                     **(cell_options or {}))
-        return EnsembleTrainer(factory, self.seeds, task, optimizer=group.optimizer,
+        return EnsembleTrainer(self.model_factory(group, cell_options), self.seeds,
+                               self.task(group.task), optimizer=group.optimizer,
                                lr=lr_for(self.lr, group.optimizer), batch_size=self.batch_size,
                                dtype=getattr(torch, self.dtype), device=self.device,
                                **trainer_options)
