@@ -16,6 +16,12 @@ and ``gs.effective_rate_summary`` from ``J``), its time fitted as ``c·N^p`` and
 to ``N``, and scaled from its ``T₀(T₀+1)/2`` pairs to the 64·T pairs asked (the dense work
 grows with the pairs): an **extrapolation**, printed as such.
 
+The **floor** it prints is what any implementation of these outputs pays on this machine in
+float64: every rate entry ``μ_{t,ℓ,q}`` is a different window's product, so at least one
+``exp`` each (``B·Σ_ℓ(T+1-ℓ)·N`` of them), and every sensitivity entry at least a
+subtraction and a max; both timed on a cache-sized block and scaled by the entries. The
+structured path's time over the floor is what an implementation could still win.
+
 Run: ``python benchmarks/bench_structured.py`` (medians of ``--repeats`` runs; the peak
 memory is the subprocess' maxrss, input included).
 """
@@ -36,7 +42,7 @@ import torch
 import gatescope as gs
 from gatescope.cells.base import RecurrentCell, Trajectory
 from gatescope.cells.structure import JacobianStructure
-from gatescope.dynamics.structured import start_sensitivities, structure_of
+from gatescope.dynamics.structured import CHUNK_ELEMENTS, start_sensitivities, structure_of
 from gatescope.measures import time_scales
 
 
@@ -125,6 +131,30 @@ def dense_time(N: int, B: int, T: int, lags: list[int], repeats: int) -> float:
     return statistics.median(times)
 
 
+def floor_seconds(rate_entries: int, sensitivity_entries: int, repeats: int) -> dict[str, float]:
+    """The machine's floor for the structured analysis: the seconds of the passes no
+    algorithm for these outputs avoids, timed on a cache-sized float64 block and scaled by
+    the entries: one ``exp`` per rate entry ``μ_{t,ℓ,q}`` (every entry is a different
+    window's product), and one subtraction and one max per sensitivity entry (the window's
+    log-moduli and their largest)."""
+    x = torch.randn(CHUNK_ELEMENTS, dtype=torch.float64)
+    y = torch.empty_like(x)
+
+    def per_element(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(64):
+                fn()
+            times.append((time.perf_counter() - t0) / (64 * x.numel()))
+        return statistics.median(times)
+
+    exp = per_element(lambda: torch.exp(x, out=y))
+    sub_max = per_element(lambda: torch.sub(x, y, out=y).amax())
+    return {"rates (one exp each)": exp * rate_entries,
+            "sensitivities (sub + max each)": sub_max * sensitivity_entries}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cell", default="synthetic")
@@ -156,6 +186,17 @@ def main() -> None:
     print(f"  peak memory      {res['peak_gib']:8.2f} GiB (process maxrss, input included)")
 
     torch.set_num_threads(args.threads)
+    ks, ls = plan(args.seq_len, args.starts, args.lags)
+    rate_entries = args.batch * args.channels * sum(args.seq_len + 1 - lag for lag in ls)
+    sens_entries = args.batch * args.channels * sum(args.seq_len + 1 - k for k in ks)
+    floor = floor_seconds(rate_entries, sens_entries, args.repeats)
+    print(f"floor on this machine ({args.threads} threads; float64, {rate_entries:.3g} rate "
+          f"and {sens_entries:.3g} sensitivity entries):")
+    for name, value in floor.items():
+        print(f"  {name:<31} {value:8.2f} s")
+    print(f"  total floor                     {sum(floor.values()):8.2f} s "
+          f"(the structured path takes {p['total'] / sum(floor.values()):.2f}x it)")
+
     T0 = args.dense_seq_len
     _, small_lags = plan(T0, 1, args.lags)
     sizes = args.dense_sizes

@@ -34,7 +34,7 @@ class Claim:
     """One claim of the paper.
 
     Attributes:
-        id: ``C1`` ... ``C8``.
+        id: ``C1`` ... ``C8`` (the paper), ``L1`` ... ``A3`` (the follow-ups).
         title: the claim in one line.
         experiment: the experiment whose results test it.
     """
@@ -56,6 +56,30 @@ CLAIMS = {c.id: c for c in (
     Claim("C7", "gates align transport with loss-relevant directions", "anisotropy"),
     Claim("C8", "the first-order expansion is accurate; the gate correction is small but "
           "systematic", "expansion"),
+)}
+
+
+#: How the report cites the two follow-ups, by the name ``reproduce --paper`` takes.
+FOLLOWUP_CITATIONS = {
+    "learnability": "L. Livi, \"Learnability Window in Gated RNNs\" (arXiv 2512.05790)",
+    "anticollapse": "L. Livi, anti-collapse and multi-time-scale learning (arXiv 2606.29519)",
+}
+#: The experiment that tests each follow-up's claims.
+FOLLOWUP_EXPERIMENTS = {"learnability": "learnability", "anticollapse": "timescales"}
+
+#: The follow-ups' claims by id, in report order (docs/followups.md).
+FOLLOWUP_CLAIMS = {c.id: c for c in (
+    Claim("L1", "the samples needed to detect a lag-ℓ dependency scale as N(ℓ) ∝ "
+          "f(ℓ)^(-κ_α), κ_α = α/(α-1)", "learnability"),
+    Claim("L2", "heavier-tailed gradient statistics (smaller α) shrink the learnability "
+          "window H_N", "learnability"),
+    Claim("L3", "a broader spectrum of gate time scales enlarges the learnability window H_N",
+          "learnability"),
+    Claim("A1", "the envelope's decay class is not fixed by the architecture: it emerges in "
+          "training", "timescales"),
+    Claim("A2", "per-neuron gates can hold a broad time-scale spectrum where constant and "
+          "shared gates collapse", "timescales"),
+    Claim("A3", "heavy-tailed forcing alone does not rescue a constant gate", "timescales"),
 )}
 
 

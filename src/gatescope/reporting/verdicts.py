@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..paper import CLAIMS
+from ..paper import CLAIMS, FOLLOWUP_CLAIMS
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_MEASURED = "supported", "not supported", "mixed", \
     "not measured"
@@ -36,7 +36,7 @@ class Verdict:
     """One claim's judgement.
 
     Attributes:
-        claim: the claim id (``C1`` ... ``C8``).
+        claim: the claim id (``C1`` ... ``C8``, or a follow-up's ``L1`` ... ``A3``).
         statement: the paper's claim in one line.
         measurement: what was measured and the rule that turns it into a verdict.
         null: the null model the rule must beat, in words.
@@ -60,8 +60,10 @@ class Verdict:
     def of(cls, claim: str, measurement: str, figures: Iterable[str] = (), *,
            null: str = "") -> Verdict:
         """A not-yet-judged verdict on the paper's claim ``claim`` (its statement is the
-        claim's title in :data:`gatescope.paper.CLAIMS`) against the null model ``null``."""
-        return cls(claim, CLAIMS[claim].title, measurement, null, figures=list(figures))
+        claim's title in :data:`gatescope.paper.CLAIMS` or :data:`~gatescope.paper.
+        FOLLOWUP_CLAIMS`) against the null model ``null``."""
+        title = (CLAIMS.get(claim) or FOLLOWUP_CLAIMS[claim]).title
+        return cls(claim, title, measurement, null, figures=list(figures))
 
 
 def combine(checks: list[bool]) -> str:
