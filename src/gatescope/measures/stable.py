@@ -38,9 +38,9 @@ from ._mcculloch_table import MCCULLOCH_TABLE
 from ._quantile import quantile
 
 #: The sample size below which a fit is flagged unreliable: at ``n = 200`` either
-#: estimator's ``α̂`` has a standard deviation of 0.1-0.15 for ``α`` in ``[1.2, 1.8]``
-#: (docs/tail-index.md; it shrinks as ``1/√n``), so with fewer samples two standard
-#: deviations exceed 0.3, a third of the range ``(1, 2]`` the estimate is for.
+#: estimator's ``α̂`` has a standard deviation of about 0.1-0.2 for ``α`` in ``[1.2, 1.8]``
+#: (docs/tail-index.md; it shrinks as ``1/√n``): below it, one fit's ``±2`` standard
+#: deviations span well over a third of the range ``(1, 2]`` the estimate is for.
 MIN_SAMPLES = 200
 
 #: The range the estimates of ``α`` are clipped to: the McCulloch table's.
@@ -190,14 +190,14 @@ def koutrouvelis(x: Tensor, dim: int = -1, t: Sequence[float] | Tensor = KOUTROU
         >>> bool(((fit.alpha - 1.5).abs() < 0.1).all()), bool(fit.reliable.all())
         (True, True)
     """
-    freqs = torch.as_tensor(t, dtype=torch.float64).to(x.device)
+    rows, shape = _sample_rows(x, dim, min_samples)
+    freqs = torch.as_tensor(t, dtype=torch.float64).to(rows.device)
     if (freqs.dim() != 1 or freqs.numel() < 2 or not bool(freqs.isfinite().all())
             or not bool((freqs > 0).all()) or freqs.unique().numel() < freqs.numel()):
         raise ValueError(f"t must be a 1-D sequence of at least two distinct positive "
                          f"frequencies, got {t}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-    rows, shape = _sample_rows(x, dim, min_samples)
     start = _mcculloch_rows(rows, min_samples)
     valid = rows.isfinite()
     count = start.count.double()
