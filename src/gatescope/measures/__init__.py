@@ -44,6 +44,7 @@ from .rates import (
     neuron_cv,
     time_scales,
 )
+from .stable import StableFit, koutrouvelis, mcculloch, stable_samples
 
 __all__ = [
     "Alignment",
@@ -55,6 +56,7 @@ __all__ = [
     "PropagationAnisotropy",
     "RateSummary",
     "SpectrumStats",
+    "StableFit",
     "coefficient_of_variation",
     "dispersion",
     "effective_learning_rates",
@@ -64,7 +66,9 @@ __all__ = [
     "fit_power",
     "gate_product",
     "gates_vs_optimizer",
+    "koutrouvelis",
     "lag_medians",
+    "mcculloch",
     "neuron_cv",
     "optimizer_step_sizes",
     "per_example_gradients",
@@ -72,6 +76,7 @@ __all__ = [
     "propagation_anisotropy",
     "sensitivity_profile",
     "spectrum_stats",
+    "stable_samples",
     "step_size_dispersion",
     "time_scales",
     "transport_alignment",
