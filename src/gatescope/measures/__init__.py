@@ -1,6 +1,7 @@
 """Measures built on the dynamics: effective learning rates, sensitivity profiles,
-anisotropy of transport and updates, and optimizer step sizes
-(docs/maths.md#effective-learning-rates and the sections after it).
+anisotropy of transport and updates, optimizer step sizes
+(docs/maths.md#effective-learning-rates and the sections after it), and the detection of lags
+and the learnability window (docs/learnability.md).
 
 A functional core: plain functions of trajectories, Jacobians, sensitivities, models and
 optimizers, returning tensors or small dataclasses.
@@ -18,6 +19,16 @@ from .anisotropy import (
     transport_alignment,
     update_anisotropy,
 )
+from .detection import (
+    ScalingLaw,
+    detection_snr,
+    kappa,
+    learnability_window,
+    required_samples,
+    required_samples_continuous,
+    scaling_law,
+)
+from .learnability import LearnabilityWindow, PsiSummary, learnability_window_from, psi_summary
 from .optimizer_steps import (
     Dispersion,
     GatesVsOptimizer,
@@ -50,14 +61,18 @@ __all__ = [
     "Alignment",
     "Dispersion",
     "GatesVsOptimizer",
+    "LearnabilityWindow",
     "PowerFit",
     "PredictorFit",
     "ProfileFit",
     "PropagationAnisotropy",
+    "PsiSummary",
     "RateSummary",
+    "ScalingLaw",
     "SpectrumStats",
     "StableFit",
     "coefficient_of_variation",
+    "detection_snr",
     "dispersion",
     "effective_learning_rates",
     "effective_rate_summary",
@@ -66,14 +81,21 @@ __all__ = [
     "fit_power",
     "gate_product",
     "gates_vs_optimizer",
+    "kappa",
     "koutrouvelis",
     "lag_medians",
+    "learnability_window",
+    "learnability_window_from",
     "mcculloch",
     "neuron_cv",
     "optimizer_step_sizes",
     "per_example_gradients",
     "profile_fit",
     "propagation_anisotropy",
+    "psi_summary",
+    "required_samples",
+    "required_samples_continuous",
+    "scaling_law",
     "sensitivity_profile",
     "spectrum_stats",
     "stable_samples",
