@@ -240,8 +240,29 @@ def test_window_from_stable_samples_recovers_the_mean_and_window():
     for w in (out.window, out.contiguous_window):
         assert ((low <= w) & (w <= high)).all()
     assert out.window[0] < 5 and out.window[-1] == 24  # the grid spans the window
+    expected_snr = out.summary.mean * out.summary.samples ** (1 - 1 / alpha) / sigma
+    torch.testing.assert_close(out.sample_snr, expected_snr)
+    assert (out.sample_snr > 100).all()  # every mean is resolved
     assert float(out.scaling.slope) == pytest.approx(1.0, abs=0.05)
     assert abs(float(out.scaling_grid.slope) - 1) < 0.1
+
+
+def test_a_lag_without_signal_is_detected_but_flagged_by_its_sample_snr():
+    """The oriented mean of a zero-mean lag is ``σ S^{1/α-1} |Z|``, so its SNR reaches ε at
+    ``N = S (ε/|Z|)^κ``: the paper's rule detects it once the grid passes ``S ε^κ``; its
+    ``sample_snr = |Z|`` (a stable variable) says the mean was never resolved."""
+    samples = 20_000
+    m = torch.tensor([0.3, 0.0, 0.3], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    psi = m[:, None] + stable_samples(2.0, (3, samples), gen)
+    grid = torch.logspace(0, 8, 33, dtype=torch.float64)
+    out = learnability_window_from(psi, [1, 2, 3], grid, known_fit(2.0, 1.0))
+    assert out.sample_snr[1] < 5 and (out.sample_snr[[0, 2]] > 20).all()
+    threshold = samples * (EPS / out.sample_snr[1]) ** 2  # SNR(N) = sample_snr · (N/S)^{1/2}
+    assert out.n_required[1] == grid[grid > threshold][0] < samples
+    # at small N the paper's window jumps over the undetected lag 2, the contiguous one not
+    assert out.window[0] == 3 and out.contiguous_window[0] == 1
+    assert out.window[-1] == 3 and out.contiguous_window[-1] == 3
 
 
 # ---------------------------------------------------------------------- bad input
@@ -255,6 +276,10 @@ def test_alpha_outside_the_range_is_refused(alpha):
         detection_snr(torch.ones(3), torch.ones(3), torch.tensor([1.5, alpha, 2.0]), [1.0])
     with pytest.raises(ValueError, match="alpha"):
         learnability_window_from(torch.ones(2, 5), [1, 2], [1.0, 2.0], known_fit(alpha, 1.0))
+
+
+def never(x):
+    raise AssertionError("the tail fit ran before the arguments were checked")
 
 
 @pytest.mark.parametrize("call, name", [
@@ -273,6 +298,10 @@ def test_alpha_outside_the_range_is_refused(alpha):
     (lambda: learnability_window_from(torch.ones(3, 5), [1, 2], [1.0],
                                       known_fit(2.0, 1.0)), "psi"),
     (lambda: psi_summary(torch.ones(3, 5), lambda x: known_fit(2.0, 1.0)(x[:2])), "fit"),
+    # checked before the (costly) tail fit runs: `never` would raise something else
+    (lambda: learnability_window_from(torch.ones(2, 5), [1, 2], [2.0, 1.0], never), "grid"),
+    (lambda: learnability_window_from(torch.ones(2, 5), [2, 1], [1.0], never), "lags"),
+    (lambda: learnability_window_from(torch.ones(2, 5), [1, 2], [1.0], never, eps=-1), "eps"),
 ])
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=name):

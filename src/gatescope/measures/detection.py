@@ -51,6 +51,19 @@ def _checked_grid(grid, name: str = "grid") -> Tensor:
     return g
 
 
+def _checked_lags(lags) -> Tensor:
+    ell = _float64(lags, "lags")
+    if ell.dim() != 1 or not bool((ell > 0).all() & (ell.diff() > 0).all()):
+        raise ValueError(f"lags must be a 1-D, strictly increasing tensor of lags > 0, got {lags}")
+    return ell
+
+
+def _checked_eps(eps: float) -> float:
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return eps
+
+
 def _broadcast(x: Tensor, name: str, shape: torch.Size, others: str) -> torch.Size:
     """The broadcast of ``x``'s shape with ``shape`` (of ``others``), or a ValueError."""
     try:
@@ -120,8 +133,7 @@ def required_samples(mean: Tensor, scale: Tensor, alpha: float | Tensor, grid,
         ``(..., L)`` float64, ``+inf`` where no ``N`` of the grid detects the lag (also where
         its mean is 0 or NaN), so that ``N_required ≤ N`` is false there.
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    _checked_eps(eps)
     g = _checked_grid(grid)
     detected = detection_snr(mean, scale, alpha, g) > eps
     first = g[detected.int().argmax(-1)]
@@ -135,8 +147,7 @@ def required_samples_continuous(mean: Tensor, scale: Tensor, alpha: float | Tens
 
     Args: as in :func:`required_samples`. Returns: ``(..., L)`` float64.
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    _checked_eps(eps)
     m, s, a = _per_lag(mean, scale, alpha)
     n = (eps * s / m.abs()) ** kappa(a)
     return n.masked_fill(m.isnan() | s.isnan() | a.isnan(), math.inf)
@@ -161,9 +172,7 @@ def learnability_window(lags: Sequence[float] | Tensor, n_required: Tensor, n,
     Returns:
         ``(..., G)`` float64, the lag value; 0 where no lag qualifies (an empty window).
     """
-    ell = _float64(lags, "lags")
-    if ell.dim() != 1 or not bool((ell > 0).all() & (ell.diff() > 0).all()):
-        raise ValueError(f"lags must be a 1-D, strictly increasing tensor of lags > 0, got {lags}")
+    ell = _checked_lags(lags)
     nr, n = _float64(n_required, "n_required"), _float64(n, "n")
     if nr.dim() == 0 or nr.shape[-1] != ell.numel():
         raise ValueError(f"n_required must end in the {ell.numel()} lags, got shape "

@@ -23,6 +23,9 @@ from torch import Tensor
 
 from .detection import (
     ScalingLaw,
+    _checked_eps,
+    _checked_grid,
+    _checked_lags,
     learnability_window,
     required_samples,
     required_samples_continuous,
@@ -87,6 +90,9 @@ class LearnabilityWindow:
         eps: the detection threshold ``ε``.
         n_required: ``(..., L)`` the first grid ``N`` with ``SNR > ε`` (``+inf``: none).
         n_required_continuous: ``(..., L)`` ``(ε σ̂ / |mean|)^{κ_α̂}``.
+        sample_snr: ``(..., L)`` ``|mean| · S^{1-1/α̂} / σ̂`` at the lag's own ``S`` samples: below
+            a few, the mean is not resolved from zero and ``N_required`` is noise
+            (docs/learnability.md#two-windows).
         grid: ``(G,)`` the sample sizes, at which the windows are evaluated.
         window: ``(..., G)`` the paper's ``H_N = max{ℓ : N_required(ℓ) ≤ N}`` (0: empty).
         contiguous_window: ``(..., G)`` the longest ``ℓ`` with every lag ``≤ ℓ`` detected,
@@ -103,6 +109,7 @@ class LearnabilityWindow:
     eps: float
     n_required: Tensor
     n_required_continuous: Tensor
+    sample_snr: Tensor
     grid: Tensor
     window: Tensor
     contiguous_window: Tensor
@@ -127,7 +134,8 @@ def learnability_window_from(psi: Tensor, lags: Sequence[float] | Tensor, grid,
         ValueError: bad arguments, or a tail fit with ``α̂`` outside ``(1, 2]`` (the estimator
             should clip to the boundary and flag it unreliable, or return NaN).
     """
-    lag_values = torch.as_tensor(lags, dtype=torch.float64)
+    lag_values, g = _checked_lags(lags), _checked_grid(grid)
+    _checked_eps(eps)
     shape = torch.as_tensor(psi).shape
     if len(shape) < 2 or lag_values.shape != shape[-2:-1]:
         raise ValueError(f"psi must be (..., L, S) with L = len(lags) = {lag_values.numel()}, "
@@ -138,15 +146,15 @@ def learnability_window_from(psi: Tensor, lags: Sequence[float] | Tensor, grid,
         raise ValueError(f"fit returned alpha outside (1, 2] at lags "
                          f"{lag_values.expand(outside.shape)[outside].tolist()}: "
                          f"{s.alpha[outside].tolist()}")
-    n_grid = required_samples(s.mean, s.scale, s.alpha, grid, eps)
+    n_grid = required_samples(s.mean, s.scale, s.alpha, g, eps)
     n_cont = required_samples_continuous(s.mean, s.scale, s.alpha, eps)
-    g = torch.as_tensor(grid, dtype=torch.float64)
     law = law_grid = None
     if envelope is not None:
         law = scaling_law(n_cont, envelope, s.alpha)
         # a lag detected at the grid's first N needs "at most grid[0]": censored, left out
         law_grid = scaling_law(n_grid.masked_fill(n_grid <= g[0], math.nan), envelope, s.alpha)
+    sample_snr = s.mean * s.samples ** (1 - 1 / s.alpha) / s.scale
     return LearnabilityWindow(
-        lag_values, s, eps, n_grid, n_cont, g,
+        lag_values, s, eps, n_grid, n_cont, sample_snr, g,
         learnability_window(lag_values, n_grid, g),
         learnability_window(lag_values, n_grid, g, contiguous=True), law, law_grid)
