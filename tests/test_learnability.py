@@ -22,6 +22,7 @@ from gatescope.measures import (
     kappa,
     learnability_window,
     learnability_window_from,
+    mcculloch,
     psi_summary,
     required_samples,
     required_samples_continuous,
@@ -265,6 +266,34 @@ def test_a_lag_without_signal_is_detected_but_flagged_by_its_sample_snr():
     assert out.window[-1] == 3 and out.contiguous_window[-1] == 3
 
 
+def test_window_with_the_mcculloch_estimator():
+    """The whole path with gatescope's own tail estimator instead of a stand-in."""
+    alpha, sigma, samples = 1.6, 0.5, 50_000
+    lags = torch.arange(1, 9, dtype=torch.float64)
+    m = sigma * torch.exp(-lags / 8)
+    psi = -m[:, None] + stable_samples(alpha, (8, samples), torch.Generator().manual_seed(2),
+                                       scale=sigma)
+    out = learnability_window_from(psi, lags, torch.logspace(0, 2, 21), mcculloch, eps=1.0,
+                                   envelope=m)
+    assert out.summary.reliable.all() and (out.summary.sign == -1).all()
+    assert (out.summary.alpha - alpha).abs().max() < 0.05
+    assert (out.summary.scale / sigma - 1).abs().max() < 0.05
+    assert out.window[0] < 8 and out.window[-1] == 8
+    assert float(out.scaling.slope) == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_docs_page_example_runs():
+    """docs/learnability.md's snippet runs as written and shows what it says."""
+    from test_docs import DOCS, python_blocks
+
+    namespace = {"__name__": "docs_example"}
+    for block in python_blocks((DOCS / "learnability.md").read_text()):
+        exec(compile(block, "learnability.md", "exec"), namespace)
+    out = namespace["out"]
+    assert out.window[-1] == 16 and (out.contiguous_window <= out.window).all()
+    assert abs(float(out.scaling.slope) - 1) < 0.2 and (out.sample_snr > 3).all()
+
+
 # ---------------------------------------------------------------------- bad input
 
 
@@ -276,6 +305,22 @@ def test_alpha_outside_the_range_is_refused(alpha):
         detection_snr(torch.ones(3), torch.ones(3), torch.tensor([1.5, alpha, 2.0]), [1.0])
     with pytest.raises(ValueError, match="alpha"):
         learnability_window_from(torch.ones(2, 5), [1, 2], [1.0, 2.0], known_fit(alpha, 1.0))
+
+
+def test_lags_the_fit_calls_unreliable_are_never_detected():
+    """mcculloch clips α̂ to [0.5, 2] and flags α̂ ≤ 1 unreliable: such a lag is unmeasured."""
+    psi = torch.full((3, 10), 0.05, dtype=torch.float64)  # SNR > 0.1 at N = 10, not 1
+
+    def fit(x):
+        return SimpleNamespace(alpha=torch.tensor([2.0, 0.8, 1.5], dtype=torch.float64),
+                               scale=torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64),
+                               reliable=torch.tensor([True, False, True]))
+
+    out = learnability_window_from(psi, [1, 2, 3], [1.0, 10.0], fit, envelope=torch.ones(3))
+    assert out.n_required.tolist() == [10.0, math.inf, 10.0]
+    assert out.n_required_continuous[1].isinf() and out.sample_snr[1].isnan()
+    assert out.window.tolist() == [0.0, 3.0] and out.contiguous_window.tolist() == [0.0, 1.0]
+    assert out.summary.alpha[1] == 0.8 and int(out.scaling.lags_used) == 2
 
 
 def never(x):

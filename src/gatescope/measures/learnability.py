@@ -8,8 +8,8 @@ sizes and, given the envelope ``f(ℓ)``, the scaling-law check ``N(ℓ) ∝ f(�
 
 The tail estimator is an argument (``fit(x)`` with the samples on the last axis, returning an
 object with ``.alpha``, ``.scale`` and ``.reliable`` per row, as
-``gatescope.measures.stable.mcculloch(x, dim=-1)`` does), so that any estimator, or a stand-in
-with known values in a test, can be used.
+:func:`gatescope.measures.stable.mcculloch` and ``koutrouvelis`` do), so that any estimator,
+or a stand-in with known values in a test, can be used.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class LearnabilityWindow:
 
     Attributes:
         lags: ``(L,)`` the lags.
-        summary: the per-lag mean, sign and tail fit (:class:`PsiSummary`, ``(..., L)``).
+        summary: the per-lag mean, sign and tail fit (:class:`PsiSummary`, ``(..., L)``), as
+            estimated (the detection leaves out the lags the fit flags unreliable).
         eps: the detection threshold ``ε``.
         n_required: ``(..., L)`` the first grid ``N`` with ``SNR > ε`` (``+inf``: none).
         n_required_continuous: ``(..., L)`` ``(ε σ̂ / |mean|)^{κ_α̂}``.
@@ -130,9 +131,12 @@ def learnability_window_from(psi: Tensor, lags: Sequence[float] | Tensor, grid,
         eps: the detection threshold ``ε > 0``.
         envelope: the envelope ``f(ℓ)`` broadcastable to ``(..., L)``, for the scaling law.
 
+    Lags the fit flags unreliable (too few samples; ``α̂ ≤ 1``, where a mean of ``N`` samples
+    does not concentrate; a degenerate scale) count as unmeasured: never detected, left out
+    of the scaling law, NaN ``sample_snr``. ``summary`` keeps their raw estimates.
+
     Raises:
-        ValueError: bad arguments, or a tail fit with ``α̂`` outside ``(1, 2]`` (the estimator
-            should clip to the boundary and flag it unreliable, or return NaN).
+        ValueError: bad arguments, or ``α̂`` outside ``(1, 2]`` at a lag the fit calls reliable.
     """
     lag_values, g = _checked_lags(lags), _checked_grid(grid)
     _checked_eps(eps)
@@ -141,19 +145,20 @@ def learnability_window_from(psi: Tensor, lags: Sequence[float] | Tensor, grid,
         raise ValueError(f"psi must be (..., L, S) with L = len(lags) = {lag_values.numel()}, "
                          f"got shape {tuple(shape)}")
     s = psi_summary(psi, fit)
-    outside = ~(s.alpha.isnan() | ((s.alpha > 1) & (s.alpha <= 2)))
+    outside = s.reliable & ~(s.alpha.isnan() | ((s.alpha > 1) & (s.alpha <= 2)))
     if bool(outside.any()):
         raise ValueError(f"fit returned alpha outside (1, 2] at lags "
-                         f"{lag_values.expand(outside.shape)[outside].tolist()}: "
-                         f"{s.alpha[outside].tolist()}")
-    n_grid = required_samples(s.mean, s.scale, s.alpha, g, eps)
-    n_cont = required_samples_continuous(s.mean, s.scale, s.alpha, eps)
+                         f"{lag_values.expand(outside.shape)[outside].tolist()} flagged "
+                         f"reliable: {s.alpha[outside].tolist()}")
+    alpha, scale = (v.masked_fill(~s.reliable, math.nan) for v in (s.alpha, s.scale))
+    n_grid = required_samples(s.mean, scale, alpha, g, eps)
+    n_cont = required_samples_continuous(s.mean, scale, alpha, eps)
     law = law_grid = None
     if envelope is not None:
-        law = scaling_law(n_cont, envelope, s.alpha)
+        law = scaling_law(n_cont, envelope, alpha)
         # a lag detected at the grid's first N needs "at most grid[0]": censored, left out
-        law_grid = scaling_law(n_grid.masked_fill(n_grid <= g[0], math.nan), envelope, s.alpha)
-    sample_snr = s.mean * s.samples ** (1 - 1 / s.alpha) / s.scale
+        law_grid = scaling_law(n_grid.masked_fill(n_grid <= g[0], math.nan), envelope, alpha)
+    sample_snr = s.mean * s.samples ** (1 - 1 / alpha) / scale
     return LearnabilityWindow(
         lag_values, s, eps, n_grid, n_cont, sample_snr, g,
         learnability_window(lag_values, n_grid, g),
