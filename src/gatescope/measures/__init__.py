@@ -1,6 +1,7 @@
 """Measures built on the dynamics: effective learning rates, sensitivity profiles,
 anisotropy of transport and updates, and optimizer step sizes
-(docs/maths.md#effective-learning-rates and the sections after it).
+(docs/maths.md#effective-learning-rates and the sections after it); the spectrum of time
+scales, the envelope's decay law and the phase they give (docs/timescales.md).
 
 A functional core: plain functions of trajectories, Jacobians, sensitivities, models and
 optimizers, returning tensors or small dataclasses.
@@ -17,6 +18,12 @@ from .anisotropy import (
     spectrum_stats,
     transport_alignment,
     update_anisotropy,
+)
+from .envelope_models import (
+    ENVELOPE_MODELS,
+    EnvelopeModel,
+    EnvelopeSelection,
+    select_envelope_model,
 )
 from .optimizer_steps import (
     Dispersion,
@@ -44,17 +51,34 @@ from .rates import (
     neuron_cv,
     time_scales,
 )
+from .timescale_spectrum import (
+    PHASES,
+    PowerLawWindow,
+    TailExponent,
+    TimeScaleFit,
+    fitted_time_scales,
+    phase,
+    power_law_window,
+    tail_exponent,
+)
 
 __all__ = [
     "Alignment",
     "Dispersion",
+    "ENVELOPE_MODELS",
+    "EnvelopeModel",
+    "EnvelopeSelection",
     "GatesVsOptimizer",
+    "PHASES",
     "PowerFit",
+    "PowerLawWindow",
     "PredictorFit",
     "ProfileFit",
     "PropagationAnisotropy",
     "RateSummary",
     "SpectrumStats",
+    "TailExponent",
+    "TimeScaleFit",
     "coefficient_of_variation",
     "dispersion",
     "effective_learning_rates",
@@ -62,17 +86,22 @@ __all__ = [
     "envelope",
     "final_state_gradient",
     "fit_power",
+    "fitted_time_scales",
     "gate_product",
     "gates_vs_optimizer",
     "lag_medians",
     "neuron_cv",
     "optimizer_step_sizes",
     "per_example_gradients",
+    "phase",
+    "power_law_window",
     "profile_fit",
     "propagation_anisotropy",
+    "select_envelope_model",
     "sensitivity_profile",
     "spectrum_stats",
     "step_size_dispersion",
+    "tail_exponent",
     "time_scales",
     "transport_alignment",
     "update_anisotropy",
