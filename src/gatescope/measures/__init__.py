@@ -1,7 +1,8 @@
 """Measures built on the dynamics: effective learning rates, sensitivity profiles,
 anisotropy of transport and updates, optimizer step sizes
-(docs/maths.md#effective-learning-rates and the sections after it), and the detection of lags
-and the learnability window (docs/learnability.md).
+(docs/maths.md#effective-learning-rates and the sections after it), the detection of lags
+and the learnability window (docs/learnability.md), and the spectrum of time scales, the
+envelope's decay law and the phase they give (docs/timescales.md).
 
 A functional core: plain functions of trajectories, Jacobians, sensitivities, models and
 optimizers, returning tensors or small dataclasses.
@@ -27,6 +28,12 @@ from .detection import (
     required_samples,
     required_samples_continuous,
     scaling_law,
+)
+from .envelope_models import (
+    ENVELOPE_MODELS,
+    EnvelopeModel,
+    EnvelopeSelection,
+    select_envelope_model,
 )
 from .learnability import LearnabilityWindow, PsiSummary, learnability_window_from, psi_summary
 from .optimizer_steps import (
@@ -56,13 +63,28 @@ from .rates import (
     time_scales,
 )
 from .stable import StableFit, koutrouvelis, mcculloch, stable_samples
+from .timescale_spectrum import (
+    PHASES,
+    PowerLawWindow,
+    TailExponent,
+    TimeScaleFit,
+    fitted_time_scales,
+    phase,
+    power_law_window,
+    tail_exponent,
+)
 
 __all__ = [
     "Alignment",
     "Dispersion",
+    "ENVELOPE_MODELS",
+    "EnvelopeModel",
+    "EnvelopeSelection",
     "GatesVsOptimizer",
     "LearnabilityWindow",
+    "PHASES",
     "PowerFit",
+    "PowerLawWindow",
     "PredictorFit",
     "ProfileFit",
     "PropagationAnisotropy",
@@ -71,6 +93,8 @@ __all__ = [
     "ScalingLaw",
     "SpectrumStats",
     "StableFit",
+    "TailExponent",
+    "TimeScaleFit",
     "coefficient_of_variation",
     "detection_snr",
     "dispersion",
@@ -79,6 +103,7 @@ __all__ = [
     "envelope",
     "final_state_gradient",
     "fit_power",
+    "fitted_time_scales",
     "gate_product",
     "gates_vs_optimizer",
     "kappa",
@@ -90,16 +115,20 @@ __all__ = [
     "neuron_cv",
     "optimizer_step_sizes",
     "per_example_gradients",
+    "phase",
+    "power_law_window",
     "profile_fit",
     "propagation_anisotropy",
     "psi_summary",
     "required_samples",
     "required_samples_continuous",
     "scaling_law",
+    "select_envelope_model",
     "sensitivity_profile",
     "spectrum_stats",
     "stable_samples",
     "step_size_dispersion",
+    "tail_exponent",
     "time_scales",
     "transport_alignment",
     "update_anisotropy",
