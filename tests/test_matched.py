@@ -4,6 +4,8 @@ autograd and from the definitions written out, never from the streamed passes)."
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -416,3 +418,19 @@ def test_probe_skips_the_matched_statistic_of_an_lstm():
     probe = gs.Probe(model, u, y, quantities=["matched_statistic"], lags=[1, 2])
     assert "matched_mean" not in probe(0)
     assert "readout" in next(iter(probe.notes["matched_statistic"]))
+
+
+def test_the_docs_example_runs(capsys):
+    page = Path(__file__).resolve().parents[1] / "docs" / "matched-statistic.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.M | re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], str(page), "exec"), {"__name__": "docs_example"})
+    assert "EnvelopeAgreement(rank_correlation=" in capsys.readouterr().out
+
+
+def test_psi_refuses_a_result_over_the_dense_budget():
+    model = _model("multi_gate")
+    u, y = _batch(model)
+    with gs.dense_budget_limit(1000), pytest.raises(gs.DenseBudgetExceeded,
+                                                    match="gs.matched_statistic"):
+        matched_statistic(model, u, y, LAGS, torch.Generator().manual_seed(0), chunk_size=1)

@@ -157,7 +157,8 @@ def exact_envelope(cell: RecurrentCell, traj: Trajectory, lags: Sequence[int],
 
     Raises:
         TypeError, ValueError: for lags or ends that are not ints in range, a trajectory of
-            another cell, or a bad ``chunk_size``, before any compute.
+            another cell, a bad ``chunk_size``, or complex dense Jacobians, before any
+            compute.
     """
     check_trajectory(cell, traj)
     lags = _envelope_lags(traj, lags)
@@ -166,6 +167,9 @@ def exact_envelope(cell: RecurrentCell, traj: Trajectory, lags: Sequence[int],
     structure = structure_of(cell, traj)
     if structure is not None:
         return _structured_exact(structure, traj, lags, ends)
+    if traj.states.is_complex() or (J is not None and J.is_complex()):
+        raise TypeError("exact_envelope needs real Jacobians for a cell without a "
+                        f"jacobian_structure; got {(traj.states if J is None else J).dtype}")
     return _dense_exact(cell, traj, lags, ends, J, chunk_size)
 
 
@@ -205,13 +209,12 @@ def _structured_exact(structure: JacobianStructure, traj: Trajectory, lags: list
 def _window_jacobians(cell: RecurrentCell, traj: Trajectory, rows: slice, ends: Tensor,
                       depth: int, J: Tensor | None) -> Tensor:
     """``J_{t-depth+1..t}`` of the examples ``rows`` for every end ``t``:
-    ``(c, S, depth, N, N)`` float64, step ``t-depth+i+1`` at index ``i``."""
+    ``(c, S, depth, N, N)`` in the Jacobians' dtype, step ``t-depth+i+1`` at index ``i``."""
     if J is not None:
         steps = ends.view(-1, 1) - depth + torch.arange(depth)  # step k+1 sits at index k
-        return J[rows][:, steps.to(J.device)].double()
+        return J[rows][:, steps.to(J.device)]
     sub = traj.examples(rows)
-    return torch.stack([jacobians(cell, sub.steps(t - depth, t)).double()
-                        for t in ends.tolist()], 1)
+    return torch.stack([jacobians(cell, sub.steps(t - depth, t)) for t in ends.tolist()], 1)
 
 
 def _dense_exact(cell: RecurrentCell, traj: Trajectory, lags: list[int], ends: list[int],
@@ -222,8 +225,8 @@ def _dense_exact(cell: RecurrentCell, traj: Trajectory, lags: list[int], ends: l
     device = traj.states.device
     at = torch.tensor(ends, dtype=torch.int64)
     keep = ~times_beyond_length(traj)[:, at.to(device)]  # (B, S)
-    if chunk_size is None:  # the window Jacobians (float64 and their source) and 3 products
-        per_example = S * N * N * (depth * (8 + traj.states.element_size()) + 3 * 8)
+    if chunk_size is None:  # the window Jacobians (twice while stacked) and 4 products
+        per_example = S * N * N * (2 * depth * traj.states.element_size() + 4 * 8)
         chunk_size = max(1, min(Bsz, dense_budget() // 2 // max(1, per_example)))
     positions = _positions(lags)
     acc = _Mean(len(lags), device)
@@ -235,10 +238,10 @@ def _dense_exact(cell: RecurrentCell, traj: Trajectory, lags: list[int], ends: l
     for b0 in range(0, Bsz, chunk_size):
         rows = slice(b0, min(Bsz, b0 + chunk_size))
         windows = _window_jacobians(cell, traj, rows, at, depth, J)
-        P = windows[:, :, depth - 1]  # M_{t,t-1} = J_t
+        P = windows[:, :, depth - 1].double()  # M_{t,t-1} = J_t
         for lag in range(1, depth + 1):
             if lag > 1:  # the window gains step t-lag+1 on the right
-                P = P @ windows[:, :, depth - lag]
+                P = P @ windows[:, :, depth - lag].double()
             if lag in positions:
                 diagonal = P.diagonal(dim1=-2, dim2=-1)[..., N - n:].abs().sum(-1)
                 acc.add(positions[lag], diagonal, keep[rows])

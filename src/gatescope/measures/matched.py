@@ -163,8 +163,8 @@ def matched_statistic(model: SequenceModel, u: Tensor, y: Tensor, lags: Sequence
     Raises:
         TypeError: for non-integer lags, or a ``generator`` that is not one.
         ValueError: for negative lags or a bad ``chunk_size``, before any compute.
-        DenseBudgetExceeded: before any compute, when ``ψ`` and one chunk's work exceed
-            :func:`gatescope.dense_budget`.
+        DenseBudgetExceeded: after the unroll and before the rate pass, when ``ψ`` and one
+            chunk's work exceed :func:`gatescope.dense_budget`.
     """
     if not isinstance(model, SequenceModel):
         raise TypeError(f"model must be a gs.SequenceModel, got {type(model).__name__}")
