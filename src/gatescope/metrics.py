@@ -188,3 +188,29 @@ ALIGNMENT = declare_metric("alignment", "a_r = ‖U_rᵀ δ_T‖²/‖δ_T‖²,
                            "singular vectors of M_{T,T−ℓ}, mean over examples", axes=("lag",))
 ALIGNMENT_BASELINE = declare_metric("alignment_baseline", "r/N, the alignment of a random "
                                     "direction")
+
+
+# --------------------------------------------------------------- learnability window
+MATCHED_MEAN = declare_metric(
+    "matched_mean", "mean over examples and loss-bearing steps t ≥ ℓ of the matched statistic "
+    "ψ_t(ℓ) = Σ_q μ_t^{(q)}(ℓ) δ_t^{(q)} v_{t−ℓ}^{(q)} (its own sign; docs/matched-statistic.md)",
+    axes=("rate_lag",))
+MATCHED_STD = declare_metric(
+    "matched_std", "population standard deviation of ψ_t(ℓ) over the same samples",
+    axes=("rate_lag",))
+MATCHED_POSITIVE_FRACTION = declare_metric(
+    "matched_positive_fraction", "fraction of the ψ_t(ℓ) samples above zero",
+    axes=("rate_lag",))
+EXACT_ENVELOPE = declare_metric(
+    "exact_envelope", "mean over (b, t) of Σ_q |[M_{t,t−ℓ}]_qq|, the exact transport's "
+    "diagonal on the retention entries (dense cells: a few sampled end times t)",
+    axes=("rate_lag",))
+FIRST_ORDER_ENVELOPE = declare_metric(
+    "first_order_envelope", "mean over the same (b, t) as exact_envelope of Σ_q |μ_{t,ℓ,q}| "
+    "(first order; n times envelope)", axes=("rate_lag",))
+ENVELOPE_RANK_CORRELATION = declare_metric(
+    "envelope_rank_correlation", "Spearman's ρ of first_order_envelope against exact_envelope "
+    "across the rate lags")
+ENVELOPE_SLOPE_RATIO = declare_metric(
+    "envelope_slope_ratio", "slope of log first_order_envelope over that of log "
+    "exact_envelope, each least squares against ℓ (> 1: the approximation decays faster)")

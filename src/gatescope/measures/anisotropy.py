@@ -517,10 +517,16 @@ class Alignment:
     baseline: float
 
 
-def final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor,
-                         mask: Tensor | None = None) -> Tensor:
-    """``δ_T = ∂L_b/∂h_T`` per example: ``(B, N)``, the loss direction that
-    :func:`transport_alignment` compares with the transport's top directions.
+def state_gradients(model: SequenceModel, states: Tensor, y: Tensor,
+                    mask: Tensor | None = None) -> Tensor:
+    """``δ_t = ∂L_b/∂h_t`` per example, the direct dependence only: ``(B, T+1, N)``.
+
+    The gradient of ``B`` times the batch loss with respect to the states taken as free
+    inputs of the readout (the recurrence is not differentiated): the output error at
+    step ``t`` projected back through the readout. That is each example's own loss when
+    every example weighs the same (no mask, or masks of equal totals). ``δ_0 = 0``; for
+    readout ``"last"`` only ``δ_T`` is nonzero; entries the readout does not read (an LSTM's
+    ``c``, an output projection's inner state) are zero.
 
     Args:
         states: ``(B, T+1, N)`` (e.g. ``traj.states``); only their values are used.
@@ -529,7 +535,20 @@ def final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor,
     states = states.detach().requires_grad_()
     with torch.enable_grad():
         loss = model.loss_from_states(states, y, mask) * states.shape[0]  # per example
-        return torch.autograd.grad(loss, states)[0][:, -1]
+        return torch.autograd.grad(loss, states)[0]
+
+
+def final_state_gradient(model: SequenceModel, states: Tensor, y: Tensor,
+                         mask: Tensor | None = None) -> Tensor:
+    """``δ_T = ∂L_b/∂h_T`` per example: ``(B, N)``, the loss direction that
+    :func:`transport_alignment` compares with the transport's top directions
+    (the last step of :func:`state_gradients`).
+
+    Args:
+        states: ``(B, T+1, N)`` (e.g. ``traj.states``); only their values are used.
+        y, mask: as for :meth:`~gatescope.SequenceModel.loss`.
+    """
+    return state_gradients(model, states, y, mask)[:, -1]
 
 
 def transport_alignment(J: Tensor, delta_T: Tensor, ks: Sequence[int], r: int = 10) -> Alignment:

@@ -223,15 +223,21 @@ def _needs_jacobians(cell: RecurrentCell, traj: Trajectory, J: Tensor | None) ->
     return J is None and cell.jacobian_structure(traj) is None
 
 
+def check_chunk_size(chunk_size) -> None:
+    """Refuse a ``chunk_size`` (examples per chunk) that is neither ``None`` nor an int
+    ``>= 1``, before any compute."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1 (examples per chunk), "
+                         f"got {chunk_size!r}")
+
+
 def _rate_arguments(traj: Trajectory, lags, order: int,
                     chunk_size: int | None) -> tuple[list[int], int | None]:
     """Validate the arguments the rate functions share, before any compute."""
     if order not in (0, 1):
         raise ValueError(f"order must be 0 or 1, got {order!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
-            chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or an int >= 1 (examples per chunk), "
-                         f"got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     lags = list(range(traj.seq_len + 1)) if lags is None else integer_lags(lags)
     return lags, chunk_size
 

@@ -4,7 +4,8 @@ JSON + NPZ that :func:`load_probe` reads back without a model.
 
 Built-in quantities, cheapest first (``"cheap"`` preset: cost ``<= 1``; ``"full"``: all):
 ``loss``, ``gates``, ``optimizer_steps`` (0), ``effective_rates`` (1),
-``propagation_anisotropy``, ``alignment`` (2), ``update_anisotropy`` (3), ``profile`` (4).
+``propagation_anisotropy``, ``alignment``, ``matched_statistic``, ``exact_envelope`` (2),
+``update_anisotropy`` (3), ``profile`` (4).
 Add your own with :func:`register_quantity`.
 """
 

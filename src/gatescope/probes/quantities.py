@@ -13,6 +13,8 @@ from torch import Tensor
 from .. import metrics as M
 from ..measures._quantile import quantile
 from ..measures.anisotropy import propagation_anisotropy, transport_alignment, update_anisotropy
+from ..measures.envelopes import envelope_agreement, exact_envelope, first_order_envelope
+from ..measures.matched import loss_steps, matched_statistic, readout_reads_retention
 from ..measures.optimizer_steps import step_size_dispersion
 from ..measures.profiles import profile_fit
 from ..measures.rates import (
@@ -138,6 +140,53 @@ def effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
     ``envelope`` and ``rate_cv_order1`` per lag, ``time_scales`` per neuron."""
     return {M.ENVELOPE.name: envelope(ctx.rates), M.RATE_CV_ORDER1.name: neuron_cv(ctx.rates),
             M.TIME_SCALES.name: time_scales(ctx.cell, ctx.trajectory)}
+
+
+@register_quantity("matched_statistic", cost=2,
+                   metrics=[M.MATCHED_MEAN, M.MATCHED_STD, M.MATCHED_POSITIVE_FRACTION],
+                   description="the matched statistic ψ_t(ℓ) at the rate lags (learnability "
+                   "window)")
+def matched(ctx: ProbeContext) -> dict[str, Tensor]:
+    """:func:`~gatescope.measures.matched.matched_statistic` at the rate lags, its direction
+    ``w`` drawn from a generator seeded with ``ctx.sampling_seed``: mean, standard deviation
+    and fraction positive per lag over the examples and the steps that carry a loss term
+    (:func:`~gatescope.measures.matched.loss_steps`). Always from the cell's own Jacobians
+    (``gate_term`` does not apply). Skipped where ``ψ ≡ 0``: a readout that does not read the
+    retention entries (an LSTM, an output projection)."""
+    if not readout_reads_retention(ctx.model):
+        raise SkipQuantity("the readout does not read the retention entries: δ_t = 0 there, "
+                           "so ψ ≡ 0")
+    psi = matched_statistic(ctx.model, ctx.u, ctx.y, ctx.effective_rate_lags,
+                            torch.Generator().manual_seed(ctx.sampling_seed), ctx.mask,
+                            ctx.lengths)
+    steps = loss_steps(ctx.model, *ctx.u.shape[:2], ctx.mask).to(psi.device)
+    samples = psi.masked_fill(~steps.unsqueeze(-1), float("nan")).flatten(0, 1)  # (B·(T+1), L)
+    mean = samples.nanmean(0)
+    defined = ~samples.isnan()
+    return {M.MATCHED_MEAN.name: mean,
+            M.MATCHED_STD.name: (samples - mean).square().nanmean(0).sqrt(),
+            M.MATCHED_POSITIVE_FRACTION.name: (samples > 0).sum(0) / defined.sum(0)}
+
+
+@register_quantity("exact_envelope", cost=2,
+                   metrics=[M.EXACT_ENVELOPE, M.FIRST_ORDER_ENVELOPE,
+                            M.ENVELOPE_RANK_CORRELATION, M.ENVELOPE_SLOPE_RATIO],
+                   description="envelope of the exact transport's diagonal beside the "
+                   "first-order one")
+def exact_and_first_order_envelopes(ctx: ProbeContext) -> dict[str, Tensor | float]:
+    """:func:`~gatescope.measures.envelopes.exact_envelope` and
+    :func:`~gatescope.measures.envelopes.first_order_envelope` at the rate lags on the same
+    ``(b, t)`` (every ``t ≥ ℓ`` for a structured cell, the default sampled end times for a
+    dense one, whose Jacobians are the context's), and their
+    :func:`~gatescope.measures.envelopes.envelope_agreement`."""
+    lags = ctx.effective_rate_lags
+    J = None if ctx.structured else ctx.jacobians
+    exact = exact_envelope(ctx.cell, ctx.trajectory, lags, J=J)
+    first = first_order_envelope(ctx.cell, ctx.trajectory, lags, J=J)
+    agreement = envelope_agreement(exact, first, lags)
+    return {M.EXACT_ENVELOPE.name: exact, M.FIRST_ORDER_ENVELOPE.name: first,
+            M.ENVELOPE_RANK_CORRELATION.name: agreement.rank_correlation,
+            M.ENVELOPE_SLOPE_RATIO.name: agreement.slope_ratio}
 
 
 JACOBIAN_METRICS = (M.JACOBIAN_AI, M.JACOBIAN_CE, M.JACOBIAN_PARTICIPATION_RATIO,
