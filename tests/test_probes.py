@@ -121,7 +121,8 @@ def test_presets_are_cost_ordered():
     cheap = [q.name for q in Probe(*_setup(), quantities="cheap").quantities]
     full = [q.name for q in Probe(*_setup(), quantities="full").quantities]
     assert cheap == ["loss", "gates", "optimizer_steps", "zeroth_order_rates",
-                     "zeroth_order_rates_null", "schedule", "effective_rates"]
+                     "zeroth_order_rates_null", "schedule", "effective_rates",
+                     "timescale_spectrum"]
     assert full == list_quantities() and full[: len(cheap)] == cheap
     assert full[-1] == "profile"
     picked = Probe(*_setup(), quantities=["profile", "loss"]).quantities
@@ -377,7 +378,8 @@ def test_save_load_round_trip(tmp_path):
     loaded = Probe.load(json_path)
     assert np.isnan(loaded["step_cv"][0])
     assert loaded.quantities == ["loss", "gates", "optimizer_steps", "zeroth_order_rates",
-                                 "zeroth_order_rates_null", "schedule", "effective_rates"]
+                                 "zeroth_order_rates_null", "schedule", "effective_rates",
+                     "timescale_spectrum"]
     assert set(loaded.quantity("gates")) == {"gate_per_neuron", "retention_per_neuron"}
     assert loaded.metadata["lags"] == list(LAGS)
     assert Schedule.from_dict(loaded.metadata["schedule"]) == Schedule.every(2)

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 #: the lags a quantity is asked for; ``rate_lag``/``schedule_lag``: the lags of the
 #: effective-rate and schedule quantities; ``profile_lag``: ``1..T-1``; ``time``: ``1..T``;
 #: ``predictor``: a gate-product predictor; ``neuron``: ``0..n-1``; ``level``: quantile
-#: levels; ``eps``: the expansion's bookkeeping parameter.
+#: levels; ``eps``: the expansion's bookkeeping parameter; ``samples``: the sample sizes ``N``
+#: of the learnability window.
 AXIS_COLUMNS = {
     "lag": "lag", "rate_lag": "lag", "schedule_lag": "lag", "profile_lag": "lag",
     "transport_lag": "lag",
     "time": "time", "predictor": "predictor", "neuron": "neuron", "level": "level",
     "eps": "eps",
+    # the sample sizes N at which the learnability window is evaluated
+    "samples": "samples",
     # the k-th largest of a spectrum over the state's directions (Lyapunov exponents)
     "exponent": "neuron",
 }
@@ -214,3 +217,57 @@ ENVELOPE_RANK_CORRELATION = declare_metric(
 ENVELOPE_SLOPE_RATIO = declare_metric(
     "envelope_slope_ratio", "slope of log first_order_envelope over that of log "
     "exact_envelope, each least squares against ℓ (> 1: the approximation decays faster)")
+MATCHED_ALPHA = declare_metric(
+    "matched_alpha", "tail index α̂ of the oriented ψ_t(ℓ) samples (McCulloch's quantile "
+    "estimator; docs/tail-index.md)", axes=("rate_lag",))
+MATCHED_SCALE = declare_metric(
+    "matched_scale", "stable scale σ̂ of the oriented ψ_t(ℓ) samples (McCulloch)",
+    axes=("rate_lag",))
+MATCHED_RELIABLE = declare_metric(
+    "matched_reliable", "1 where the tail fit of ψ_t(ℓ) is reliable (enough samples, α̂ > 1), "
+    "else 0", axes=("rate_lag",))
+MATCHED_SAMPLE_SNR = declare_metric(
+    "matched_sample_snr", "|mean ψ| · S^(1-1/α̂) / σ̂ at the S samples measured: below a few, "
+    "the mean is not resolved and N_required is noise", axes=("rate_lag",))
+REQUIRED_SAMPLES = declare_metric(
+    "required_samples", "N_required(ℓ) = (ε σ̂ / |mean ψ|)^κ_α̂, the samples at which the "
+    "detection SNR reaches ε (continuous form; docs/learnability.md)", axes=("rate_lag",),
+    unit="samples")
+LEARNABILITY_WINDOW = declare_metric(
+    "learnability_window", "H_N: the longest lag ℓ with every rate lag ≤ ℓ detected at N "
+    "samples (contiguous window; 0: none)", axes=("samples",), unit="steps")
+LEARNABILITY_WINDOW_MAX = declare_metric(
+    "learnability_window_max", "the follow-up's H_N = max{ℓ : N_required(ℓ) ≤ N} (0: none)",
+    axes=("samples",), unit="steps")
+SCALING_SLOPE = declare_metric(
+    "scaling_slope", "slope of log N_required(ℓ) on -κ_α̂ log f(ℓ) over the detected rate lags "
+    "(the scaling law N ∝ f^(-κ_α) predicts 1)")
+SCALING_R2 = declare_metric("scaling_r2", "R² of the scaling-law regression")
+SCALING_LAGS = declare_metric("scaling_lags", "rate lags the scaling-law regression used",
+                              unit="lags")
+
+# ---------------------------------------------------------------- time-scale spectrum
+#: The phases a ``phase`` value indexes (docs/timescales.md#phase).
+PHASE_LABELS = ("collapsed", "unresolved", "concentrated", "broad", "boundary")
+#: The envelope models an ``envelope_model`` value indexes (docs/timescales.md).
+ENVELOPE_MODEL_LABELS = ("exponential", "power law", "tempered power law")
+
+FITTED_TIME_SCALES = declare_metric(
+    "fitted_time_scale", "τ_q from E log|μ_{t,ℓ,q}| ≈ a_q - ℓ/τ_q over the rate lags (inf: no "
+    "decay)", axes=("neuron",), unit="steps")
+TAIL_BETA = declare_metric("tail_beta", "β: the CCDF tail exponent of the fitted τ across "
+                           "neurons, log P(τ > x) ≈ c - β log x")
+TAIL_BETA_LOW = declare_metric("tail_beta_low", "lower end of β's 90% bootstrap interval")
+TAIL_BETA_HIGH = declare_metric("tail_beta_high", "upper end of β's 90% bootstrap interval")
+TAIL_BELOW_ONE = declare_metric("tail_prob_below_one", "P(β < 1) over the bootstrap resamples")
+TAIL_R2 = declare_metric("tail_r2", "R² of the CCDF tail fit")
+ENVELOPE_MODEL = declare_metric(
+    "envelope_model", "the envelope's AIC choice: an index into ENVELOPE_MODEL_LABELS "
+    "(0 exponential, 1 power law, 2 tempered power law; -1 none)")
+ENVELOPE_WEIGHTS = tuple(
+    declare_metric(f"envelope_weight_{key}", f"Akaike weight of the {label} envelope model")
+    for key, label in zip(("exponential", "power", "tempered"), ENVELOPE_MODEL_LABELS,
+                          strict=True))
+PHASE = declare_metric(
+    "phase", "the phase: an index into PHASE_LABELS (0 collapsed, 1 unresolved, "
+    "2 concentrated, 3 broad, 4 boundary)")

@@ -4,7 +4,7 @@ both use.
 
 Columns (``docs/outputs.md``): :data:`RESULT_COLUMNS` in every row, then the axis columns a
 metric fills (:data:`gatescope.metrics.AXIS_COLUMNS`: ``eps``, ``level``, ``neuron``,
-``predictor``, ``time``), sorted by name; a row that lacks one leaves it empty.
+``predictor``, ``samples``, ``time``), sorted by name; a row that lacks one leaves it empty.
 
 CSV conventions: ``None`` is an empty cell; floats are written with ``repr`` (an exact round
 trip, ``nan``/``inf`` included); text columns read back as text, ``value`` as float, other
@@ -34,11 +34,12 @@ RESULT_COLUMNS = ("experiment", "task", "cell", "optimizer", "seed", "step", "me
 #: Columns always read back as text.
 TEXT_COLUMNS = ("experiment", "task", "cell", "optimizer", "metric", "predictor")
 #: Columns the numpy view holds as floats (NaN where empty).
-NUMERIC_COLUMNS = ("seed", "step", "lag", "value", "eps", "time", "neuron", "level")
+NUMERIC_COLUMNS = ("seed", "step", "lag", "value", "eps", "time", "neuron", "level",
+                   "samples")
 #: Columns that, with the metric, identify one quantity measured on every seed (``time``
 #: series are per-step data for figures and are not aggregated).
 KEY_COLUMNS = ("task", "cell", "optimizer", "step", "metric", "lag", "predictor", "eps",
-               "neuron", "level")
+               "neuron", "level", "samples")
 
 
 # ---------------------------------------------------------------------- CSV

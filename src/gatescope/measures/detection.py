@@ -25,6 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: The sample sizes at which probes and experiments evaluate the learnability window:
+#: ``N = 10^{k/4}`` for ``k = 4..40`` (10 to 10¹⁰, four per decade).
+DETECTION_GRID = tuple(10 ** (k / 4) for k in range(4, 41))
+
 
 def _float64(x, name: str) -> Tensor:
     try:

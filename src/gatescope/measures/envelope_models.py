@@ -27,11 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..metrics import ENVELOPE_MODEL_LABELS
 from ._integers import integer_lags
 from ._least_squares import masked_least_squares
 
 #: The models, in the order of the AIC columns and of tie-breaking (fewest parameters first).
-ENVELOPE_MODELS = ("exponential", "power law", "tempered power law")
+ENVELOPE_MODELS = ENVELOPE_MODEL_LABELS
 
 #: Parameters of each model (the number is its ``k``).
 MODEL_PARAMETERS = {"exponential": ("a", "b"), "power law": ("c", "d"),

@@ -3,13 +3,15 @@ on a fixed probe batch on a :class:`Schedule`, keeps them as plain arrays, and s
 JSON + NPZ that :func:`load_probe` reads back without a model.
 
 Built-in quantities, cheapest first (``"cheap"`` preset: cost ``<= 1``; ``"full"``: all):
-``loss``, ``gates``, ``optimizer_steps`` (0), ``effective_rates`` (1),
-``propagation_anisotropy``, ``alignment``, ``matched_statistic``, ``exact_envelope`` (2),
+``loss``, ``gates``, ``optimizer_steps`` (0), ``effective_rates``, ``timescale_spectrum``
+(1), ``propagation_anisotropy``, ``alignment``, ``matched_statistic``, ``exact_envelope``,
+``learnability_window`` (2),
 ``update_anisotropy`` (3), ``profile`` (4).
 Add your own with :func:`register_quantity`.
 """
 
 from . import quantities as _builtins  # noqa: F401  (registers the built-in quantities)
+from . import quantities_followups as _followups  # noqa: F401  (and the follow-ups')
 from .context import ProbeContext
 from .probe import Probe
 from .registry import (

@@ -17,6 +17,8 @@ from ..dynamics.jacobians import jacobians
 from ..dynamics.structured import structured_sensitivities
 from ..dynamics.transport import ordered_sensitivities
 from ..measures.anisotropy import final_state_gradient, per_example_gradients
+from ..measures.detection import DETECTION_GRID
+from ..measures.matched import loss_steps, matched_statistic
 from ..measures.optimizer_steps import DEFAULT_LEVELS, optimizer_step_sizes
 from ..measures.profiles import PREDICTORS
 from ..measures.rates import effective_learning_rates
@@ -122,6 +124,7 @@ class ProbeContext:
             "schedule_lag": list(self.schedule_lags), "profile_lag": list(range(1, T)),
             "time": list(range(1, T + 1)), "predictor": list(PREDICTORS),
             "neuron": list(range(self.cell.hidden_size)), "level": list(DEFAULT_LEVELS),
+            "samples": list(DETECTION_GRID),
         }
 
     @property
@@ -169,6 +172,19 @@ class ProbeContext:
         """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags."""
         return effective_learning_rates(self.cell, self.trajectory, self.effective_rate_lags,
                                         order=1, J=None if self.structured else self.jacobians)
+
+    @cached_property
+    def matched_samples(self) -> Tensor:
+        """``(L, S)`` the samples of the matched statistic ``ψ_t(ℓ)`` at the rate lags, one
+        row per lag: every ``(b, t)`` whose state carries a loss term
+        (:func:`~gatescope.measures.matched.loss_steps`), NaN where ``ℓ > t``; the
+        direction ``w`` drawn from a generator seeded with ``sampling_seed``
+        (:func:`~gatescope.measures.matched.matched_statistic`)."""
+        psi = matched_statistic(self.model, self.u, self.y, self.effective_rate_lags,
+                                torch.Generator().manual_seed(self.sampling_seed), self.mask,
+                                self.lengths)
+        steps = loss_steps(self.model, *self.u.shape[:2], self.mask).to(psi.device)
+        return psi.masked_fill(~steps.unsqueeze(-1), float("nan")).flatten(0, 1).T
 
     @cached_property
     def optimizer_steps(self) -> Mapping[Tensor, Tensor] | None:

@@ -14,7 +14,7 @@ from .. import metrics as M
 from ..measures._quantile import quantile
 from ..measures.anisotropy import propagation_anisotropy, transport_alignment, update_anisotropy
 from ..measures.envelopes import envelope_agreement, exact_envelope, first_order_envelope
-from ..measures.matched import loss_steps, matched_statistic, readout_reads_retention
+from ..measures.matched import readout_reads_retention
 from ..measures.optimizer_steps import step_size_dispersion
 from ..measures.profiles import profile_fit
 from ..measures.rates import (
@@ -156,11 +156,7 @@ def matched(ctx: ProbeContext) -> dict[str, Tensor]:
     if not readout_reads_retention(ctx.model):
         raise SkipQuantity("the readout does not read the retention entries: δ_t = 0 there, "
                            "so ψ ≡ 0")
-    psi = matched_statistic(ctx.model, ctx.u, ctx.y, ctx.effective_rate_lags,
-                            torch.Generator().manual_seed(ctx.sampling_seed), ctx.mask,
-                            ctx.lengths)
-    steps = loss_steps(ctx.model, *ctx.u.shape[:2], ctx.mask).to(psi.device)
-    samples = psi.masked_fill(~steps.unsqueeze(-1), float("nan")).flatten(0, 1)  # (B·(T+1), L)
+    samples = ctx.matched_samples.T  # (S, L)
     mean = samples.nanmean(0)
     defined = ~samples.isnan()
     return {M.MATCHED_MEAN.name: mean,
