@@ -396,7 +396,7 @@ def test_bad_followup_settings_are_refused():
         "forcing_alpha": {"forcing_alpha": 2.5},
         "clip_norm": {"clip_norm": 0},
         "bias": {"bias": False},
-        "gate_spreads": {"gate_spreads": [1, 1]},
+        "gate_spreads": {"gate_spreads": [0.1, 0.1000000001]},
         "cells": {"cells": ["plain"]},
         "tasks": {"tasks": ["adding"]},
     }
@@ -417,3 +417,19 @@ def test_paper_presets_are_the_protocol():
         assert min(settings.rate_lags) == 4 and max(settings.rate_lags) == 256
         trainer = settings.trainer(Group("multilag_seq", "multi_gate", "adamw"))
         assert trainer.optimizer.defaults["weight_decay"] == 1e-4 and trainer.clip_norm == 1.0
+
+
+def test_the_documented_paper_command_is_the_preset():
+    """docs/experiments.md#learnability's ``--set`` list equals ``learnability.PAPER``."""
+    from pathlib import Path
+
+    from gatescope.experiments import parse_assignments
+
+    text = (Path(__file__).parents[1] / "docs" / "experiments.md").read_text()
+    block = text.split("## learnability", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = block.split("learnability-paper", 1)[1].replace("\\\n", " ")
+    words = command.split()
+    values = parse_assignments(words[words.index("--set") + 1:])
+    assert values.pop("device") == "cuda"
+    model = get_experiment("learnability").settings_model
+    assert build_settings(model, values) == build_settings(model, LEARNABILITY_PAPER)

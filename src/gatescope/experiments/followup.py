@@ -206,8 +206,9 @@ class FollowupSettings(GridSettings):
     @field_validator("noise_alphas", "gate_spreads")
     @classmethod
     def _distinct(cls, values: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
-        if len(set(values)) != len(values):
-            raise ValueError(f"give each value once; got {list(values)}")
+        if len({f"{v:g}" for v in values}) != len(values):  # as the group names write them
+            raise ValueError(f"give each value once (to 6 significant digits); got "
+                             f"{list(values)}")
         return values
 
     @model_validator(mode="after")
