@@ -218,8 +218,9 @@ class EnsembleTrainer:
                 self._params, dict(zip(self._trainable_names, before, strict=True)),
                 self._forcing_generators, alive)
             lost = alive & ~finite
-            for p, old in zip(self._trainable, before, strict=True):
-                p.copy_(torch.where(self._per_seed(lost, p), old, p))
+            if not self._all_alive(~lost):  # on the CPU, only when a seed was lost
+                for p, old in zip(self._trainable, before, strict=True):
+                    p.copy_(torch.where(self._per_seed(lost, p), old, p))
         return alive & finite
 
     def _all_alive(self, alive: Tensor) -> bool:

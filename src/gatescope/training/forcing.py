@@ -7,7 +7,8 @@ After every optimizer step, each forced parameter entry ``θ_i`` of seed ``k`` m
     tensor in this step's update ``Δθ`` of seed ``k``,
 
 with ``ξ_i`` i.i.d. symmetric α-stable, normalised to be ``N(0, 1)`` at ``α = 2``
-(:func:`standard_stable`), drawn from seed ``k``'s own stream ``"forcing"``, and ``c`` the
+(:func:`standard_stable`), drawn from seed ``k``'s own stream ``"forcing"`` (one draw per
+step for all forced entries, in the order of :attr:`StableForcing.parameters`), and ``c`` the
 ``forcing_scale``. So the forcing is a fixed fraction of the update's own size, with tails of
 index ``α``: at ``α < 2`` most kicks are small and a few are far larger than the update.
 
@@ -104,12 +105,18 @@ class StableForcing:
             ``(E,)`` bool: the seeds whose forced parameters are all finite afterwards.
         """
         finite = torch.ones_like(alive)
-        for name, rows in self.parameters.items():
+        shapes = [tuple(params[name][:, rows].shape[1:]) for name, rows in
+                  self.parameters.items()]
+        counts = [math.prod(shape) for shape in shapes]
+        # one draw per seed for all forced entries, split in the order of ``parameters``
+        draws = torch.stack([standard_stable(self.alpha, (sum(counts),), g)
+                             for g in generators]).split(counts, dim=1)
+        for (name, rows), shape, draw in zip(self.parameters.items(), shapes, draws,
+                                             strict=True):
             p = params[name]
             delta = (p - before[name])[:, rows]
             rms = delta.pow(2).flatten(1).mean(1).sqrt()
-            xi = torch.stack([standard_stable(self.alpha, tuple(delta.shape[1:]), g)
-                              for g in generators]).to(p)
+            xi = draw.reshape(-1, *shape).to(p)
             kick = (self.scale * rms).reshape(-1, *([1] * (delta.dim() - 1))) * xi
             keep = alive.reshape(-1, *([1] * (delta.dim() - 1)))
             p[:, rows] += torch.where(keep, kick, torch.zeros_like(kick))
