@@ -79,7 +79,8 @@ def test_the_experiment_api_loads_on_first_use():
         "e.register_experiment\n"
         "print('pydantic' in sys.modules)\n")
     names, pydantic_loaded = out.splitlines()
-    assert ast.literal_eval(names) == ["train", "profiles", "anisotropy", "expansion", "families"]
+    assert ast.literal_eval(names) == ["train", "profiles", "anisotropy", "expansion", "families",
+                                       "learnability", "timescales"]
     assert pydantic_loaded == "True"
     assert gs.run_experiment is gs.experiments.run_experiment
     with pytest.raises(AttributeError, match="no_such_name"):

@@ -79,6 +79,22 @@ BAD = {
         "fit_points": ["1", "12", BIG],  # 12 > the 11 default eps
     },
 }
+_FOLLOWUP = {
+    **_GRID,
+    "probe_batch": _BATCHES,
+    "lags": [*_LAGS, "[128]"],  # seq_len is 128
+    "rate_lags": [*_LAGS, "[128]"],
+    "coefficients": ["[]", "[1, 2]", "[inf, 1, 1, 1, 1]", "[nan, 1, 1, 1, 1]"],
+    "noise_std": ["-1", "inf", "nan"],
+    "noise_alphas": ["[1]", "[2.5]", "[0.5]", "[]", "[2, 2]", "[nan]"],
+    "initial_gate": ["0", "1", "-0.1", "nan"],
+    "gate_spreads": ["[-1]", "[inf]", "[]", "[0, 0]"],
+    "forcing_alpha": ["0", "2.5", "inf", "nan"],
+    "forcing_scale": ["-1", "inf", "nan"],
+    "weight_decay": ["-1", "inf", "nan"],
+    "clip_norm": ["0", "-1", "inf", "nan"],
+}
+BAD["learnability"] = BAD["timescales"] = _FOLLOWUP
 del BAD["expansion"]["batch_size"], BAD["expansion"]["steps"]
 
 #: Combinations each within its bounds whose largest tensor is over the memory limit:
@@ -180,7 +196,8 @@ def test_the_sweep_covers_every_numeric_setting():
 # ---------------------------------------------------------------------- what stays valid
 
 
-@pytest.mark.parametrize("name", ["train", "profiles", "anisotropy", "expansion", "families"])
+@pytest.mark.parametrize("name", ["train", "profiles", "anisotropy", "expansion", "families",
+                                  "learnability", "timescales"])
 def test_defaults_and_bounds_themselves_are_accepted(name):
     model = experiment_class(name).settings_model
     build_settings(model, {})

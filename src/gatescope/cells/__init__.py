@@ -19,10 +19,11 @@ from .registry import cell_class, list_cells, make_cell, register_cell
 from .residual import ResidualCell
 from .rg_lru import RGLRUCell
 from .stack import StackedCell
+from .update_gate import RetentionGate, init_update_gate, retention_gate
 
 __all__ = [
     "GRUCell", "LRUCell", "LSTMCell", "LeakyCell", "MambaCell", "MinGRUCell", "MinLSTMCell",
     "MultiGateCell", "PlainCell", "RGLRUCell", "RecurrentCell", "ResidualCell",
-    "ScalarGateCell", "StackedCell", "Trajectory", "cell_class", "list_cells", "make_cell",
-    "register_cell",
+    "RetentionGate", "ScalarGateCell", "StackedCell", "Trajectory", "cell_class",
+    "init_update_gate", "list_cells", "make_cell", "register_cell", "retention_gate",
 ]

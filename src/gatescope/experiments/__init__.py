@@ -17,6 +17,7 @@ from .registry import experiment_class, get_experiment, list_experiments, regist
 
 # Importing the experiment modules registers them.
 from . import train, profiles, anisotropy, expansion, families  # noqa: F401
+from . import learnability, timescales  # noqa: F401
 
 # isort: on
 from ..results import read_rows

@@ -247,10 +247,13 @@ def integer(minimum: int | None = 1, maximum: int | None = None, *,
     return BeforeValidator(check)
 
 
-def number(**bounds: float) -> BeforeValidator:
-    """A validator: a finite number within ``bounds`` (those of :func:`checks.as_float`)."""
+def number(*, optional: bool = False, **bounds: float) -> BeforeValidator:
+    """A validator: a finite number within ``bounds`` (those of :func:`checks.as_float`;
+    ``None`` too when ``optional``)."""
 
-    def check(value: Any, info: ValidationInfo) -> float:
+    def check(value: Any, info: ValidationInfo) -> float | None:
+        if optional and value is None:
+            return None
         return checks.as_float(_name(info), value, **bounds)
 
     return BeforeValidator(check)

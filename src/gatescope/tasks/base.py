@@ -10,7 +10,9 @@ Conventions shared by every task:
       ``readout="all"``) return ``y`` of shape ``(B, T_total)`` holding ``torch.long`` class
       indices in ``[0, output_size)``.
     * Tasks with ``has_mask = True`` return ``(u, y, mask)``; ``mask`` is a ``torch.bool``
-      tensor shaped like ``y`` marking the targets that count. The masked loss is
+      tensor marking the targets that count: ``(B, T_total)``, one flag per step, for
+      ``readout="all"`` (the shape of ``y`` for classification; ``y`` without its output
+      axis for regression), otherwise shaped like ``y``. The masked loss is
       ``(loss_per_target * mask).sum() / mask.sum()``.
     * All randomness comes from the ``torch.Generator`` handed to :meth:`Task.sample`, drawn
       on the CPU in float64 and only then cast and moved, so one seed gives the same batch
@@ -222,9 +224,11 @@ class Task:
 
         Returns:
             ``(u, y)``, or ``(u, y, mask)`` when :attr:`has_mask`: ``u`` is
-            ``(B, T_total, m)``; ``y`` is ``(B, 1)`` (``loss="mse"``, ``readout="last"``)
-            or ``(B, T_total)`` ``torch.long`` (``loss="cross_entropy"``); ``mask`` is
-            ``torch.bool`` shaped like ``y``.
+            ``(B, T_total, m)``; ``y`` is ``(B, 1)`` (``loss="mse"``, ``readout="last"``),
+            ``(B, T_total, 1)`` (``loss="mse"``, ``readout="all"``) or ``(B, T_total)``
+            ``torch.long`` (``loss="cross_entropy"``); ``mask`` is ``torch.bool``,
+            ``(B, T_total)`` for ``readout="all"`` (one flag per step), else shaped like
+            ``y``.
 
         Raises:
             ValueError: ``batch`` not a positive integer, ``generator`` not a CPU
@@ -272,7 +276,7 @@ class Task:
             y_shape = (batch, self.total_len, self.output_size)
         expected = [(batch, self.total_len, self.input_size), y_shape]
         if self.has_mask:
-            expected.append(y_shape)
+            expected.append((batch, self.total_len) if self.readout == "all" else y_shape)
         for k, (got, exp) in enumerate(zip(parts, expected, strict=True)):
             if tuple(got.shape) != exp:
                 raise RuntimeError(
@@ -343,6 +347,7 @@ class Task:
         if self.loss == "mse":
             y = y.to(torch.float64)
             w = mask.to(torch.float64)
+            w = w[..., None] if w.dim() < y.dim() else w  # a per-step mask of (B, T, out)
             count = w.sum(0).clamp_min(1.0)
             mean = (y * w).sum(0) / count
             return float((((y - mean) ** 2) * w).sum() / w.sum())

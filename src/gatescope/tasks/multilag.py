@@ -1,4 +1,10 @@
-"""Multi-lag linear regression with Gaussian inputs (Livi's follow-up papers)."""
+"""Multi-lag linear regression with Gaussian inputs (Livi's follow-up papers).
+
+Two readouts of one signal, ``s_t = Σ_k c_k vᵀ x_{t-ℓ_k}``: ``multilag`` asks for it at the
+last step only, ``multilag_seq`` (the learnability-window protocol, docs/experiments.md#
+learnability) at every step. Both draw ``x`` and then the noise from the same generator, and
+share :func:`lagged_signal`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,32 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from ..checks import as_float, as_float_tuple, as_int_tuple
 from .base import Task
 from .registry import register_task
+
+
+def lagged_signal(u: Tensor, direction: Tensor, lags: tuple[int, ...],
+                  coefficients: tuple[float, ...], times: Tensor) -> Tensor:
+    """``s_t = Σ_k c_k vᵀ x_{t-ℓ_k}`` at the given steps, with ``x_s = 0`` for ``s < 0``.
+
+    Args:
+        u: ``(B, T, m)`` inputs ``x_0..x_{T-1}``.
+        direction: ``(m,)`` the unit vector ``v``.
+        lags: ``ℓ_k >= 0``.
+        coefficients: ``c_k``, one per lag.
+        times: ``(S,)`` long, the steps ``t`` in ``[0, T)``.
+
+    Returns:
+        ``(B, S)`` in ``u``'s dtype.
+    """
+    projected = u @ direction.to(u.dtype)  # (B, T): vᵀ x_s
+    lag = torch.tensor(lags)
+    source = times[None, :] - lag[:, None]  # (K, S): t - ℓ_k
+    picked = projected[:, source.clamp_min(0)] * (source >= 0)  # (B, K, S), x_{s<0} = 0
+    return torch.einsum("bks,k->bs", picked, torch.tensor(coefficients, dtype=u.dtype))
 
 
 @register_task("multilag")
@@ -69,14 +97,23 @@ class MultiLag(Task):
             return torch.full((m,), 1.0 / math.sqrt(m), dtype=torch.float64)
         return torch.tensor(self.direction, dtype=torch.float64)
 
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        """``σ ξ``, ``ξ ~ N(0, 1)`` i.i.d., float64: the target noise (drawn after ``u``).
+
+        A subclass may draw another unit-scale noise here (the ``learnability`` experiment's
+        α-stable noise, :mod:`gatescope.experiments.stable_noise`).
+        """
+        return self.noise_std * torch.randn(shape, generator=generator, dtype=torch.float64)
+
+    def _inputs(self, batch: int, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(batch, self.seq_len, self.input_size, generator=generator,
+                           dtype=torch.float64)
+
     def _generate(self, batch, generator):
-        T = self.seq_len
-        u = torch.randn(batch, T, self.input_size, generator=generator, dtype=torch.float64)
-        steps = torch.tensor([T - 1 - ell for ell in self.lags])
-        coef = torch.tensor(self.coefficients, dtype=torch.float64)
-        signal = (u[:, steps] @ self.unit_direction()) @ coef
-        noise = self.noise_std * torch.randn(batch, generator=generator, dtype=torch.float64)
-        return u, (signal + noise)[:, None]
+        u = self._inputs(batch, generator)
+        last = torch.tensor([self.seq_len - 1])
+        signal = lagged_signal(u, self.unit_direction(), self.lags, self.coefficients, last)
+        return u, signal + self.noise((batch, 1), generator)
 
     def _analytic_baseline(self) -> float:
         return sum(c * c for c in self.coefficients) + self.noise_std**2
@@ -85,3 +122,33 @@ class MultiLag(Task):
     def best_loss(self) -> float:
         """``σ²``: the MSE of ``E[y | u]``, the noise the inputs cannot explain."""
         return self.noise_std**2
+
+
+@register_task("multilag_seq")
+@dataclass(frozen=True)
+class MultiLagSequence(MultiLag):
+    """The learnability-window protocol's task: a target at every step,
+    ``y_t = Σ_k c_k vᵀ x_{t-ℓ_k} + σ ξ_t``.
+
+    Definition: as :class:`MultiLag` (same options and defaults, ``ξ_t ~ N(0, 1)`` i.i.d.
+    over ``b, t``), read at every step ``t = 0..T-1``. The loss counts the steps
+    ``t >= max ℓ_k``, where every lagged input lies inside the sequence (``mask``); the
+    earlier targets are the partial sums with ``x_s = 0`` for ``s < 0`` (what a model
+    started from ``h_0 = 0`` could predict; they carry no weight).
+
+    Shapes: ``u`` ``(B, T, m)``, ``y`` ``(B, T, 1)``, ``mask`` ``(B, T)``.
+    Baseline: per counted step ``Var y_t = Σ_k c_k² + σ²``; :attr:`best_loss` ``σ²``.
+    """
+
+    readout: ClassVar[str] = "all"
+    has_mask: ClassVar[bool] = True
+    description: ClassVar[str] = ("c_k v'x at lags 5, 20, 40 plus noise at every step "
+                                  "(counted from the largest lag)")
+
+    def _generate(self, batch, generator):
+        u = self._inputs(batch, generator)
+        times = torch.arange(self.seq_len)
+        signal = lagged_signal(u, self.unit_direction(), self.lags, self.coefficients, times)
+        y = signal + self.noise((batch, self.seq_len), generator)
+        mask = (times >= max(self.lags)).expand(batch, -1)
+        return u, y[..., None], mask.clone()

@@ -2,6 +2,8 @@
 
 * :class:`EnsembleTrainer` — stacked parameters, per-seed init and data streams, one
   elementwise ``torch.optim`` optimizer, divergence isolation.
+* :class:`StableForcing` — heavy-tailed forcing of the slow-mode updates
+  (:func:`slow_mode_parameters`, :func:`standard_stable`).
 * :func:`make_optimizer` / :func:`list_optimizers` — ``sgd``, ``momentum``, ``adam``,
   ``adamw``, ``rmsprop``.
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`restore_latest` — atomic,
@@ -20,6 +22,7 @@ from .checkpoints import (
 )
 from .denormals import flush_denormals
 from .ensemble import EnsembleTrainer
+from .forcing import FORCING_STREAM, StableForcing, slow_mode_parameters, standard_stable
 from .forward import NotBatchable, ensemble_linear, ensemble_loss
 from .models import task_model_factory
 from .optimizers import check_learning_rate, list_optimizers, make_optimizer
@@ -30,7 +33,9 @@ __all__ = [
     "DATA_STREAM",
     "EVAL_STREAM",
     "EnsembleTrainer",
+    "FORCING_STREAM",
     "NotBatchable",
+    "StableForcing",
     "check_learning_rate",
     "checkpoint_path",
     "derive_seed",
@@ -44,6 +49,8 @@ __all__ = [
     "restore_latest",
     "save_checkpoint",
     "seeded_init",
+    "slow_mode_parameters",
+    "standard_stable",
     "stream_generator",
     "task_model_factory",
     "train_resumable",

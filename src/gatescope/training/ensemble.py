@@ -9,9 +9,17 @@ its own initialisation and its own data stream (:mod:`gatescope.training.seeding
 seed ``k`` trained in an ensemble follows the same trajectory as seed ``k`` trained alone
 (equal up to floating-point rounding of batched products).
 
+Gradient clipping (``clip_norm``) acts per seed: seed ``k``'s gradient is rescaled by its own
+norm over all its parameters, as ``torch.nn.utils.clip_grad_norm_`` on seed ``k`` alone
+would, never by the norm of the stacked gradient. An optional :class:`~gatescope.training.
+forcing.StableForcing` perturbs the update of chosen parameters after every step, per seed
+from the seed's own stream ``"forcing"``.
+
 A seed whose loss or gradient stops being finite is *diverged*: its gradient is zeroed, its
 parameters are frozen at their last finite values, its later losses are recorded as NaN,
-and the step is kept in :attr:`EnsembleTrainer.diverged_at`. The other seeds never see it.
+and the step is kept in :attr:`EnsembleTrainer.diverged_at` (so is a seed whose forced
+parameters stop being finite: it is frozen at its parameters before that step). The other
+seeds never see it.
 No step synchronises with the device, so the trainer runs asynchronously on CUDA.
 """
 
@@ -26,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from ..tasks import Task
+from .forcing import FORCING_STREAM, StableForcing
 from .forward import ensemble_loss
 from .optimizers import make_optimizer
 from .seeding import DATA_STREAM, seeded_init, stream_generator
@@ -61,21 +70,32 @@ class EnsembleTrainer:
             which one runs.
         fixed_batch: train every step on the same batch per seed (the first one of its data
             stream) instead of a fresh one; what the paper's §VII-B code does.
+        clip_norm: rescale each seed's gradient to norm at most ``clip_norm`` (its 2-norm
+            over all of its parameters, ``torch.nn.utils.clip_grad_norm_``'s rule
+            ``g · min(1, c / (‖g‖ + 1e-6))``); ``None``: no clipping.
+        forcing: heavy-tailed forcing of some parameters' updates after every step
+            (:class:`~gatescope.training.forcing.StableForcing`); ``None``: none.
 
     Raises:
-        ValueError: no or repeated seeds, a bad batch size, optimizer or learning rate.
+        ValueError: no or repeated seeds, a bad batch size, optimizer, learning rate or
+            ``clip_norm``, or forcing of parameters the model does not train.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], seeds: Iterable[int],
                  task: Task, *, optimizer: str = "adam", lr: float = 1e-3,
                  batch_size: int = 64, optimizer_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 mode: str = "auto", fixed_batch: bool = False) -> None:
+                 mode: str = "auto", fixed_batch: bool = False, clip_norm: float | None = None,
+                 forcing: StableForcing | None = None) -> None:
         self.seeds = tuple(int(s) for s in seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, at least one; got {self.seeds}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if clip_norm is not None and not (isinstance(clip_norm, int | float)
+                                          and 0 < clip_norm < float("inf")):
+            raise ValueError(f"clip_norm must be a finite number > 0 or None; got {clip_norm!r}")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.task = task
         self.batch_size = int(batch_size)
         self.dtype = dtype
@@ -84,7 +104,15 @@ class EnsembleTrainer:
                   for s in self.seeds]
         self._template = models[0]
         self._params, self._buffers = stack_module_state(models)
-        self._trainable = [p for p in self._params.values() if p.requires_grad]
+        self._trainable_names = [k for k, p in self._params.items() if p.requires_grad]
+        self._trainable = [self._params[k] for k in self._trainable_names]
+        if forcing is not None:
+            unknown = sorted(set(forcing.parameters) - set(self._trainable_names))
+            if unknown:
+                raise ValueError(f"forcing names {unknown}, which the model does not train; "
+                                 f"its parameters: {self._trainable_names}")
+        self.forcing = forcing
+        self._forcing_generators = [stream_generator(s, FORCING_STREAM) for s in self.seeds]
         self.optimizer = make_optimizer(optimizer, self._trainable, lr,
                                         **(optimizer_options or {}))
         self.optimizer_name = optimizer
@@ -151,10 +179,15 @@ class EnsembleTrainer:
         for p in self._trainable:
             if p.grad is not None:
                 alive &= torch.isfinite(p.grad).reshape(len(self.seeds), -1).all(1)
+        if self.clip_norm is not None:
+            self._clip_gradients(alive)
+        before = None if self.forcing is None else [p.detach().clone() for p in self._trainable]
         if self._all_alive(alive):
             self.optimizer.step()
         else:
             self._step_alive_only(alive)
+        if before is not None:
+            alive = self._force(alive, before)
         recorded = torch.where(self._alive, losses.detach(), torch.nan)
         self._diverged_at = torch.where(self._alive & ~alive, self.steps_done,
                                         self._diverged_at)
@@ -162,6 +195,33 @@ class EnsembleTrainer:
         self._history.append(recorded)
         self.steps_done += 1
         return recorded
+
+    def _clip_gradients(self, alive: Tensor) -> None:
+        """Rescale each live seed's gradient by ``min(1, clip_norm / (‖g_k‖ + 1e-6))``, its
+        own 2-norm over all of its parameters (``torch.nn.utils.clip_grad_norm_``)."""
+        grads = [p.grad for p in self._trainable if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([g.reshape(len(self.seeds), -1).pow(2).sum(1) for g in grads]
+                            ).sum(0).sqrt()
+        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        coef = torch.where(alive, coef, torch.ones_like(coef))
+        for g in grads:
+            g.mul_(self._per_seed(coef, g))
+
+    def _force(self, alive: Tensor, before: list[Tensor]) -> Tensor:
+        """Apply :attr:`forcing` to the live seeds; a seed whose forced parameters stop being
+        finite goes back to ``before`` (its parameters before the step) and is returned as
+        no longer alive."""
+        with torch.no_grad():
+            finite = self.forcing.apply(
+                self._params, dict(zip(self._trainable_names, before, strict=True)),
+                self._forcing_generators, alive)
+            lost = alive & ~finite
+            if not self._all_alive(~lost):  # on the CPU, only when a seed was lost
+                for p, old in zip(self._trainable, before, strict=True):
+                    p.copy_(torch.where(self._per_seed(lost, p), old, p))
+        return alive & finite
 
     def _all_alive(self, alive: Tensor) -> bool:
         """Whether every seed is known to be alive without waiting for the device: on the
@@ -273,6 +333,7 @@ class EnsembleTrainer:
             "losses": self.losses,
             "alive": self._alive.cpu(),
             "diverged_at": self._diverged_at.cpu(),
+            "forcing_generators": [g.get_state() for g in self._forcing_generators],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,6 +353,9 @@ class EnsembleTrainer:
                 or shapes(state["buffers"]) != shapes(self._buffers)
                 or len(state["generators"]) != len(self._generators)):
             raise ValueError("state does not match this trainer's model or seeds")
+        if self.forcing is not None and len(state.get("forcing_generators", [])) != len(
+                self._forcing_generators):
+            raise ValueError("state has no forcing streams, and this trainer forces its updates")
         self.optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
             for live, saved in ((self._params, state["params"]),
@@ -300,6 +364,9 @@ class EnsembleTrainer:
                     v.copy_(saved[k])
         for g, s in zip(self._generators, state["generators"], strict=True):
             g.set_state(s)
+        if self.forcing is not None:
+            for g, s in zip(self._forcing_generators, state["forcing_generators"], strict=True):
+                g.set_state(s)
         self.steps_done = int(state["steps_done"])
         self.last_checkpoint = int(state["last_checkpoint"])
         losses = state["losses"].to(device=self.device, dtype=self.dtype)
