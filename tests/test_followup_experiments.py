@@ -17,6 +17,7 @@ from gatescope.experiments.followup import gate_logits
 from gatescope.experiments.learnability import PAPER as LEARNABILITY_PAPER
 from gatescope.experiments.stable_noise import StableNoiseMultiLag
 from gatescope.experiments.timescales import PAPER as TIMESCALES_PAPER
+from gatescope.probes import get_quantity
 from gatescope.tasks import make_task
 from gatescope.training import (
     FORCING_STREAM,
@@ -381,7 +382,9 @@ def test_timescales_tiny_run_has_forced_and_unforced_arms(tmp_path):
     assert result.ran == [f"multilag_seq__{c}__adamw{f}" for c in
                           ("leaky", "scalar_gate", "multi_gate") for f in ("", "+forcing")]
     rows = read_rows(tmp_path / "t" / "results.csv")
-    assert {r["metric"] for r in rows} == {"loss", "probe_loss", "envelope", "time_scales"}
+    spectrum = {m.name for m in get_quantity("timescale_spectrum").metrics}
+    assert {r["metric"] for r in rows} == {"loss", "probe_loss", "envelope", "time_scales",
+                                           *spectrum}
     for cell in ("leaky", "scalar_gate", "multi_gate"):
         def ends(optimizer, cell=cell):
             return [float(r["value"]) for r in rows_by(rows, cell=cell, optimizer=optimizer,
@@ -436,3 +439,18 @@ def test_the_documented_paper_command_is_the_preset():
     assert values.pop("device") == "cuda"
     model = get_experiment("learnability").settings_model
     assert build_settings(model, values) == build_settings(model, LEARNABILITY_PAPER)
+
+
+def test_reproduce_followup_runs_the_experiment_and_judges_it(tmp_path, monkeypatch):
+    from gatescope.reproduce import FOLLOWUP_PRESETS, reproduce_followup
+
+    monkeypatch.setitem(FOLLOWUP_PRESETS["anticollapse"], "quick", TINY)
+    report = reproduce_followup("anticollapse", out=tmp_path / "a", quiet=True)
+    text = report.read_text()
+    for claim in ("A1", "A2", "A3"):
+        assert f"| {claim} |" in text
+    assert (tmp_path / "a" / "verdicts.json").exists()
+    with pytest.raises(ValueError, match="paper must be one of"):
+        reproduce_followup("seed", out=tmp_path / "b")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        reproduce_followup("learnability", "huge", out=tmp_path / "b")

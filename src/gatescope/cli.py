@@ -6,9 +6,9 @@ Subcommands:
     :func:`gatescope.experiments.run_experiment`); ``list`` — cells, tasks with their
     baseline losses, optimizers, experiments and their settings; ``verify [--device D]
     [--dtype T]`` — check the analytic quantities against autograd on this machine;
-    ``reproduce [--preset quick|paper] [--out DIR] [--force] [--seeds N] [--device D]
-    [--jobs N] [--backend local|ray [--address ADDR]] [--quiet]`` — every experiment of the
-    paper, figures and report;
+    ``reproduce [--paper seed|learnability|anticollapse] [--preset quick|paper] [--out DIR]
+    [--force] [--seeds N] [--device D] [--jobs N] [--backend local|ray [--address ADDR]]
+    [--quiet]`` — every experiment of the paper (or of a follow-up), figures and report;
     ``inspect WEIGHTS --data FILE [--prefix P] [--key K] [--out DIR] [--time-first] ...`` —
     how a trained model's recurrent module uses time on your data (see
     :func:`gatescope.inspect`).
@@ -244,10 +244,14 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
                        description="Run the paper's experiments (expansion, profiles, "
                        "anisotropy) and the paper-code fidelity runs, draw every figure and "
                        "write REPORT.md and report.html. A rerun into the same folder resumes.")
+    p.add_argument("--paper", choices=("seed", "learnability", "anticollapse"), default="seed",
+                   help="seed: the paper's experiments (default); learnability, "
+                   "anticollapse: a follow-up's experiment and its verdicts "
+                   "(docs/followups.md)")
     p.add_argument("--preset", choices=("quick", "paper"), default="quick",
                    help="quick: minutes on a laptop CPU (default); paper: the paper's "
-                   "protocol with 20 seeds")
-    _add_out(p, "gatescope-results/reproduce")
+                   "protocol with 20 seeds (a follow-up's: its protocol)")
+    _add_out(p, "gatescope-results/reproduce (a follow-up: gatescope-results/PAPER)")
     p.add_argument("--seeds", type=_positive_int, metavar="N",
                    help="seeds of the main runs (default: the preset's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -261,15 +265,18 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .experiments import OutputFolderError, RunError, RunLocked, SettingsError
-    from .reproduce import DEFAULT_OUT, reproduce
+    from .reproduce import DEFAULT_OUT, reproduce, reproduce_followup
 
     if (code := _backend_usage(args)) is not None:
         return code
+    options = dict(seeds=args.seeds, device=args.device, jobs=args.jobs, quiet=args.quiet,
+                   force=args.force, backend=args.backend, address=args.address)
     try:
-        report = reproduce(args.preset, DEFAULT_OUT if args.out is None else args.out,
-                           seeds=args.seeds, device=args.device, jobs=args.jobs,
-                           quiet=args.quiet, force=args.force, backend=args.backend,
-                           address=args.address)
+        if args.paper == "seed":
+            report = reproduce(args.preset, DEFAULT_OUT if args.out is None else args.out,
+                               **options)
+        else:
+            report = reproduce_followup(args.paper, args.preset, args.out, **options)
     except SettingsError as err:
         for key, message in err.problems:
             _error(f"setting {key!r}: {message}")

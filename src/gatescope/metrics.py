@@ -247,7 +247,7 @@ SCALING_LAGS = declare_metric("scaling_lags", "rate lags the scaling-law regress
                               unit="lags")
 
 # ---------------------------------------------------------------- time-scale spectrum
-#: The phases a ``phase`` value indexes (docs/timescales.md#phase).
+#: The phases a ``phase`` value indexes (docs/timescales.md#the-phase).
 PHASE_LABELS = ("collapsed", "unresolved", "concentrated", "broad", "boundary")
 #: The envelope models an ``envelope_model`` value indexes (docs/timescales.md).
 ENVELOPE_MODEL_LABELS = ("exponential", "power law", "tempered power law")

@@ -15,8 +15,9 @@ or ``{cell}.spread{σ_b}`` for a spread of gate biases; its ``optimizer`` the op
 with ``+forcing`` for the forced arm.
 
 At each checkpoint each live seed's fixed probe batch (stream ``"probe"``) is measured by
-:data:`PLAN` (the probe loss, and the first-order effective rates' envelope per rate lag and
-time scale per neuron) plus the ``extra_quantities``; rows also carry the training ``loss``.
+:attr:`FollowupExperiment.plan` (the probe loss, the first-order effective rates' envelope per
+rate lag and time scale per neuron, and each experiment's own measures) plus the
+``extra_quantities``; rows also carry the training ``loss``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ PROBE_STREAM = "probe"
 #: ``r`` of the spectrum statistics, should an extra quantity need one.
 SPECTRUM_RANK = 10
 
-#: The quantities measured at each checkpoint, and the metrics kept of each.
+#: The quantities both experiments measure at each checkpoint, and the metrics kept of each;
+#: each experiment adds its own (:attr:`FollowupExperiment.plan`).
 PLAN = {
     "loss": None,
     "effective_rates": (M.ENVELOPE, M.TIME_SCALES),
@@ -300,8 +302,11 @@ class FollowupSettings(GridSettings):
 
 
 class FollowupExperiment(Experiment):
-    """Trains each arm's seeds as one ensemble and measures :data:`PLAN` (plus the
+    """Trains each arm's seeds as one ensemble and measures :attr:`plan` (plus the
     ``extra_quantities``) on each live seed's probe batch at every checkpoint."""
+
+    #: The quantities measured at each checkpoint (:data:`PLAN` and the experiment's own).
+    plan: dict[str, tuple[M.Metric, ...] | None] = PLAN
 
     def groups(self, settings: FollowupSettings) -> list[Group]:
         return settings.grid()
@@ -311,7 +316,7 @@ class FollowupExperiment(Experiment):
         trainer = settings.trainer(group)
         u, y, mask = trainer.sample_batch([stream_generator(s, PROBE_STREAM)
                                            for s in trainer.seeds], settings.probe_batch)
-        plan = plan_with(PLAN, settings.extra_quantities)
+        plan = plan_with(self.plan, settings.extra_quantities)
 
         def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
             writer = RowWriter(self.name, group.task, group.cell, group.optimizer)

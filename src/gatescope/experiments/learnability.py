@@ -6,9 +6,10 @@ Cells constant / shared / per-neuron gate, GRU and LSTM, all started at the upda
 claims: ``noise_alphas``, the tail index of the task noise (claim L2, heavier tails shrink
 the window ``H_N``), and ``gate_spreads``, a spread of per-neuron gate-bias logits around
 ``logit s`` (claim L3, broader time-scale spectra enlarge it). Checkpoints over training
-measure the effective rates' envelope per rate lag and the time scale per neuron; the
-window's own measures (the matched statistic ψ, its tail index, ``H_N``) come in by name
-through ``extra_quantities``.
+measure the effective rates' envelope per rate lag and the time scale per neuron, the
+matched statistic ψ with its tail fit, ``N_required`` per rate lag, the window ``H_N`` on
+the detection grid and the scaling law (``learnability_window``), and the exact-transport
+envelope beside the first-order one (``exact_envelope``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from .followup import PAPER_PROTOCOL, FollowupExperiment, FollowupSettings
+from .followup import PAPER_PROTOCOL, PLAN, FollowupExperiment, FollowupSettings
 from .registry import register_experiment
 from .settings import numbers
 
@@ -43,3 +44,5 @@ class LearnabilityExperiment(FollowupExperiment):
     description = ("learnability window (arXiv 2512.05790): constant/shared/per-neuron gate, "
                    "GRU, LSTM on multilag_seq; noise tails x gate-bias spreads over training")
     settings_model = LearnabilitySettings
+    plan = {**PLAN, "learnability_window": None, "exact_envelope": None,
+            "matched_statistic": None}

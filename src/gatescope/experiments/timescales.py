@@ -6,8 +6,8 @@ The three gate types (constant, shared, per-neuron), started at ``s = 0.05`` on
 slow-mode updates (:mod:`gatescope.training.forcing`; claim A3: heavy-tailed forcing alone
 does not rescue a constant gate). Checkpoints over training track the envelope per rate lag
 and the time scale per neuron, from which the phase (collapsed, anti-collapsed, broad,
-concentrated) is read at each checkpoint; the spectrum's own measures (fitted ``τ_q``, the
-CCDF exponent β, the phase) come in by name through ``extra_quantities``.
+concentrated) is read at each checkpoint by ``timescale_spectrum`` (fitted ``τ_q``, the
+CCDF exponent β with its bootstrap interval, the envelope's AIC law, the phase).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import Field
 from .followup import (
     GATE_TYPES,
     PAPER_PROTOCOL,
+    PLAN,
     FollowupExperiment,
     FollowupSettings,
     OptionalAlpha,
@@ -44,3 +45,4 @@ class TimescalesExperiment(FollowupExperiment):
     description = ("time-scale spectrum (arXiv 2606.29519): constant/shared/per-neuron gate "
                    "with and without alpha-stable forcing of the slow-mode updates")
     settings_model = TimescalesSettings
+    plan = {**PLAN, "timescale_spectrum": None}

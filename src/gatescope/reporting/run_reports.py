@@ -7,10 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .families_report import write_families_report
+from .learnability_report import write_learnability_report
+from .timescales_report import write_timescales_report
 
 #: ``{experiment name: writer of REPORT.md and report.html from the run folder}``.
 RUN_REPORTS: dict[str, Callable[[Path], tuple[Path, ...]]] = {
     "families": write_families_report,
+    "learnability": write_learnability_report,
+    "timescales": write_timescales_report,
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..experiments.runner import check_backend
 from ..experiments.storage import check_folder, claim_folder, is_run_folder
 from ..paper import EXPERIMENTS
+from .followups import FOLLOWUP_PRESETS, reproduce_followup
 from .pipeline import DEFAULT_OUT, PlannedRun, plan, run_all
 from .presets import PRESETS, QUICK_TRADE_OFFS, FidelityRun, Preset
 from .report_inputs import build_report
@@ -63,5 +64,6 @@ def _claim_folders(out: str | os.PathLike, runs: list[PlannedRun], force: bool) 
         claim_folder(folder, kind, force=force, legacy=legacy)
 
 
-__all__ = ["DEFAULT_OUT", "EXPERIMENTS", "PRESETS", "QUICK_TRADE_OFFS", "FidelityRun",
-           "PlannedRun", "Preset", "plan", "reproduce", "run_all"]
+__all__ = ["DEFAULT_OUT", "EXPERIMENTS", "FOLLOWUP_PRESETS", "PRESETS", "QUICK_TRADE_OFFS",
+           "FidelityRun", "PlannedRun", "Preset", "plan", "reproduce", "reproduce_followup",
+           "run_all"]
