@@ -3,7 +3,10 @@ samples and rates (docs/learnability.md, docs/timescales.md)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 import gatescope as gs
@@ -97,3 +100,15 @@ def test_timescale_spectrum_needs_three_lags():
     record = gs.Probe(model, u, y, quantities=["timescale_spectrum"], lags=[2, 5]).step(
         0, force=True)
     assert "tail_beta" not in record
+
+
+def test_inspect_reports_the_spectrum_and_phase():
+    torch.manual_seed(0)
+    cell = gs.make_cell("leaky", input_size=3, hidden_size=8, alpha=0.1, dtype=torch.float64)
+    with torch.no_grad():  # diag(J) = 1 - α exactly: the first-order μ is 0.9^ℓ
+        cell.recurrent.weight.fill_diagonal_(0.0)
+    result = gs.inspect(cell, torch.randn(4, 64, 3, dtype=torch.float64), quiet=True)
+    spectrum = result.summary["units"][0]["spectrum"]
+    # a constant retention 0.9: μ = 0.9^ℓ for every neuron, τ = -1/log 0.9 exactly
+    assert spectrum["fitted_tau_median"] == pytest.approx(-1 / math.log(0.9), rel=1e-10)
+    assert spectrum["phase"] == "collapsed" and spectrum["envelope_law"] == "exponential"

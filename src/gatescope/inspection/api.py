@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import metrics as M
 from ..cells.base import RecurrentCell, check_lengths
 from ..cells.stack import StackedCell
 from ..checks import as_device, as_float, as_int
@@ -384,6 +385,14 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
                      f"Hutchinson estimate: {probes} Gaussian directions (seed {seed})",
                      "horizon": memory_horizon(lookback, horizon_threshold),
                      "horizon_threshold": horizon_threshold},
+        "spectrum": None if "phase" not in record else {
+            "phase": M.PHASE_LABELS[int(record["phase"])],
+            "envelope_law": _label(M.ENVELOPE_MODEL_LABELS, record["envelope_model"]),
+            "beta": float(record["tail_beta"]),
+            "interval": [float(record["tail_beta_low"]), float(record["tail_beta_high"])],
+            "prob_below_one": float(record["tail_prob_below_one"]),
+            "tail_r2": float(record["tail_r2"]),
+            "fitted_tau_median": float(np.nanmedian(record["fitted_time_scale"]))},
         "dispersion": None if "sampled_rate_cv" not in record else {
             "lags": rlags, "cv": record["sampled_rate_cv"].tolist()},
         "transport": None if "sampled_transport_norm" not in record else {
@@ -402,6 +411,11 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
         "skipped": skipped,
         "timings": timings,
     }
+
+
+def _label(labels: tuple[str, ...], code) -> str:
+    """``labels[code]``, ``"none"`` for ``-1``."""
+    return labels[int(code)] if 0 <= int(code) < len(labels) else "none"
 
 
 def _tau_histogram(tau: Tensor, bins: int = HISTOGRAM_BINS) -> dict:

@@ -19,13 +19,16 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from .. import metrics as M
 from ..dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
 from ..dynamics.matrix_free import transport_norms
 from ..measures._quantile import quantile
 from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..measures.rates import neuron_cv, neuron_retention
+from ..measures.timescale_spectrum import spectrum_phase
 from ..metrics import declare_metric
 from ..probes.context import ProbeContext
+from ..probes.quantities_followups import spectrum_metrics
 from ..probes.registry import Quantity, SkipQuantity
 from .sampled import (
     Progress,
@@ -186,6 +189,26 @@ def sampled_effective_rates(ctx: ProbeContext) -> dict[str, Tensor]:
     envelope, kept = ictx.sampled_rates
     return {SAMPLED_ENVELOPE.name: envelope[[lag - 1 for lag in ictx.lags]],
             SAMPLED_RATE_CV.name: neuron_cv(kept)}
+
+
+@_quantity("spectrum_phase", cost=1,
+           metrics=[M.FITTED_TIME_SCALES, M.TAIL_BETA, M.TAIL_BETA_LOW, M.TAIL_BETA_HIGH,
+                    M.TAIL_BELOW_ONE, M.TAIL_R2, M.ENVELOPE_MODEL, *M.ENVELOPE_WEIGHTS,
+                    M.PHASE],
+           description="fitted time scales, their tail exponent β, the envelope's AIC law "
+           "and the phase, at the sampled end times")
+def sampled_spectrum_phase(ctx: ProbeContext) -> dict[str, Tensor]:
+    """The probe quantity ``timescale_spectrum`` (docs/timescales.md) on the sampled rates:
+    ``τ_q`` fitted over the rate lags, the envelope's law at the same lags. Skipped for a
+    cell without retention and with fewer than three rate lags."""
+    ictx = _inspect_context(ctx)
+    lags = list(ictx.effective_rate_lags)
+    if len(set(lags)) < 3 or not bool(ctx.trajectory.retention.ne(0).any()):
+        raise SkipQuantity("needs a retention and at least three rate lags")
+    envelope, kept = ictx.sampled_rates
+    return spectrum_metrics(spectrum_phase(
+        kept, lags, envelope[[lag - 1 for lag in lags]],
+        torch.Generator().manual_seed(ictx.sampling_seed)))
 
 
 @_quantity("output_lookback", cost=2, metrics=[OUTPUT_LOOKBACK],

@@ -27,7 +27,7 @@ from torch import Tensor
 from ._integers import integer_lags
 from ._least_squares import masked_least_squares
 from ._quantile import quantile
-from .envelope_models import ENVELOPE_MODELS, EnvelopeSelection
+from .envelope_models import ENVELOPE_MODELS, EnvelopeSelection, select_envelope_model
 
 #: The phases :func:`phase` returns, with what each means.
 PHASES = {
@@ -303,3 +303,38 @@ def phase(selection: EnvelopeSelection, tail: TailExponent, min_r2: float = 0.90
     if tail.high < 1:
         return "broad"
     return "boundary"
+
+
+@dataclass(frozen=True)
+class SpectrumPhase:
+    """One network's time-scale spectrum and phase (:func:`spectrum_phase`).
+
+    Attributes:
+        time_scales: the fitted per-neuron time scales.
+        tail: the CCDF tail exponent of ``time_scales.tau``.
+        envelope: the envelope's model selection.
+        phase: a key of :data:`PHASES`.
+    """
+
+    time_scales: TimeScaleFit
+    tail: TailExponent
+    envelope: EnvelopeSelection
+    phase: str
+
+
+def spectrum_phase(mu: Tensor, lags: Sequence[int], f: Tensor,
+                   generator: torch.Generator) -> SpectrumPhase:
+    """:func:`fitted_time_scales` of ``mu``, :func:`tail_exponent` of those ``τ`` (bootstrap
+    from ``generator``), :func:`~gatescope.measures.select_envelope_model` of the envelope
+    ``f`` at the same lags, and :func:`phase` with the default thresholds.
+
+    Args:
+        mu: ``(..., L, n)`` effective rates at ``lags`` (as for :func:`fitted_time_scales`).
+        lags: the ``L`` lags.
+        f: ``(L,)`` the envelope at ``lags``.
+        generator: draws the bootstrap resamples.
+    """
+    fit = fitted_time_scales(mu, lags)
+    tail = tail_exponent(fit.tau, generator=generator)
+    selection = select_envelope_model(lags, f)
+    return SpectrumPhase(fit, tail, selection, phase(selection, tail))

@@ -12,12 +12,12 @@ from torch import Tensor
 
 from .. import metrics as M
 from ..measures.detection import DETECTION_GRID
-from ..measures.envelope_models import ENVELOPE_MODELS, select_envelope_model
+from ..measures.envelope_models import ENVELOPE_MODELS
 from ..measures.learnability import learnability_window_from
 from ..measures.matched import readout_reads_retention
 from ..measures.rates import envelope
 from ..measures.stable import MIN_SAMPLES, mcculloch
-from ..measures.timescale_spectrum import fitted_time_scales, phase, tail_exponent
+from ..measures.timescale_spectrum import SpectrumPhase, spectrum_phase
 from .context import ProbeContext
 from .registry import SkipQuantity, register_quantity
 
@@ -75,15 +75,20 @@ def timescale_spectrum(ctx: ProbeContext) -> dict[str, Tensor]:
     lags = ctx.effective_rate_lags
     if len(set(lags)) < 3:
         raise SkipQuantity(f"the time-scale fits need at least three rate lags, got {list(lags)}")
-    fit = fitted_time_scales(ctx.rates, lags)
-    tail = tail_exponent(fit.tau, generator=torch.Generator().manual_seed(ctx.sampling_seed))
-    selection = select_envelope_model(lags, envelope(ctx.rates))
-    label = phase(selection, tail)
-    out = {M.FITTED_TIME_SCALES.name: fit.tau, M.TAIL_BETA.name: tail.beta,
-           M.TAIL_BETA_LOW.name: tail.low, M.TAIL_BETA_HIGH.name: tail.high,
-           M.TAIL_BELOW_ONE.name: tail.prob_below_one, M.TAIL_R2.name: tail.r2,
-           M.ENVELOPE_MODEL.name: selection.best.double(),
-           M.PHASE.name: torch.tensor(float(M.PHASE_LABELS.index(label)))}
+    return spectrum_metrics(spectrum_phase(
+        ctx.rates, lags, envelope(ctx.rates),
+        torch.Generator().manual_seed(ctx.sampling_seed)))
+
+
+def spectrum_metrics(s: SpectrumPhase) -> dict[str, Tensor]:
+    """The ``timescale_spectrum`` metrics of a :class:`~gatescope.measures.
+    timescale_spectrum.SpectrumPhase` (float64 tensors; the phase and the envelope model as
+    indices into :data:`gatescope.metrics.PHASE_LABELS` and ``ENVELOPE_MODEL_LABELS``)."""
+    out = {M.FITTED_TIME_SCALES.name: s.time_scales.tau, M.TAIL_BETA.name: s.tail.beta,
+           M.TAIL_BETA_LOW.name: s.tail.low, M.TAIL_BETA_HIGH.name: s.tail.high,
+           M.TAIL_BELOW_ONE.name: s.tail.prob_below_one, M.TAIL_R2.name: s.tail.r2,
+           M.ENVELOPE_MODEL.name: s.envelope.best.double(),
+           M.PHASE.name: float(M.PHASE_LABELS.index(s.phase))}
     for metric, name in zip(M.ENVELOPE_WEIGHTS, ENVELOPE_MODELS, strict=True):
-        out[metric.name] = selection.models[name].weight
+        out[metric.name] = s.envelope.models[name].weight
     return {k: torch.as_tensor(v, dtype=torch.float64) for k, v in out.items()}

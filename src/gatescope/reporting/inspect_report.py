@@ -195,6 +195,15 @@ def _unit_blocks(unit: dict, figures: dict[str, Path], stem: str) -> list[tuple]
         b.append(("li", f"averaged over the {len(env['end_times'])} sampled end times "
                         f"{env['end_times']} (first-order μ), lags {env['lags'][0]}.."
                         f"{env['lags'][1]}."))
+    spectrum = unit.get("spectrum")
+    if spectrum is not None:
+        low, high = spectrum["interval"]
+        b.append(("li", f"phase (docs/followups.md): **{spectrum['phase']}**; the envelope's "
+                        f"AIC law at the rate lags: {spectrum['envelope_law']}; CCDF tail "
+                        f"exponent of the fitted τ_q: β = {_fmt(spectrum['beta'])} (90% "
+                        f"interval {_fmt(low)}–{_fmt(high)}, P(β < 1) "
+                        f"{_fmt(spectrum['prob_below_one'])}, R² {_fmt(spectrum['tail_r2'])}); "
+                        f"median fitted τ_q {_fmt(spectrum['fitted_tau_median'])} steps."))
     b += _img(figures, f"{stem}_envelope")
     lb = unit["lookback"]
     b.append(("h3", "How far back the output looks"))
