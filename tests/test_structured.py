@@ -296,7 +296,7 @@ def check_summary(modulus, angle=None, order=1, lengths=None, chunk_size=None):
 @pytest.mark.parametrize("rotation", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
 def test_blocked_summary_equals_the_full_tensor(small_tiles, order, rotation, lengths):
-    """Uneven tiles and channel blocks, anchored products (``G = 16``) and the partial
+    """Uneven tiles and channel blocks, anchored products (``G = 32``) and the partial
     cells around them, rotations' signed first-order rates, lengths, a repeated lag and one
     longer than T."""
     modulus = moduli(T=100, low=0.3)
@@ -309,20 +309,28 @@ def test_blocked_summary_equals_the_full_tensor(small_tiles, order, rotation, le
 
 
 def test_anchored_products_are_taken_and_exact():
-    """The anchored factors (``G = 16`` for ``m ≥ 0.3``) give the products of one ``exp``
+    """The anchored factors (``G = 32`` for ``m ≥ 0.3``) give the products of one ``exp``
     per entry, in whole cells between the partial ones at either end."""
     from gatescope.dynamics.structured import AnchoredProducts, CumulativeLogs
 
     logs = CumulativeLogs.of(JacobianStructure(moduli(T=200, low=0.3)))
     anchored = AnchoredProducts.of(logs)
-    assert anchored is not None and anchored.spacing == 16
-    for lag in (1, 15, 16, 17, 100):
-        tiles = list(anchored.tiles(lag, 64))
-        assert sum(mu is not None for _, mu in tiles) >= 2
-        assert tiles[0][0].start == lag and tiles[-1][0].stop == 201
-        for ends, mu in tiles:
+    narrow = AnchoredProducts.of(logs, torch.float32)
+    assert anchored is not None and anchored.spacing == 32
+    for lag in (1, 31, 32, 33, 100):
+        tiles = list(anchored.tiles(lag, 32))
+        assert sum(mu is not None for _, mu, _ in tiles) >= 2
+        cuts = [lag] + [ends.stop for ends, _, _ in tiles]
+        assert [ends.start for ends, _, _ in tiles] == cuts[:-1] and cuts[-1] == 201
+        for (ends, mu, scale), (_, mu32, scale32) in zip(tiles, narrow.tiles(lag, 32),
+                                                             strict=True):
+            exact = logs.products(lag, ends)
             if mu is not None:
-                torch.testing.assert_close(mu, logs.products(lag, ends), rtol=1e-13, atol=0)
+                assert scale is None
+                torch.testing.assert_close(mu, exact, rtol=1e-13, atol=0)
+                assert mu32.dtype == torch.float32
+                torch.testing.assert_close(mu32.double() * scale32.unsqueeze(-1), exact,
+                                           rtol=1e-6, atol=0)
 
 
 def test_steps_too_large_for_anchors_take_one_exp_each():
@@ -386,3 +394,23 @@ def test_tiled_sensitivities_with_lengths(small_tiles):
                                [..., None], 1.0)
     assert_close(S, reference_sensitivities(held, [0, 5, 20, 45]))
     assert (S[1, 2, 1:26] == 1).all() and (S[2, 1, 1:41] == 1).all()  # windows after the end
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_float32_rates_match_float64(small_tiles, rotation):
+    """The opt-in float32 anchored tiles (their row scales float64) against float64: the
+    envelope and the CV to 1e-5, over lags whose rates span e^0 to e^-100."""
+    modulus = moduli(T=100, low=0.3)
+    angle = torch.rand(modulus.shape, dtype=torch.float64) if rotation else None
+    cell, traj = declared(modulus, angle)
+    wide, narrow = (gs.effective_rate_summary(cell, traj, LAGS, chunk_size=2, precision=p)
+                    for p in ("float64", "float32"))
+    assert_close(narrow.envelope, wide.envelope, rtol=1e-5)
+    assert_close(narrow.neuron_cv, wide.neuron_cv, rtol=1e-5)
+    assert not torch.equal(narrow.neuron_cv, wide.neuron_cv)  # the float32 path was taken
+
+
+def test_a_bad_precision_is_refused():
+    cell, traj = declared(moduli())
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'float64'\]"):
+        gs.effective_rate_summary(cell, traj, [1], precision="half")

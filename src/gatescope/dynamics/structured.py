@@ -13,11 +13,31 @@ With ``Λ_j = diag(m_j)`` (block 1) or ``blockdiag(m_{j,q} R(θ_{j,q}))`` (block
 (``I`` for ``t = k``), whose norm is ``‖[C; I] Φ‖_2``: ``max_q |Φ_q|`` without ``C``, and with
 it ``max_q |Φ_q|`` times the top singular value of ``[C; I] Φ/max_q|Φ_q|`` by Lanczos on the
 inner state. The factors commute, so the paper code's reversed products are the same.
+
+Cache blocking (the sums ``L`` of a layer, ``(B, T+1, K)`` float64, are far larger than the
+caches: 1 GiB at ``B, T, K = 4, 4096, 8192``; reading them once per start time or lag is
+what bounded the time, not the arithmetic):
+
+* :func:`channel_blocks` forms ``L`` (and the zero counts, angles) for ``w`` channels at a
+  time, ``(b, T+1, w)`` with ``b·(T+1)·w ≤`` :data:`BLOCK_ELEMENTS` (a last-level-cache
+  share), straight from the modulus; the full ``L`` is never held.
+* Sensitivities without output rows (:func:`_raise_window_maxima`): per block, tiles of
+  ``R`` end times × the ``S`` start times ``k ≤`` the tile's last × ``w`` channels
+  (``b·R·S·w ≤`` :data:`CHUNK_ELEMENTS`), ``top[b, t, i] = max(top, max_q (L_{t,q} -
+  L_{k_i,q}))`` ``(B, T+1, S)``; the starts' rows ``(b, S, w)`` stay in cache. Then
+  ``‖M_{k+ℓ,k}‖ = exp(top[b, k+ℓ, i])``. One subtraction and one max per entry.
+* Rate moments (:func:`window_moments`): per block, for every lag, tiles of ``R`` end times
+  × ``w`` channels give ``μ`` and, per ``(b, t)``, its mean and ``Σ (μ - mean)²`` over the
+  block (two passes over a tile in cache); the caller pools the blocks exactly
+  (``gatescope.measures.rates.merge_moments``). ``μ⁰ = exp(L_t - L_{t-ℓ})`` is formed as
+  ``E_t · F_{t-ℓ} · A`` by :class:`AnchoredProducts` (two multiplications per entry, the
+  ``exp`` only per anchor cell) wherever that is exact to a few ulps, else by one ``exp``.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -193,11 +213,20 @@ def channel_blocks(structure: JacobianStructure) -> Iterator[CumulativeLogs]:
         yield CumulativeLogs.of(JacobianStructure(structure.modulus[:, :, ch], angle))
 
 
-def end_time_tiles(lag: int, T: int, rows: int) -> Iterator[tuple[slice, None]]:
-    """``(ends, None)`` for the end times ``lag..T`` in tiles of ``rows``: the tiles
-    without anchored products (:meth:`AnchoredProducts.tiles`' fallback)."""
+#: A tile of rates: its end times, and ``μ⁰`` ``(b, R, w)`` with the scale of each row
+#: ``(b, R)`` float64 (``μ⁰ = scale · tile``; ``None``: 1), or ``(ends, None, None)`` where
+#: the caller takes one ``exp`` per entry.
+Tile = tuple[slice, Tensor | None, Tensor | None]
+
+#: The precisions of :func:`window_moments`.
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def end_time_tiles(lag: int, T: int, rows: int) -> Iterator[Tile]:
+    """The end times ``lag..T`` in tiles of ``rows``, without anchored products
+    (:meth:`AnchoredProducts.tiles`' fallback)."""
     for t0 in range(lag, T + 1, rows):
-        yield slice(t0, min(T + 1, t0 + rows)), None
+        yield slice(t0, min(T + 1, t0 + rows)), None, None
 
 
 @dataclass(frozen=True)
@@ -213,19 +242,25 @@ class AnchoredProducts:
     ``E`` and ``F`` ``(b, T+1, w)`` once per block. For end times ``t = cG + j`` of a cell
     (``j < G``) and ``ℓ = pG + r``, ``g(k) = (c-p-1)G`` for ``j < r`` and ``(c-p)G`` for
     ``j ≥ r``: two ``A`` per cell and lag ``(b, w)``, applied to the tile viewed as
-    ``(b, cells, G, w)``. ``G`` is the largest power of two (at most
-    :data:`ANCHOR_SPACINGS`' last) with ``G · max_j |log m_j| ≤`` :data:`ANCHOR_LOG_BOUND`,
-    so ``D = max |L_t - L_{g(t)}| ≤`` that bound and ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``; a cell
+    ``(b, cells, G, w)``. ``G`` is the largest of :data:`ANCHOR_SPACINGS` whose
+    ``D = max |L_t - L_{g(t)}|`` is at most :data:`ANCHOR_LOG_BOUND`, so
+    ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``; a cell
     is used only where its ``log A`` lies in ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰``
     normal floats, so the result is exact to a few ulps); a tile whose every ``log A`` is
     below ``-745.2 - 2D`` is zeros (what ``exp`` gives there). Elsewhere (and for a block
     with a zero step, or ``G`` below :data:`ANCHOR_SPACINGS`' first) a tile is yielded as
     ``None`` and the caller takes one ``exp`` per entry.
 
+    In float32 (``up``, ``down`` float32: half the memory traffic) each cell's ``A`` is
+    divided by its largest channel's, ``A' = A / max_q A ≤ 1``, and the tile carries the
+    row scale ``max_q A`` in float64: ``E F A'`` then lies within ``e^{±2D}`` (float32's
+    range) and a channel that ``A'`` flushes to 0 is ``< e^{-87+2D}`` of its row's largest;
+    entries are exact to float32 rounding (``~1e-7``).
+
     Attributes:
         logs: the block's prefix sums.
         spacing: ``G``.
-        up, down: ``E`` and ``F``.
+        up, down: ``E`` and ``F`` in the tiles' dtype.
         bound: ``D``.
     """
 
@@ -236,34 +271,36 @@ class AnchoredProducts:
     bound: float
 
     @classmethod
-    def of(cls, logs: CumulativeLogs) -> AnchoredProducts | None:
-        """The factors of a block, or ``None`` when it has a zero step or its steps are too
-        large for the smallest spacing."""
+    def of(cls, logs: CumulativeLogs, dtype: torch.dtype = torch.float64
+           ) -> AnchoredProducts | None:
+        """The factors of a block in ``dtype`` (float64 or float32; formed in float64), or
+        ``None`` when it has a zero step or ``D`` exceeds the bound at the smallest
+        spacing."""
         L = logs.log_modulus
-        if logs.zeros is not None or L.shape[1] < 2:
+        if logs.zeros is not None:
             return None
-        step = float((L[:, 1:] - L[:, :-1]).abs().max())
-        fits = [g for g in ANCHOR_SPACINGS if g * step <= ANCHOR_LOG_BOUND]
-        if not fits:
-            return None
-        anchors = torch.arange(L.shape[1], device=L.device) // fits[-1] * fits[-1]
-        offset = L - L[:, anchors]
-        bound = float(offset.abs().max())
-        return cls(logs, fits[-1], offset.exp(), offset.neg_().exp_(), bound)
+        for spacing in reversed(ANCHOR_SPACINGS):
+            anchors = torch.arange(L.shape[1], device=L.device) // spacing * spacing
+            offset = L - L[:, anchors]
+            bound = max(-float(offset.min()), float(offset.max()))
+            if bound <= ANCHOR_LOG_BOUND:
+                return cls(logs, spacing, offset.exp().to(dtype),
+                           offset.neg_().exp_().to(dtype), bound)
+        return None
 
-    def tiles(self, lag: int, rows: int) -> Iterator[tuple[slice, Tensor | None]]:
-        """``(ends, μ⁰ (b, len(ends), w) or None)`` covering the end times ``lag..T``: whole
-        anchor cells in tiles of about ``rows`` end times, ``None`` for the partial cells at
-        either end and for tiles with a cell outside the exact range. The ``A`` of all cells
-        of the lag are formed at once."""
+    def tiles(self, lag: int, rows: int) -> Iterator[Tile]:
+        """The :data:`Tile` s covering the end times ``lag..T``: whole anchor cells in tiles
+        of about ``rows`` end times; none (one ``exp`` each) for the partial cells at either
+        end and for tiles with a cell outside the exact range. The ``A`` of all cells of the
+        lag are formed at once."""
         L, G = self.logs.log_modulus, self.spacing
         T1 = L.shape[1]
         first, last = -(-lag // G) * G, T1 // G * G  # the whole cells: [first, last)
         if first >= last:
-            yield slice(lag, T1), None
+            yield slice(lag, T1), None, None
             return
         if lag < first:
-            yield slice(lag, first), None
+            yield slice(lag, first), None, None
         p, r = divmod(lag, G)
         cells = torch.arange(first, last, G, device=L.device)
         sources = torch.stack([cells - (p + 1) * G, cells - p * G], 1).clamp_min(0)
@@ -274,32 +311,58 @@ class AnchoredProducts:
         exact = (log_a.amin((0, 2, 3)) >= 2 * self.bound - _NORMAL_LOG) & (
             top <= _NORMAL_LOG - 2 * self.bound)
         zero = top < -_ZERO_LOG - 2 * self.bound
-        factors = log_a.masked_fill_(~exact[None, :, None, None], 0.0).exp_()
+        log_a.masked_fill_(~exact[None, :, None, None], 0.0)
+        factors, scales = self._factors(log_a)
         per_tile = max(1, rows // G)
-        for c0 in range(0, len(cells), per_tile):
-            c1 = min(len(cells), c0 + per_tile)
+        for c0, c1, kind in _runs((exact.long() + 2 * (zero & ~exact).long()).tolist(),
+                                  per_tile):
             ends = slice(first + c0 * G, first + c1 * G)
-            if exact[c0:c1].all():
-                yield ends, self._cells(lag, ends, factors[:, c0:c1])
-            elif zero[c0:c1].all():  # every exp(L_t - L_k) rounds to 0
-                yield ends, L.new_zeros(L.shape[0], ends.stop - ends.start, L.shape[2])
+            if kind == 1:
+                yield ends, *self._cells(lag, ends, factors[:, c0:c1],
+                                         None if scales is None else scales[:, c0:c1])
+            elif kind == 2:  # every exp(L_t - L_k) rounds to 0
+                yield ends, L.new_zeros(L.shape[0], ends.stop - ends.start, L.shape[2]), None
             else:
-                yield ends, None
+                yield ends, None, None
         if last < T1:
-            yield slice(last, T1), None
+            yield slice(last, T1), None, None
 
-    def _cells(self, lag: int, ends: slice, factors: Tensor) -> Tensor:
-        """``E_t F_k A`` for the whole cells ``ends`` and their factors ``(b, cells, 2, w)``."""
+    def _factors(self, log_a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``A`` ``(b, n, 2, w)`` in float64; in float32 ``A'`` and the scales ``max_q A``
+        ``(b, n, 2)`` float64."""
+        if self.up.dtype == torch.float64:
+            return log_a.exp_(), None
+        top = log_a.amax(-1, keepdim=True)
+        return (log_a - top).exp_().to(self.up.dtype), top.squeeze(-1).exp_()
+
+    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None
+               ) -> tuple[Tensor, Tensor | None]:
+        """``E_t F_k A`` for the whole cells ``ends`` and their factors ``(b, cells, 2, w)``
+        (and in float32 the row scales ``(b, len(ends))`` from ``scales`` ``(b, cells, 2)``)."""
         G, r = self.spacing, lag % self.spacing
         mu = self.up[:, ends] * self.down[:, ends.start - lag: ends.stop - lag]
         cells = mu.view(mu.shape[0], -1, G, mu.shape[-1])
         cells[:, :, :r] *= factors[:, :, 0].unsqueeze(2)
         cells[:, :, r:] *= factors[:, :, 1].unsqueeze(2)
-        return mu
+        if scales is None:
+            return mu, None
+        low = torch.arange(G, device=mu.device) < r  # (G,): the rows j < r
+        rows = torch.where(low, scales[:, :, :1], scales[:, :, 1:])  # (b, cells, G)
+        return mu, rows.flatten(1)
 
 
-def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int
-                   ) -> tuple[Tensor, Tensor, int]:
+def _runs(kinds: list[int], longest: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, kind)`` for the runs of equal ``kinds``, cut to ``longest``."""
+    start = 0
+    for kind, run in itertools.groupby(kinds):
+        stop = start + len(list(run))
+        for c0 in range(start, stop, longest):
+            yield c0, min(stop, c0 + longest), kind
+        start = stop
+
+
+def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int,
+                   precision: str = "float64") -> tuple[Tensor, Tensor, int]:
     """The mean and the sum of squared deviations of ``|μ_{t,ℓ,·}|`` over a block's inner
     entries, per example, lag and end time.
 
@@ -313,6 +376,9 @@ def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int
         logs: one block's prefix sums (:func:`channel_blocks`), ``(b, T+1, w)``.
         lags: ``(U,)`` lags within ``0..T``.
         order: 0 or 1.
+        precision: ``"float64"``, or ``"float32"`` for the anchored tiles and their moments
+            (the logs, the scales, the ``exp`` tiles and the results stay float64): about
+            ``1e-7`` relative error per entry, half the memory traffic.
 
     Returns:
         ``(mean, m2, count)``: ``mean[u, i, t]`` and ``m2[u, i, t] = Σ (|μ| - mean)²`` each
@@ -320,20 +386,23 @@ def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int
     """
     b, T1, w = logs.log_modulus.shape
     rows = max(1, CHUNK_ELEMENTS // (b * w))
-    anchored = AnchoredProducts.of(logs)
+    anchored = AnchoredProducts.of(logs, PRECISIONS[precision])
     mean = torch.full((len(lags), b, T1), math.nan, dtype=torch.float64,
                       device=logs.log_modulus.device)
     m2 = torch.full_like(mean, math.nan)
     for u, lag in enumerate(lags):
         tiles = (anchored.tiles(lag, rows) if anchored is not None and lag > 0 else
                  end_time_tiles(lag, T1 - 1, rows))
-        for ends, mu in tiles:
+        for ends, mu, scale in tiles:
             mu = logs.products(lag, ends) if mu is None else mu
             if order == 1 and logs.angle is not None:
                 mu = logs.first_order(mu, lag, ends).abs_()
-            mean[u, :, ends] = mu.mean(-1)
-            m2[u, :, ends] = torch.linalg.vector_norm(
-                mu.sub_(mean[u, :, ends].unsqueeze(-1)), dim=-1).square_()
+            centre = mu.mean(-1, keepdim=True)
+            spread = torch.linalg.vector_norm(mu.sub_(centre), dim=-1).double().square_()
+            centre = centre.squeeze(-1).double()
+            if scale is not None:
+                centre, spread = centre * scale, spread * scale.square()
+            mean[u, :, ends], m2[u, :, ends] = centre, spread
     block = 1 if logs.angle is None else 2
     return mean, m2 * block, block * w
 
@@ -382,8 +451,10 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
 
     Returns:
         ``(B, S, T+1)`` float64: ``[b, i, ℓ] = ‖M_{k_i+ℓ, k_i}‖_2`` (``1`` at ``ℓ = 0``), NaN
-        where ``k_i + ℓ > T``. Memory is one chunk of :data:`CHUNK_ELEMENTS` besides the
-        result and the cumulative sums of one chunk of examples.
+        where ``k_i + ℓ > T``. Memory besides the result: without output rows one channel
+        block of :data:`BLOCK_ELEMENTS` prefix sums and one tile of :data:`CHUNK_ELEMENTS`
+        (:func:`_diagonal_norms`); with them one chunk of :data:`CHUNK_ELEMENTS` and the
+        cumulative sums of one chunk of examples.
     """
     Bsz, T, K = structure.modulus.shape
     start_list = _int_list("starts", starts, f"0 <= k <= T={T}")
