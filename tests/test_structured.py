@@ -265,13 +265,13 @@ def reference_sensitivities(modulus, starts):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiles of 40 values and channel blocks of at most 384 prefix sums: with K = 7 and T
-    = 45 or 100 the tiles and blocks split unevenly (blocks of 4 channels and 3 for two
-    examples at T = 45, of 1 channel at T = 100)."""
+    """Tiles of 40 values and channel blocks of at most 192 prefix sums: with K = 7 and T
+    = 45 or 100 the tiles and blocks split unevenly (at T = 45 blocks of 4 and 3 channels
+    for one example, of 2, 2, 2 and 1 for two; of 1 channel at T = 100)."""
     import gatescope.dynamics.structured as structured
 
     monkeypatch.setattr(structured, "CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(structured, "BLOCK_ELEMENTS", 64 * 3 * 2)
+    monkeypatch.setattr(structured, "BLOCK_ELEMENTS", 192)
 
 
 def moduli(B=3, T=45, K=7, low=0.55, seed=0):

@@ -244,12 +244,12 @@ class AnchoredProducts:
     ``j ≥ r``: two ``A`` per cell and lag ``(b, w)``, applied to the tile viewed as
     ``(b, cells, G, w)``. ``G`` is the largest of :data:`ANCHOR_SPACINGS` whose
     ``D = max |L_t - L_{g(t)}|`` is at most :data:`ANCHOR_LOG_BOUND`, so
-    ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``; a cell
-    is used only where its ``log A`` lies in ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰``
-    normal floats, so the result is exact to a few ulps); a tile whose every ``log A`` is
-    below ``-745.2 - 2D`` is zeros (what ``exp`` gives there). Elsewhere (and for a block
-    with a zero step, or ``G`` below :data:`ANCHOR_SPACINGS`' first) a tile is yielded as
-    ``None`` and the caller takes one ``exp`` per entry.
+    ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``. A cell is used only where its ``log A`` lies in
+    ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰`` normal floats, so the result is exact to a
+    few ulps); a cell whose every ``log A`` is below ``-745.2 - 2D`` is zeros (what ``exp``
+    gives there). The other cells, the partial cells at either end, and every block with a
+    zero step or whose ``D`` exceeds the bound even at the smallest spacing take one
+    ``exp`` per entry.
 
     In float32 (``up``, ``down`` float32: half the memory traffic) each cell's ``A`` is
     divided by its largest channel's, ``A' = A / max_q A ≤ 1``, and the tile carries the
@@ -289,10 +289,10 @@ class AnchoredProducts:
         return None
 
     def tiles(self, lag: int, rows: int) -> Iterator[Tile]:
-        """The :data:`Tile` s covering the end times ``lag..T``: whole anchor cells in tiles
-        of about ``rows`` end times; none (one ``exp`` each) for the partial cells at either
-        end and for tiles with a cell outside the exact range. The ``A`` of all cells of the
-        lag are formed at once."""
+        """The :data:`Tile` s covering the end times ``lag..T`` in order: runs of whole anchor
+        cells of one kind (anchored, all zero, or one ``exp`` each) in tiles of about
+        ``rows`` end times, and the partial cells at either end (one ``exp`` each). The
+        ``A`` of all cells of the lag are formed at once."""
         L, G = self.logs.log_modulus, self.spacing
         T1 = L.shape[1]
         first, last = -(-lag // G) * G, T1 // G * G  # the whole cells: [first, last)
@@ -382,7 +382,8 @@ def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int,
 
     Returns:
         ``(mean, m2, count)``: ``mean[u, i, t]`` and ``m2[u, i, t] = Σ (|μ| - mean)²`` each
-        ``(U, b, T+1)`` float64 (NaN where ``t < ℓ``), over ``count = b·w`` entries.
+        ``(U, b, T+1)`` float64 (NaN where ``t < ℓ``), over the ``count`` inner entries of
+        each row (``w`` channels × their block size).
     """
     b, T1, w = logs.log_modulus.shape
     rows = max(1, CHUNK_ELEMENTS // (b * w))

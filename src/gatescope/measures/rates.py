@@ -371,7 +371,9 @@ def _structured_summary(structure: JacobianStructure, traj: Trajectory, lags: li
     :func:`~gatescope.dynamics.structured.window_moments` gives each block's mean and sum of
     squared deviations of ``|μ|`` per ``(lag, b, t)`` over all lags while the block's
     prefix sums sit in cache; :func:`merge_moments` pools the blocks exactly, so the CV
-    ``√(M2/n)/mean`` is the two-pass value over all ``n`` entries.
+    ``√(M2/n)/mean`` is the two-pass value over all ``n`` entries. ``precision`` is that of
+    the blocks' anchored tiles; the pooling is float64. Times past a sequence's length are
+    then NaN (left out of the envelope's mean and the CV's median), lags past ``T`` NaN.
     """
     T = traj.seq_len
     unique = sorted({lag for lag in lags if lag <= T})
