@@ -17,13 +17,18 @@ to ``N``, and scaled from its ``T₀(T₀+1)/2`` pairs to the 64·T pairs asked 
 grows with the pairs): an **extrapolation**, printed as such.
 
 The **floor** it prints is what any implementation of these outputs pays on this machine in
-float64: every rate entry ``μ_{t,ℓ,q}`` is a different window's product, so at least one
-``exp`` each (``B·Σ_ℓ(T+1-ℓ)·N`` of them), and every sensitivity entry at least a
-subtraction and a max; both timed on a cache-sized block and scaled by the entries. The
+float64: every rate entry ``μ_{t,ℓ,q}`` (``B·Σ_ℓ(T+1-ℓ)·N`` of them) is a different
+window's product, so at least one arithmetic pass each (timed as one multiplication: the
+anchored products of ``gatescope.dynamics.structured`` take two, plus the moments' passes),
+and every sensitivity entry at least a subtraction and a max; each timed on a cache-sized
+block and scaled by the entries. The ``exp`` per rate entry that a direct
+``exp(L_t - L_{t-ℓ})`` pays is printed beside it, as what the anchoring saves. The
 structured path's time over the floor is what an implementation could still win.
 
-Run: ``python benchmarks/bench_structured.py`` (medians of ``--repeats`` runs; the peak
-memory is the subprocess' maxrss, input included).
+Run: ``python benchmarks/bench_structured.py`` (medians of ``--repeats`` runs of wall and
+process-CPU seconds, the rates in float64 and with ``precision="float32"``; the peak memory
+is the subprocess' maxrss, input included). On a shared machine, ``--threads 1`` and the
+CPU column measure the work; the floor is measured in the same run.
 """
 
 from __future__ import annotations
@@ -81,19 +86,27 @@ def plan(T: int, starts: int, lags: int) -> tuple[list[int], list[int]]:
     return ks, ls
 
 
-def structured_run(cell, traj, ks, ls) -> dict[str, float]:
-    """Seconds of each part of the structured analysis."""
+def structured_run(cell, traj, ks, ls) -> dict[str, tuple[float, float]]:
+    """Wall and process-CPU seconds of each part of the structured analysis (the CPU time
+    of one thread is the work, whatever else shares the machine); the rates in both
+    precisions, and the totals with each."""
+    steps = {
+        "sensitivities": lambda: start_sensitivities(structure_of(cell, traj), ks,
+                                                     lengths=traj.lengths),
+        "rates+envelope": lambda: gs.effective_rate_summary(cell, traj, ls, order=1,
+                                                            chunk_size=1),
+        "rates float32": lambda: gs.effective_rate_summary(cell, traj, ls, order=1,
+                                                           chunk_size=1, precision="float32"),
+        "time_scales": lambda: time_scales(cell, traj),
+    }
     parts = {}
-    t0 = time.perf_counter()
-    start_sensitivities(structure_of(cell, traj), ks, lengths=traj.lengths)
-    parts["sensitivities"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gs.effective_rate_summary(cell, traj, ls, order=1, chunk_size=1)
-    parts["rates+envelope"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    time_scales(cell, traj)
-    parts["time_scales"] = time.perf_counter() - t0
-    parts["total"] = sum(parts.values())
+    for name, step in steps.items():
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        parts[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+    for name, rates in (("total", "rates+envelope"), ("total float32", "rates float32")):
+        parts[name] = tuple(sum(parts[k][i] for k in ("sensitivities", rates, "time_scales"))
+                            for i in (0, 1))
     return parts
 
 
@@ -108,7 +121,7 @@ def child(args) -> None:
                               json.loads(args.options))
     ks, ls = plan(args.seq_len, args.starts, args.lags)
     runs = [structured_run(cell, traj, ks, ls) for _ in range(args.repeats)]
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    median = {k: [statistics.median(r[k][i] for r in runs) for i in (0, 1)] for k in runs[0]}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     print(json.dumps({"parts": median, "peak_gib": peak, "starts": len(ks), "lags": len(ls)}))
 
@@ -134,9 +147,10 @@ def dense_time(N: int, B: int, T: int, lags: list[int], repeats: int) -> float:
 def floor_seconds(rate_entries: int, sensitivity_entries: int, repeats: int) -> dict[str, float]:
     """The machine's floor for the structured analysis: the seconds of the passes no
     algorithm for these outputs avoids, timed on a cache-sized float64 block and scaled by
-    the entries: one ``exp`` per rate entry ``μ_{t,ℓ,q}`` (every entry is a different
-    window's product), and one subtraction and one max per sensitivity entry (the window's
-    log-moduli and their largest)."""
+    the entries: one multiplication per rate entry ``μ_{t,ℓ,q}`` (every entry is a
+    different window's product), and one subtraction and one max per sensitivity entry
+    (the window's log-moduli and their largest). Also the ``exp`` per rate entry of the
+    direct formula (not part of the floor)."""
     x = torch.randn(CHUNK_ELEMENTS, dtype=torch.float64)
     y = torch.empty_like(x)
 
@@ -149,10 +163,12 @@ def floor_seconds(rate_entries: int, sensitivity_entries: int, repeats: int) -> 
             times.append((time.perf_counter() - t0) / (64 * x.numel()))
         return statistics.median(times)
 
-    exp = per_element(lambda: torch.exp(x, out=y))
+    mul = per_element(lambda: torch.mul(x, y, out=y))
     sub_max = per_element(lambda: torch.sub(x, y, out=y).amax())
-    return {"rates (one exp each)": exp * rate_entries,
-            "sensitivities (sub + max each)": sub_max * sensitivity_entries}
+    exp = per_element(lambda: torch.exp(x, out=y))
+    return {"rates (one mul each)": mul * rate_entries,
+            "sensitivities (sub + max each)": sub_max * sensitivity_entries,
+            "direct rates (one exp each)": exp * rate_entries}
 
 
 def main() -> None:
@@ -181,8 +197,9 @@ def main() -> None:
     print(f"structured ({args.cell}, B={args.batch}, T={args.seq_len}, N={args.channels}, "
           f"{args.threads} threads; {res['starts']} start times x every lag, "
           f"{res['lags']} geometric rate lags), medians of {args.repeats}:")
-    for name, value in p.items():
-        print(f"  {name:<16} {value:8.2f} s")
+    print(f"  {'':<16} {'wall':>8}   {'cpu':>8}")
+    for name, (wall, cpu) in p.items():
+        print(f"  {name:<16} {wall:8.2f} s {cpu:8.2f} s")
     print(f"  peak memory      {res['peak_gib']:8.2f} GiB (process maxrss, input included)")
 
     torch.set_num_threads(args.threads)
@@ -192,10 +209,14 @@ def main() -> None:
     floor = floor_seconds(rate_entries, sens_entries, args.repeats)
     print(f"floor on this machine ({args.threads} threads; float64, {rate_entries:.3g} rate "
           f"and {sens_entries:.3g} sensitivity entries):")
+    direct = floor.pop("direct rates (one exp each)")
     for name, value in floor.items():
         print(f"  {name:<31} {value:8.2f} s")
     print(f"  total floor                     {sum(floor.values()):8.2f} s "
-          f"(the structured path takes {p['total'] / sum(floor.values()):.2f}x it)")
+          f"(the structured path takes {p['total'][0] / sum(floor.values()):.2f}x it; "
+          f"{p['total float32'][0] / sum(floor.values()):.2f}x with float32 rates)")
+    print(f"  (not in the floor: one exp per rate entry, what exp(L_t - L_t-l) pays: "
+          f"{direct:.2f} s; the rates part took {p['rates+envelope'][0] / direct:.2f}x it)")
 
     T0 = args.dense_seq_len
     _, small_lags = plan(T0, 1, args.lags)
@@ -216,7 +237,7 @@ def main() -> None:
     print(f"  fit: time ∝ N^{slope:.2f}; EXTRAPOLATED to N={args.channels} and "
           f"{res['starts']}x{args.seq_len} pairs (x{pairs_ratio:.0f} the T={T0} pairs): "
           f"{extrapolated:.3g} s")
-    print(f"ratio dense/structured (extrapolated): {extrapolated / p['total']:.3g}")
+    print(f"ratio dense/structured (extrapolated): {extrapolated / p['total'][0]:.3g}")
 
 
 if __name__ == "__main__":

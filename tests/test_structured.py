@@ -15,6 +15,7 @@ from gatescope.dynamics.structured import (
     structured_sensitivities,
 )
 from gatescope.measures import time_scales
+from gatescope.measures.rates import neuron_cv
 from gatescope.probes import ProbeContext
 
 CELLS = {
@@ -204,3 +205,212 @@ def test_chunk_boundaries_change_nothing(key, monkeypatch):
     inside = traj.step_mask.unsqueeze(-1).double()
     r = traj.retention.expand(*traj.retention.shape[:-1], cell.retention_size)
     assert_close(blocked, -1 / ((r * inside).sum((0, 1)) / inside.sum((0, 1))).log())
+
+
+# --- the cache-blocked kernels: tiles of end times, channel blocks, anchored products ---
+
+class Declared(gs.RecurrentCell):
+    """A bare declared structure, read from the trajectory's cache (the tests never step it)."""
+
+    def jacobian_structure(self, traj):
+        return JacobianStructure(traj.cache["modulus"], traj.cache.get("angle"))
+
+
+def declared(modulus, angle=None, lengths=None):
+    """The cell and a trajectory of the structure ``(modulus, angle)`` ``(B, T, K)``."""
+    B, T, K = modulus.shape
+    n = K if angle is None else 2 * K
+    zero = torch.zeros(1, 1, 1, dtype=torch.float64)
+    cache = {"modulus": modulus} if angle is None else {"modulus": modulus, "angle": angle}
+    traj = gs.Trajectory(inputs=zero.expand(B, T, 1), states=zero.expand(B, T + 1, n),
+                         gates=None, retention=modulus, cache=cache, cell_type=Declared,
+                         lengths=None if lengths is None else torch.tensor(lengths))
+    return Declared(1, n), traj
+
+
+def reference_rates(modulus, angle, lags, order, lengths=None):
+    """``μ`` ``(B, T+1, L, n)`` by the dual-number products of ``rates.window_products`` (one
+    multiplication per step, no logs), NaN where ``ℓ > t`` and past the lengths."""
+    from gatescope.measures.rates import window_products
+
+    r, d = modulus, None
+    if angle is not None:
+        r = modulus.repeat_interleave(2, -1)
+        d = (modulus * (torch.cos(angle) - 1)).repeat_interleave(2, -1)
+    if lengths is not None:  # held steps: m = 1, θ = 0
+        beyond = torch.arange(1, r.shape[1] + 1) > torch.tensor(lengths)[:, None]
+        r = r.masked_fill(beyond[..., None], 1.0)
+        d = None if d is None else d.masked_fill(beyond[..., None], 0.0)
+    B, T, n = r.shape
+    mu = torch.full((B, T + 1, len(lags), n), float("nan"), dtype=torch.float64)
+    for lag, (p, s) in enumerate(window_products(r, None if order == 0 else d)):
+        for i in [i for i, x in enumerate(lags) if x == lag]:
+            mu[:, lag:, i] = p if s is None else p + s
+    if lengths is not None:
+        past = torch.arange(T + 1) > torch.tensor(lengths)[:, None]
+        mu[past] = float("nan")
+    return mu
+
+
+def reference_sensitivities(modulus, starts):
+    """``max_q ∏_{j=k+1..k+ℓ} m_{j,q}`` by cumulative products: ``(B, S, T+1)``."""
+    B, T, K = modulus.shape
+    out = torch.full((B, len(starts), T + 1), float("nan"), dtype=torch.float64)
+    for i, k in enumerate(starts):
+        prods = torch.cat([torch.ones(B, 1, K, dtype=torch.float64),
+                           torch.cumprod(modulus[:, k:], 1)], 1)
+        out[:, i, : T + 1 - k] = prods.amax(-1)
+    return out
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 40 values and channel blocks of at most 192 prefix sums: with K = 7 and T
+    = 45 or 100 the tiles and blocks split unevenly (at T = 45 blocks of 4 and 3 channels
+    for one example, of 2, 2, 2 and 1 for two; of 1 channel at T = 100)."""
+    import gatescope.dynamics.structured as structured
+
+    monkeypatch.setattr(structured, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(structured, "BLOCK_ELEMENTS", 192)
+
+
+def moduli(B=3, T=45, K=7, low=0.55, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return low + (1 - low) * torch.rand(B, T, K, generator=g, dtype=torch.float64)
+
+
+LAGS = [0, 1, 3, 8, 15, 16, 17, 31, 33, 64, 99, 100, 3, 120]
+
+
+def check_summary(modulus, angle=None, order=1, lengths=None, chunk_size=None):
+    """The blocked summary against ``envelope`` and ``neuron_cv`` of the products' ``μ``."""
+    cell, traj = declared(modulus, angle, lengths)
+    summary = gs.effective_rate_summary(cell, traj, LAGS, order=order, chunk_size=chunk_size)
+    mu = reference_rates(modulus, angle, LAGS, order, lengths)
+    assert_close(summary.envelope, gs.envelope(mu))
+    assert_close(summary.neuron_cv, neuron_cv(mu))
+    return summary
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_blocked_summary_equals_the_full_tensor(small_tiles, order, rotation, lengths):
+    """Uneven tiles and channel blocks, anchored products (``G = 32``) and the partial
+    cells around them, rotations' signed first-order rates, lengths, a repeated lag and one
+    longer than T."""
+    modulus = moduli(T=100, low=0.3)
+    angle = None
+    if rotation:
+        angle = 2.5 * torch.rand(modulus.shape, generator=torch.Generator().manual_seed(3),
+                                 dtype=torch.float64)
+    check_summary(modulus, angle, order, None if lengths is None else [100, 37, 1],
+                  chunk_size=2)
+
+
+def test_anchored_products_are_taken_and_exact():
+    """The anchored factors (``G = 32`` for ``m ≥ 0.3``) give the products of one ``exp``
+    per entry, in whole cells between the partial ones at either end."""
+    from gatescope.dynamics.structured import AnchoredProducts, CumulativeLogs
+
+    logs = CumulativeLogs.of(JacobianStructure(moduli(T=200, low=0.3)))
+    anchored = AnchoredProducts.of(logs)
+    narrow = AnchoredProducts.of(logs, torch.float32)
+    assert anchored is not None and anchored.spacing == 32
+    for lag in (1, 31, 32, 33, 100):
+        tiles = list(anchored.tiles(lag, 32))
+        assert sum(mu is not None for _, mu, _ in tiles) >= 2
+        cuts = [lag] + [ends.stop for ends, _, _ in tiles]
+        assert [ends.start for ends, _, _ in tiles] == cuts[:-1] and cuts[-1] == 201
+        for (ends, mu, scale), (_, mu32, scale32) in zip(tiles, narrow.tiles(lag, 32),
+                                                             strict=True):
+            exact = logs.products(lag, ends)
+            if mu is not None:
+                assert scale is None
+                torch.testing.assert_close(mu, exact, rtol=1e-13, atol=0)
+                assert mu32.dtype == torch.float32
+                torch.testing.assert_close(mu32.double() * scale32.unsqueeze(-1), exact,
+                                           rtol=1e-6, atol=0)
+
+
+def test_steps_too_large_for_anchors_take_one_exp_each():
+    """``|log m| = 20`` per step leaves no spacing within the bound: the plain path."""
+    from gatescope.dynamics.structured import AnchoredProducts, CumulativeLogs
+
+    modulus = moduli(T=30, low=0.5) * torch.tensor([1.0] * 6 + [1e-9])
+    assert AnchoredProducts.of(CumulativeLogs.of(JacobianStructure(modulus))) is None
+    check_summary(modulus)
+
+
+def test_underflowing_windows_are_zero_as_with_one_exp_each():
+    """Long windows of ``m ≈ 0.2`` underflow (``0.2^460 ≈ 0``): those tiles are zeros, the
+    envelope 0 and the CV NaN there (0/0), as the products give; the windows near the edge
+    of the normal range take the exp."""
+    modulus = 0.15 + 0.1 * moduli(B=2, T=600, K=3, low=0.0)
+    cell, traj = declared(modulus)
+    lags = [1, 64, 300, 420, 450, 470, 500, 599]
+    summary = gs.effective_rate_summary(cell, traj, lags, order=0)
+    mu = reference_rates(modulus, None, lags, 0)
+    assert summary.envelope[-1] == 0 and summary.neuron_cv[-1].isnan()
+    assert_close(summary.envelope, gs.envelope(mu))
+    assert_close(summary.neuron_cv, neuron_cv(mu))
+
+
+def test_zero_steps_in_the_modulus(small_tiles):
+    modulus = moduli()
+    modulus[0, 10, 2] = 0.0
+    modulus[2, :, 5] = 0.0
+    check_summary(modulus, order=0)
+    S = start_sensitivities(JacobianStructure(modulus), [0, 9, 10, 44, 45])
+    assert_close(S, reference_sensitivities(modulus, [0, 9, 10, 44, 45]))
+
+
+def test_equal_neurons_have_zero_dispersion(small_tiles):
+    """Every channel the same retention: the CV is 0 to rounding (the blocks' moments are
+    merged exactly, not by Σx² - (Σx)²/n), at every lag and in every channel block."""
+    modulus = moduli(T=100, K=1, low=0.3).expand(3, 100, 7).contiguous()
+    cell, traj = declared(modulus)
+    summary = gs.effective_rate_summary(cell, traj, LAGS, chunk_size=2)
+    assert_close(summary.envelope, gs.envelope(reference_rates(modulus, None, LAGS, 1)))
+    finite = summary.neuron_cv[~summary.neuron_cv.isnan()]
+    assert len(finite) == len(LAGS) - 1 and finite.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_tiled_sensitivities_equal_the_products(small_tiles, rotation):
+    """Starts unsorted, repeated, at 0 and at T; uneven tiles and channel blocks."""
+    modulus = moduli()
+    angle = torch.rand(modulus.shape, dtype=torch.float64) if rotation else None
+    starts = [45, 0, 17, 3, 17, 44]
+    S = start_sensitivities(JacobianStructure(modulus, angle), starts)
+    assert_close(S, reference_sensitivities(modulus, starts))
+
+
+def test_tiled_sensitivities_with_lengths(small_tiles):
+    modulus = moduli()
+    cell, traj = declared(modulus, lengths=[45, 20, 1])
+    S = start_sensitivities(structure_of(cell, traj), [0, 5, 20, 45], lengths=traj.lengths)
+    held = modulus.masked_fill((torch.arange(1, 46) > torch.tensor([45, 20, 1])[:, None])
+                               [..., None], 1.0)
+    assert_close(S, reference_sensitivities(held, [0, 5, 20, 45]))
+    assert (S[1, 2, 1:26] == 1).all() and (S[2, 1, 1:41] == 1).all()  # windows after the end
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_float32_rates_match_float64(small_tiles, rotation):
+    """The opt-in float32 anchored tiles (their row scales float64) against float64: the
+    envelope and the CV to 1e-5, over lags whose rates span e^0 to e^-100."""
+    modulus = moduli(T=100, low=0.3)
+    angle = torch.rand(modulus.shape, dtype=torch.float64) if rotation else None
+    cell, traj = declared(modulus, angle)
+    wide, narrow = (gs.effective_rate_summary(cell, traj, LAGS, chunk_size=2, precision=p)
+                    for p in ("float64", "float32"))
+    assert_close(narrow.envelope, wide.envelope, rtol=1e-5)
+    assert_close(narrow.neuron_cv, wide.neuron_cv, rtol=1e-5)
+    assert not torch.equal(narrow.neuron_cv, wide.neuron_cv)  # the float32 path was taken
+
+
+def test_a_bad_precision_is_refused():
+    cell, traj = declared(moduli())
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'float64'\]"):
+        gs.effective_rate_summary(cell, traj, [1], precision="half")

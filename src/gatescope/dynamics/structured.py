@@ -13,12 +13,33 @@ With ``Λ_j = diag(m_j)`` (block 1) or ``blockdiag(m_{j,q} R(θ_{j,q}))`` (block
 (``I`` for ``t = k``), whose norm is ``‖[C; I] Φ‖_2``: ``max_q |Φ_q|`` without ``C``, and with
 it ``max_q |Φ_q|`` times the top singular value of ``[C; I] Φ/max_q|Φ_q|`` by Lanczos on the
 inner state. The factors commute, so the paper code's reversed products are the same.
+
+Cache blocking (the sums ``L`` of a layer, ``(B, T+1, K)`` float64, are far larger than the
+caches: 1 GiB at ``B, T, K = 4, 4096, 8192``; reading them once per start time or lag is
+what bounded the time, not the arithmetic):
+
+* :func:`channel_blocks` forms ``L`` (and the zero counts, angles) for ``w`` channels at a
+  time, ``(b, T+1, w)`` with ``b·(T+1)·w ≤`` :data:`BLOCK_ELEMENTS` (a last-level-cache
+  share), straight from the modulus; the full ``L`` is never held.
+* Sensitivities without output rows (:func:`_raise_window_maxima`): per block, tiles of
+  ``R`` end times × the ``S`` start times ``k ≤`` the tile's last × ``w`` channels
+  (``b·R·S·w ≤`` :data:`CHUNK_ELEMENTS`), ``top[b, t, i] = max(top, max_q (L_{t,q} -
+  L_{k_i,q}))`` ``(B, T+1, S)``; the starts' rows ``(b, S, w)`` stay in cache. Then
+  ``‖M_{k+ℓ,k}‖ = exp(top[b, k+ℓ, i])``. One subtraction and one max per entry.
+* Rate moments (:func:`window_moments`): per block, for every lag, tiles of ``R`` end times
+  × ``w`` channels give ``μ`` and, per ``(b, t)``, its mean and ``Σ (μ - mean)²`` over the
+  block (two passes over a tile in cache); the caller pools the blocks exactly
+  (``gatescope.measures.rates.merge_moments``). ``μ⁰ = exp(L_t - L_{t-ℓ})`` is formed as
+  ``E_t · F_{t-ℓ} · A`` by :class:`AnchoredProducts` (two multiplications per entry, the
+  ``exp`` only per anchor cell) wherever that is exact to a few ulps, else by one ``exp``.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +51,30 @@ from .jacobians import check_trajectory
 from .matrix_free import _check_times, _int_list, lanczos_top
 from .spectral import RTOL
 
-#: Float64 elements of window tensors one chunk holds: cache-sized, since each chunk is a
-#: few elementwise passes (and it bounds peak memory).
+#: Float64 elements of window tensors one chunk (a tile) holds: cache-sized, since each
+#: chunk is a few elementwise passes (and it bounds peak memory).
 CHUNK_ELEMENTS = 2**18
+
+#: Float64 prefix-sum values one channel block holds (:func:`channel_blocks`): sized for the
+#: last-level cache, which every tile of the block then reads instead of memory.
+BLOCK_ELEMENTS = 2**20
+
+#: The largest ``|L_t - L_{g(t)}|`` (log of an anchored factor) :class:`AnchoredProducts`
+#: allows: with ``e^{±32}`` factors every product ``≥ e^{-644}`` is formed from normal floats.
+ANCHOR_LOG_BOUND = 32.0
+
+#: The anchor spacings :class:`AnchoredProducts` may take, smallest first: below 8 the ``A``
+#: factors (one ``exp`` per cell, lag and channel) would cost a fair part of the ``exp`` per
+#: entry they replace.
+ANCHOR_SPACINGS = (8, 16, 32, 64)
+
+#: ``-log`` of float64's smallest normal (``2^-1022``), rounded down: a product ``≥ e^-708``
+#: of normal factors is a normal float.
+_NORMAL_LOG = 708.0
+
+#: ``exp(x)`` rounds to 0 in float64 for ``x < -745.14`` (half the smallest subnormal); the
+#: tiles known to lie below are filled with zeros, not an ``exp`` (which is slow there).
+_ZERO_LOG = 745.2
 
 
 def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | None:
@@ -128,23 +170,242 @@ class CumulativeLogs:
             log_m = log_m.masked_fill(diff(self.zeros) > 0, -math.inf)
         return log_m, None if self.angle is None else diff(self.angle)
 
+    def products(self, lag: int, ends: slice) -> Tensor:
+        """``μ⁰ = |Φ_q(t, t-ℓ)| = exp(L_t - L_{t-ℓ})`` per channel for the end times ``ends``
+        (a slice within ``lag..T``): ``(B, len(ends), K)`` float64, one ``exp`` per entry."""
+        log_m, _ = self.window(ends, slice(ends.start - lag, ends.stop - lag))
+        return log_m.exp_()
+
+    def first_order(self, mu: Tensor, lag: int, ends: slice) -> Tensor:
+        """``μ = μ⁰ (1 + Σ_j (cos θ_j - 1))`` from ``mu = μ⁰`` ``(B, len(ends), K)``, in
+        place (block 1: ``μ = μ⁰``): ``diag(Λ_j) - m_j = m_j (cos θ_j - 1)``, so
+        ``Σ_j (∏_{i≠j} m_i) d_j = μ⁰ Σ_j (cos θ_j - 1)`` exactly."""
+        if self.cos_defect is None:
+            return mu
+        x = self.cos_defect
+        return mu.mul_(1 + x[:, ends] - x[:, ends.start - lag: ends.stop - lag])
+
     def rates(self, lag: int, order: int, ends: slice | None = None) -> Tensor:
         """The effective rates at ``lag`` for the end times ``ends`` (a slice within
-        ``lag..T``; default all of them): ``(B, len(ends), b·K)`` float64.
-
-        ``μ⁰ = |Φ(t, t-ℓ)|`` (the product of the retention ``m``) and, at order 1,
-        ``μ = μ⁰ (1 + Σ_j (cos θ_j - 1))``: ``diag(Λ_j) - m_j = m_j (cos θ_j - 1)``, so
-        ``Σ_j (∏_{i≠j} m_i) d_j = μ⁰ Σ_j (cos θ_j - 1)`` exactly (block 1: ``μ = μ⁰``).
-        """
+        ``lag..T``; default all of them): ``(B, len(ends), b·K)`` float64, each channel's
+        value repeated over its block's ``b`` entries: :meth:`products` at order 0, then
+        :meth:`first_order` at order 1."""
         T = self.log_modulus.shape[1] - 1
         ends = slice(lag, T + 1) if ends is None else ends
-        starts = slice(ends.start - lag, ends.stop - lag)
-        log_m, _ = self.window(ends, starts)
-        mu = log_m.exp_()
-        if order == 1 and self.cos_defect is not None:
-            x = self.cos_defect
-            mu = mu * (1 + x[:, ends] - x[:, starts])
+        mu = self.products(lag, ends)
+        if order == 1:
+            mu = self.first_order(mu, lag, ends)
         return mu if self.angle is None else mu.repeat_interleave(2, -1)
+
+
+def channel_blocks(structure: JacobianStructure) -> Iterator[CumulativeLogs]:
+    """The :class:`CumulativeLogs` of ``structure`` one block of channels at a time (all its
+    examples; its output map is dropped): ``(B, T+1, w)`` with ``w`` the largest power of two
+    whose block holds at most :data:`BLOCK_ELEMENTS` values (at least 1 channel), so a block
+    stays in the last-level cache while its tiles are read, and the sums of all ``K``
+    channels are never held at once."""
+    B, T, K = structure.modulus.shape
+    fit = max(1, BLOCK_ELEMENTS // max(1, B * (T + 1)))
+    width = min(K, 1 << (fit.bit_length() - 1))
+    for q0 in range(0, K, width):
+        ch = slice(q0, q0 + width)
+        angle = None if structure.angle is None else structure.angle[:, :, ch]
+        yield CumulativeLogs.of(JacobianStructure(structure.modulus[:, :, ch], angle))
+
+
+#: A tile of rates: its end times, and ``μ⁰`` ``(b, R, w)`` with the scale of each row
+#: ``(b, R)`` float64 (``μ⁰ = scale · tile``; ``None``: 1), or ``(ends, None, None)`` where
+#: the caller takes one ``exp`` per entry.
+Tile = tuple[slice, Tensor | None, Tensor | None]
+
+#: The precisions of :func:`window_moments`.
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def end_time_tiles(lag: int, T: int, rows: int) -> Iterator[Tile]:
+    """The end times ``lag..T`` in tiles of ``rows``, without anchored products
+    (:meth:`AnchoredProducts.tiles`' fallback)."""
+    for t0 in range(lag, T + 1, rows):
+        yield slice(t0, min(T + 1, t0 + rows)), None, None
+
+
+@dataclass(frozen=True)
+class AnchoredProducts:
+    """``μ⁰_{t,ℓ,q} = exp(L_t - L_{t-ℓ})`` by two multiplications per entry instead of an
+    ``exp``, from factors computed once per block.
+
+    With anchors ``g(t) = G⌊t/G⌋`` every ``G`` steps and ``k = t - ℓ``,
+
+        exp(L_t - L_k) = E_t · F_k · A_{g(t), g(k)},
+        E_t = exp(L_t - L_{g(t)}),  F_k = exp(L_{g(k)} - L_k),  A = exp(L_{g(t)} - L_{g(k)}),
+
+    ``E`` and ``F`` ``(b, T+1, w)`` once per block. For end times ``t = cG + j`` of a cell
+    (``j < G``) and ``ℓ = pG + r``, ``g(k) = (c-p-1)G`` for ``j < r`` and ``(c-p)G`` for
+    ``j ≥ r``: two ``A`` per cell and lag ``(b, w)``, applied to the tile viewed as
+    ``(b, cells, G, w)``. ``G`` is the largest of :data:`ANCHOR_SPACINGS` whose
+    ``D = max |L_t - L_{g(t)}|`` is at most :data:`ANCHOR_LOG_BOUND`, so
+    ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``. A cell is used only where its ``log A`` lies in
+    ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰`` normal floats, so the result is exact to a
+    few ulps); a cell whose every ``log A`` is below ``-745.2 - 2D`` is zeros (what ``exp``
+    gives there). The other cells, the partial cells at either end, and every block with a
+    zero step or whose ``D`` exceeds the bound even at the smallest spacing take one
+    ``exp`` per entry.
+
+    In float32 (``up``, ``down`` float32: half the memory traffic) each cell's ``A`` is
+    divided by its largest channel's, ``A' = A / max_q A ≤ 1``, and the tile carries the
+    row scale ``max_q A`` in float64: ``E F A'`` then lies within ``e^{±2D}`` (float32's
+    range) and a channel that ``A'`` flushes to 0 is ``< e^{-87+2D}`` of its row's largest;
+    entries are exact to float32 rounding (``~1e-7``).
+
+    Attributes:
+        logs: the block's prefix sums.
+        spacing: ``G``.
+        up, down: ``E`` and ``F`` in the tiles' dtype.
+        bound: ``D``.
+    """
+
+    logs: CumulativeLogs
+    spacing: int
+    up: Tensor
+    down: Tensor
+    bound: float
+
+    @classmethod
+    def of(cls, logs: CumulativeLogs, dtype: torch.dtype = torch.float64
+           ) -> AnchoredProducts | None:
+        """The factors of a block in ``dtype`` (float64 or float32; formed in float64), or
+        ``None`` when it has a zero step or ``D`` exceeds the bound at the smallest
+        spacing."""
+        L = logs.log_modulus
+        if logs.zeros is not None:
+            return None
+        for spacing in reversed(ANCHOR_SPACINGS):
+            anchors = torch.arange(L.shape[1], device=L.device) // spacing * spacing
+            offset = L - L[:, anchors]
+            bound = max(-float(offset.min()), float(offset.max()))
+            if bound <= ANCHOR_LOG_BOUND:
+                return cls(logs, spacing, offset.exp().to(dtype),
+                           offset.neg_().exp_().to(dtype), bound)
+        return None
+
+    def tiles(self, lag: int, rows: int) -> Iterator[Tile]:
+        """The :data:`Tile` s covering the end times ``lag..T`` in order: runs of whole anchor
+        cells of one kind (anchored, all zero, or one ``exp`` each) in tiles of about
+        ``rows`` end times, and the partial cells at either end (one ``exp`` each). The
+        ``A`` of all cells of the lag are formed at once."""
+        L, G = self.logs.log_modulus, self.spacing
+        T1 = L.shape[1]
+        first, last = -(-lag // G) * G, T1 // G * G  # the whole cells: [first, last)
+        if first >= last:
+            yield slice(lag, T1), None, None
+            return
+        if lag < first:
+            yield slice(lag, first), None, None
+        p, r = divmod(lag, G)
+        cells = torch.arange(first, last, G, device=L.device)
+        sources = torch.stack([cells - (p + 1) * G, cells - p * G], 1).clamp_min(0)
+        log_a = L[:, cells].unsqueeze(2) - L[:, sources]  # (b, n, 2, w): j < r, j ≥ r
+        if r == 0:
+            log_a[:, :, 0] = 0.0  # no end time has j < 0
+        top = log_a.amax((0, 2, 3))
+        exact = (log_a.amin((0, 2, 3)) >= 2 * self.bound - _NORMAL_LOG) & (
+            top <= _NORMAL_LOG - 2 * self.bound)
+        zero = top < -_ZERO_LOG - 2 * self.bound
+        log_a.masked_fill_(~exact[None, :, None, None], 0.0)
+        factors, scales = self._factors(log_a)
+        per_tile = max(1, rows // G)
+        for c0, c1, kind in _runs((exact.long() + 2 * (zero & ~exact).long()).tolist(),
+                                  per_tile):
+            ends = slice(first + c0 * G, first + c1 * G)
+            if kind == 1:
+                yield ends, *self._cells(lag, ends, factors[:, c0:c1],
+                                         None if scales is None else scales[:, c0:c1])
+            elif kind == 2:  # every exp(L_t - L_k) rounds to 0
+                yield ends, L.new_zeros(L.shape[0], ends.stop - ends.start, L.shape[2]), None
+            else:
+                yield ends, None, None
+        if last < T1:
+            yield slice(last, T1), None, None
+
+    def _factors(self, log_a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``A`` ``(b, n, 2, w)`` in float64; in float32 ``A'`` and the scales ``max_q A``
+        ``(b, n, 2)`` float64."""
+        if self.up.dtype == torch.float64:
+            return log_a.exp_(), None
+        top = log_a.amax(-1, keepdim=True)
+        return (log_a - top).exp_().to(self.up.dtype), top.squeeze(-1).exp_()
+
+    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None
+               ) -> tuple[Tensor, Tensor | None]:
+        """``E_t F_k A`` for the whole cells ``ends`` and their factors ``(b, cells, 2, w)``
+        (and in float32 the row scales ``(b, len(ends))`` from ``scales`` ``(b, cells, 2)``)."""
+        G, r = self.spacing, lag % self.spacing
+        mu = self.up[:, ends] * self.down[:, ends.start - lag: ends.stop - lag]
+        cells = mu.view(mu.shape[0], -1, G, mu.shape[-1])
+        cells[:, :, :r] *= factors[:, :, 0].unsqueeze(2)
+        cells[:, :, r:] *= factors[:, :, 1].unsqueeze(2)
+        if scales is None:
+            return mu, None
+        low = torch.arange(G, device=mu.device) < r  # (G,): the rows j < r
+        rows = torch.where(low, scales[:, :, :1], scales[:, :, 1:])  # (b, cells, G)
+        return mu, rows.flatten(1)
+
+
+def _runs(kinds: list[int], longest: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, kind)`` for the runs of equal ``kinds``, cut to ``longest``."""
+    start = 0
+    for kind, run in itertools.groupby(kinds):
+        stop = start + len(list(run))
+        for c0 in range(start, stop, longest):
+            yield c0, min(stop, c0 + longest), kind
+        start = stop
+
+
+def window_moments(logs: CumulativeLogs, lags: Sequence[int], order: int,
+                   precision: str = "float64") -> tuple[Tensor, Tensor, int]:
+    """The mean and the sum of squared deviations of ``|μ_{t,ℓ,·}|`` over a block's inner
+    entries, per example, lag and end time.
+
+    ``μ`` is that of :meth:`CumulativeLogs.rates` (each channel's value on its block's ``b``
+    entries), formed in tiles of :data:`CHUNK_ELEMENTS` values (``R`` end times × the
+    block's ``w`` channels, cache-sized), by :class:`AnchoredProducts` where exact and one
+    ``exp`` per entry elsewhere (and at ``ℓ = 0``, where ``μ = 1`` exactly). ``μ ≥ 0`` except
+    at order 1 with rotations, the only case that takes ``|μ|``.
+
+    Args:
+        logs: one block's prefix sums (:func:`channel_blocks`), ``(b, T+1, w)``.
+        lags: ``(U,)`` lags within ``0..T``.
+        order: 0 or 1.
+        precision: ``"float64"``, or ``"float32"`` for the anchored tiles and their moments
+            (the logs, the scales, the ``exp`` tiles and the results stay float64): about
+            ``1e-7`` relative error per entry, half the memory traffic.
+
+    Returns:
+        ``(mean, m2, count)``: ``mean[u, i, t]`` and ``m2[u, i, t] = Σ (|μ| - mean)²`` each
+        ``(U, b, T+1)`` float64 (NaN where ``t < ℓ``), over the ``count`` inner entries of
+        each row (``w`` channels × their block size).
+    """
+    b, T1, w = logs.log_modulus.shape
+    rows = max(1, CHUNK_ELEMENTS // (b * w))
+    anchored = AnchoredProducts.of(logs, PRECISIONS[precision])
+    mean = torch.full((len(lags), b, T1), math.nan, dtype=torch.float64,
+                      device=logs.log_modulus.device)
+    m2 = torch.full_like(mean, math.nan)
+    for u, lag in enumerate(lags):
+        tiles = (anchored.tiles(lag, rows) if anchored is not None and lag > 0 else
+                 end_time_tiles(lag, T1 - 1, rows))
+        for ends, mu, scale in tiles:
+            mu = logs.products(lag, ends) if mu is None else mu
+            if order == 1 and logs.angle is not None:
+                mu = logs.first_order(mu, lag, ends).abs_()
+            centre = mu.mean(-1, keepdim=True)
+            spread = torch.linalg.vector_norm(mu.sub_(centre), dim=-1).double().square_()
+            centre = centre.squeeze(-1).double()
+            if scale is not None:
+                centre, spread = centre * scale, spread * scale.square()
+            mean[u, :, ends], m2[u, :, ends] = centre, spread
+    block = 1 if logs.angle is None else 2
+    return mean, m2 * block, block * w
 
 
 def _rotate(x: Tensor, angle: Tensor) -> Tensor:
@@ -191,25 +452,18 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
 
     Returns:
         ``(B, S, T+1)`` float64: ``[b, i, ℓ] = ‖M_{k_i+ℓ, k_i}‖_2`` (``1`` at ``ℓ = 0``), NaN
-        where ``k_i + ℓ > T``. Memory is one chunk of :data:`CHUNK_ELEMENTS` besides the
-        result and the cumulative sums of one chunk of examples.
+        where ``k_i + ℓ > T``. Memory besides the result: without output rows one channel
+        block of :data:`BLOCK_ELEMENTS` prefix sums and one tile of :data:`CHUNK_ELEMENTS`
+        (:func:`_diagonal_norms`); with them one chunk of :data:`CHUNK_ELEMENTS` and the
+        cumulative sums of one chunk of examples.
     """
     Bsz, T, K = structure.modulus.shape
     start_list = _int_list("starts", starts, f"0 <= k <= T={T}")
     _check_times("starts", start_list, 0, T, f"0 <= k <= T={T}")
     device = structure.modulus.device
     ks = torch.tensor(start_list, dtype=torch.int64, device=device)
-    out = torch.full((Bsz, len(ks), T + 1), math.nan, dtype=torch.float64, device=device)
-    per_example = (T + 1) * K * (3 if structure.angle is not None else 1)
-    rows_per_chunk = max(1, min(Bsz, CHUNK_ELEMENTS // max(1, per_example)))
-    for b0 in range(0, Bsz, rows_per_chunk):
-        rows = slice(b0, min(Bsz, b0 + rows_per_chunk))
-        part = JacobianStructure(structure.modulus[rows],
-                                 None if structure.angle is None else structure.angle[rows],
-                                 structure.output_map)
-        cum = CumulativeLogs.of(part)
-        out[rows] = (_diagonal_norms(cum, ks) if part.output_map is None
-                     else _pair_norms(cum, ks, rtol))
+    out = (_diagonal_norms(structure, ks) if structure.output_map is None
+           else _pair_norms_by_chunk(structure, ks, rtol))
     out[:, :, 0] = 1.0
     if lengths is not None:  # all-held windows: M = I
         held = ks.view(1, -1) >= lengths.to(device).view(-1, 1)
@@ -218,19 +472,74 @@ def start_sensitivities(structure: JacobianStructure, starts: Sequence[int],
     return out
 
 
-def _diagonal_norms(cum: CumulativeLogs, ks: Tensor) -> Tensor:
-    """``max_q |Φ_q(k+ℓ, k)|`` (no output rows): ``(b, S, T+1)``, NaN past ``T``; the max is
-    taken on the log-moduli, one start time and chunk of channels at a time."""
-    b, T1, K = cum.log_modulus.shape
-    out = torch.full((b, len(ks), T1), math.nan, dtype=torch.float64, device=ks.device)
-    for i, k in enumerate(ks.tolist()):
-        step = max(1, CHUNK_ELEMENTS // (b * (T1 - k)))
-        best = None
-        for q0 in range(0, K, step):
-            log_m, _ = cum.window(slice(k, T1), slice(k, k + 1), channels=slice(q0, q0 + step))
-            top = log_m.amax(-1)
-            best = top if best is None else torch.maximum(best, top)
-        out[:, i, : T1 - k] = best.exp()
+def _diagonal_norms(structure: JacobianStructure, ks: Tensor) -> Tensor:
+    """``max_q |Φ_q(k+ℓ, k)|`` (no output rows): ``(B, S, T+1)``, NaN past ``T``.
+
+    The max is taken on the log-moduli, ``top[b, t, i] = max_q (L_{t,q} - L_{k_i,q})``
+    ``(B, T+1, S)`` by end time, raised block by block of examples and channels
+    (:func:`channel_blocks`), so each prefix sum is formed once in cache and read from
+    there for all the start times; then read at ``t = k_i + ℓ``.
+    """
+    B, T, K = structure.modulus.shape
+    ks_sorted, order = ks.sort()
+    top = torch.full((B, T + 1, len(ks)), -math.inf, dtype=torch.float64, device=ks.device)
+    per_chunk = max(1, min(B, BLOCK_ELEMENTS // ((T + 1) * K)))
+    for b0 in range(0, B, per_chunk):
+        rows = slice(b0, min(B, b0 + per_chunk))
+        part = JacobianStructure(structure.modulus[rows],
+                                 None if structure.angle is None else structure.angle[rows])
+        for logs in channel_blocks(part):
+            _raise_window_maxima(logs, ks_sorted, top[rows])
+    ends = ks_sorted.unsqueeze(1) + torch.arange(T + 1, device=ks.device)  # (S, T+1)
+    by_lag = top[:, ends.clamp_max(T), torch.arange(len(ks), device=ks.device).unsqueeze(1)]
+    out = torch.empty_like(by_lag)
+    out[:, order] = by_lag.exp_().masked_fill_(ends > T, math.nan)
+    return out
+
+
+def _raise_window_maxima(logs: CumulativeLogs, ks: Tensor, top: Tensor) -> None:
+    """``top[:, t, i] = max(top[:, t, i], max_q log |Φ_q(t, k_i)|)`` over one block's
+    channels, for every end time ``t ≥ k_i`` (entries with ``t < k_i`` are left undefined:
+    they are never read). Tiles of ``R`` end times × the starts ``k ≤`` the tile's last ×
+    the block's channels, :data:`CHUNK_ELEMENTS` values each.
+
+    Args:
+        logs: one block's prefix sums ``(b, T+1, w)``.
+        ks: ``(S,)`` sorted start times.
+        top: ``(b, T+1, S)``, raised in place.
+    """
+    L, Z = logs.log_modulus, logs.zeros
+    b, T1, w = L.shape
+    rows = max(1, CHUNK_ELEMENTS // (b * len(ks) * w))
+    at_start = L[:, ks].unsqueeze(1)  # (b, 1, S, w)
+    zeros_at_start = None if Z is None else Z[:, ks].unsqueeze(1)
+    starts = ks.tolist()
+    for t0 in range(0, T1, rows):
+        t1 = min(T1, t0 + rows)
+        active = bisect.bisect_right(starts, t1 - 1)
+        if active == 0:
+            continue
+        log_m = L[:, t0:t1].unsqueeze(2) - at_start[:, :, :active]  # (b, R, active, w)
+        if Z is not None:
+            log_m.masked_fill_(Z[:, t0:t1].unsqueeze(2) > zeros_at_start[:, :, :active],
+                               -math.inf)
+        window = top[:, t0:t1, :active]
+        torch.maximum(window, log_m.amax(-1), out=window)
+
+
+def _pair_norms_by_chunk(structure: JacobianStructure, ks: Tensor, rtol: float) -> Tensor:
+    """:func:`_pair_norms` over chunks of examples whose prefix sums hold
+    :data:`CHUNK_ELEMENTS` values (at least one example): ``(B, S, T+1)``."""
+    Bsz, T, K = structure.modulus.shape
+    out = torch.full((Bsz, len(ks), T + 1), math.nan, dtype=torch.float64, device=ks.device)
+    per_example = (T + 1) * K * (3 if structure.angle is not None else 1)
+    rows_per_chunk = max(1, min(Bsz, CHUNK_ELEMENTS // max(1, per_example)))
+    for b0 in range(0, Bsz, rows_per_chunk):
+        rows = slice(b0, min(Bsz, b0 + rows_per_chunk))
+        part = JacobianStructure(structure.modulus[rows],
+                                 None if structure.angle is None else structure.angle[rows],
+                                 structure.output_map)
+        out[rows] = _pair_norms(CumulativeLogs.of(part), ks, rtol)
     return out
 
 
