@@ -355,7 +355,7 @@ def test_importing_inspection_leaves_the_probe_presets_alone():
 
     names = {q.name for q in INSPECT_QUANTITIES}
     assert names == {"time_scale_spectrum", "gate_saturation", "sampled_effective_rates",
-                     "output_lookback", "transport_norms", "lyapunov"}
+                     "spectrum_phase", "output_lookback", "transport_norms", "lyapunov"}
     assert not names & set(gs.list_quantities())
 
 
