@@ -239,7 +239,7 @@ class AnchoredProducts:
         exp(L_t - L_k) = E_t · F_k · A_{g(t), g(k)},
         E_t = exp(L_t - L_{g(t)}),  F_k = exp(L_{g(k)} - L_k),  A = exp(L_{g(t)} - L_{g(k)}),
 
-    ``E`` and ``F`` ``(b, T+1, w)`` once per block. For end times ``t = cG + j`` of a cell
+    ``E`` and ``F`` once per block. For end times ``t = cG + j`` of a cell
     (``j < G``) and ``ℓ = pG + r``, ``g(k) = (c-p-1)G`` for ``j < r`` and ``(c-p)G`` for
     ``j ≥ r``: two ``A`` per cell and lag ``(b, w)``, applied to the tile viewed as
     ``(b, cells, G, w)``. ``G`` is the largest of :data:`ANCHOR_SPACINGS` whose
@@ -247,9 +247,14 @@ class AnchoredProducts:
     ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``. A cell is used only where its ``log A`` lies in
     ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰`` normal floats, so the result is exact to a
     few ulps); a cell whose every ``log A`` is below ``-745.2 - 2D`` is zeros (what ``exp``
-    gives there). The other cells, the partial cells at either end, and every block with a
-    zero step or whose ``D`` exceeds the bound even at the smallest spacing take one
-    ``exp`` per entry.
+    gives there). The partial cells at either end are formed as whole ones (``E`` padded
+    with ones past ``T``, ``F`` before step 0) and cut to ``lag..T``. In float64 the other
+    cells split ``A = A₁ A₂`` with ``log A₁`` clamped to ``±(708 - 2D)``: ``E_t F_k A₁`` is
+    a normal float exact to a few ulps and the last multiplication by ``A₂`` rounds once
+    into the subnormal (or overflow) range, as ``exp`` does (an ``exp`` costs ~20
+    multiplications here, ~200 where its result is subnormal). In float32 the other cells,
+    and every block with a zero step or whose ``D`` exceeds the bound even at the smallest
+    spacing, take one ``exp`` per entry.
 
     In float32 (``up``, ``down`` float32: half the memory traffic) each cell's ``A`` is
     divided by its largest channel's, ``A' = A / max_q A ≤ 1``, and the tile carries the
@@ -260,7 +265,8 @@ class AnchoredProducts:
     Attributes:
         logs: the block's prefix sums.
         spacing: ``G``.
-        up, down: ``E`` and ``F`` in the tiles' dtype.
+        up, down: ``E`` ``(b, T', w)`` (``T' ≥ T+1`` a multiple of ``G``) and ``F``
+            ``(b, G + T', w)`` (``F_k`` at row ``G + k``) in the tiles' dtype.
         bound: ``D``.
     """
 
@@ -275,57 +281,67 @@ class AnchoredProducts:
            ) -> AnchoredProducts | None:
         """The factors of a block in ``dtype`` (float64 or float32; formed in float64), or
         ``None`` when it has a zero step or ``D`` exceeds the bound at the smallest
-        spacing."""
+        spacing. ``up`` is padded with ones to whole cells after ``T`` and ``down`` by one
+        cell before step 0 (:attr:`down` row ``k + G`` is ``F_k``), so the partial cells at
+        either end are read as whole ones."""
         L = logs.log_modulus
         if logs.zeros is not None:
             return None
+        b, T1, w = L.shape
         for spacing in reversed(ANCHOR_SPACINGS):
-            anchors = torch.arange(L.shape[1], device=L.device) // spacing * spacing
+            anchors = torch.arange(T1, device=L.device) // spacing * spacing
             offset = L - L[:, anchors]
             bound = max(-float(offset.min()), float(offset.max()))
             if bound <= ANCHOR_LOG_BOUND:
-                return cls(logs, spacing, offset.exp().to(dtype),
-                           offset.neg_().exp_().to(dtype), bound)
+                padded = -(-T1 // spacing) * spacing
+                up = offset.new_ones(b, padded, w, dtype=dtype)
+                down = offset.new_ones(b, spacing + padded, w, dtype=dtype)
+                up[:, :T1] = offset.exp()
+                down[:, spacing: spacing + T1] = offset.neg_().exp_()
+                return cls(logs, spacing, up, down, bound)
         return None
 
     def tiles(self, lag: int, rows: int) -> Iterator[Tile]:
-        """The :data:`Tile` s covering the end times ``lag..T`` in order: runs of whole anchor
-        cells of one kind (anchored, all zero, or one ``exp`` each) in tiles of about
-        ``rows`` end times, and the partial cells at either end (one ``exp`` each). The
-        ``A`` of all cells of the lag are formed at once."""
+        """The :data:`Tile` s covering the end times ``lag..T`` in order: runs of cells of one
+        kind (anchored, all zero, or one ``exp`` each) in tiles of about ``rows`` end times;
+        the partial cells at either end are anchored as whole ones and cut. The ``A`` of all
+        cells of the lag are formed at once."""
         L, G = self.logs.log_modulus, self.spacing
         T1 = L.shape[1]
-        first, last = -(-lag // G) * G, T1 // G * G  # the whole cells: [first, last)
-        if first >= last:
-            yield slice(lag, T1), None, None
-            return
-        if lag < first:
-            yield slice(lag, first), None, None
         p, r = divmod(lag, G)
-        cells = torch.arange(first, last, G, device=L.device)
+        cells = torch.arange(p * G, T1, G, device=L.device)  # the cells holding lag..T
         sources = torch.stack([cells - (p + 1) * G, cells - p * G], 1).clamp_min(0)
         log_a = L[:, cells].unsqueeze(2) - L[:, sources]  # (b, n, 2, w): j < r, j ≥ r
+        log_a[:, 0, 0] = 0.0  # the first cell's rows j < r end before lag
         if r == 0:
             log_a[:, :, 0] = 0.0  # no end time has j < 0
-        top = log_a.amax((0, 2, 3))
-        exact = (log_a.amin((0, 2, 3)) >= 2 * self.bound - _NORMAL_LOG) & (
-            top <= _NORMAL_LOG - 2 * self.bound)
+        top, normal = log_a.amax((0, 2, 3)), _NORMAL_LOG - 2 * self.bound
+        exact = (log_a.amin((0, 2, 3)) >= -normal) & (top <= normal)
         zero = top < -_ZERO_LOG - 2 * self.bound
-        log_a.masked_fill_(~exact[None, :, None, None], 0.0)
+        kinds = exact.long() + 2 * (zero & ~exact).long()
+        rest = None
+        if self.up.dtype == torch.float64:  # the other cells: A = A₁ A₂, A₁ within e^±normal
+            clamped = log_a.clamp(-normal, normal)
+            rest = log_a.sub_(clamped).exp_()  # A₂, 1 in the exact cells
+            log_a = clamped
+            kinds.masked_fill_(kinds == 0, 3)
+        else:
+            log_a.masked_fill_(~exact[None, :, None, None], 0.0)
         factors, scales = self._factors(log_a)
         per_tile = max(1, rows // G)
-        for c0, c1, kind in _runs((exact.long() + 2 * (zero & ~exact).long()).tolist(),
-                                  per_tile):
-            ends = slice(first + c0 * G, first + c1 * G)
-            if kind == 1:
-                yield ends, *self._cells(lag, ends, factors[:, c0:c1],
-                                         None if scales is None else scales[:, c0:c1])
+        for c0, c1, kind in _runs(kinds.tolist(), per_tile):
+            cut = slice(max(lag, (p + c0) * G), min(T1, (p + c1) * G))
+            if kind in (1, 3):
+                mu, scale = self._cells(lag, slice((p + c0) * G, (p + c1) * G),
+                                        factors[:, c0:c1],
+                                        None if scales is None else scales[:, c0:c1],
+                                        rest[:, c0:c1] if kind == 3 else None)
+                inner = slice(cut.start - (p + c0) * G, cut.stop - (p + c0) * G)
+                yield cut, mu[:, inner], None if scale is None else scale[:, inner]
             elif kind == 2:  # every exp(L_t - L_k) rounds to 0
-                yield ends, L.new_zeros(L.shape[0], ends.stop - ends.start, L.shape[2]), None
+                yield cut, L.new_zeros(L.shape[0], cut.stop - cut.start, L.shape[2]), None
             else:
-                yield ends, None, None
-        if last < T1:
-            yield slice(last, T1), None, None
+                yield cut, None, None
 
     def _factors(self, log_a: Tensor) -> tuple[Tensor, Tensor | None]:
         """``A`` ``(b, n, 2, w)`` in float64; in float32 ``A'`` and the scales ``max_q A``
@@ -335,15 +351,18 @@ class AnchoredProducts:
         top = log_a.amax(-1, keepdim=True)
         return (log_a - top).exp_().to(self.up.dtype), top.squeeze(-1).exp_()
 
-    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None
-               ) -> tuple[Tensor, Tensor | None]:
+    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None,
+               rest: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``E_t F_k A`` for the whole cells ``ends`` and their factors ``(b, cells, 2, w)``
-        (and in float32 the row scales ``(b, len(ends))`` from ``scales`` ``(b, cells, 2)``)."""
+        (and in float32 the row scales ``(b, len(ends))`` from ``scales`` ``(b, cells, 2)``);
+        with ``rest`` (float64, ``A = A₁ A₂`` outside the normal range) ``(E_t F_k A₁) A₂``,
+        whose last multiplication rounds once, as the ``exp`` would."""
         G, r = self.spacing, lag % self.spacing
-        mu = self.up[:, ends] * self.down[:, ends.start - lag: ends.stop - lag]
+        mu = self.up[:, ends] * self.down[:, ends.start - lag + G: ends.stop - lag + G]
         cells = mu.view(mu.shape[0], -1, G, mu.shape[-1])
-        cells[:, :, :r] *= factors[:, :, 0].unsqueeze(2)
-        cells[:, :, r:] *= factors[:, :, 1].unsqueeze(2)
+        for part in (factors,) if rest is None else (factors, rest):
+            cells[:, :, :r] *= part[:, :, 0].unsqueeze(2)
+            cells[:, :, r:] *= part[:, :, 1].unsqueeze(2)
         if scales is None:
             return mu, None
         low = torch.arange(G, device=mu.device) < r  # (G,): the rows j < r
