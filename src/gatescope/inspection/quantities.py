@@ -1,7 +1,10 @@
 """The inspection's numbers as declared quantities (docs/adding-a-quantity.md), measured on
 an :class:`InspectContext`: a :class:`~gatescope.probes.ProbeContext` that adds the sampling
 settings and computes every expensive piece once, streaming (never the dense Jacobian
-stack).
+stack). A cell that declares its :meth:`~gatescope.RecurrentCell.jacobian_structure`
+(diagonal or rotation blocks: min_gru, min_lstm, lru, rg_lru) takes the exact structured
+path for the sampled rates and the transport norms (docs/maths.md#structured-jacobians);
+dense cells and stacks keep the chunked ``diag(J)`` and the matrix-free norms.
 
 They are :class:`~gatescope.probes.Quantity` objects measured by
 :func:`gatescope.probes.measure.measure`, like every probe quantity, but deliberately not
@@ -20,8 +23,10 @@ import torch
 from torch import Tensor
 
 from .. import metrics as M
+from ..cells.structure import JacobianStructure
 from ..dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
 from ..dynamics.matrix_free import transport_norms
+from ..dynamics.structured import structure_of
 from ..measures._quantile import quantile
 from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..measures.rates import neuron_cv, neuron_retention
@@ -39,6 +44,8 @@ from .sampled import (
     retained_diagonal_chunked,
     saturation_fractions,
     saturation_sources,
+    structured_end_time_rates,
+    structured_transport_norms,
     tau_of,
 )
 
@@ -73,7 +80,8 @@ SAMPLED_RATE_CV = declare_metric(
     "neurons, first order", axes=("rate_lag",), omit_undefined=True)
 TRANSPORT_NORM = declare_metric(
     "sampled_transport_norm", "median over (example, sampled end time t) of ‖M_{t,t-ℓ}‖_2, "
-    "matrix-free (Lanczos on MᴴM over step JVPs/VJPs)", axes=("transport_lag",))
+    "matrix-free (Lanczos on MᴴM over step JVPs/VJPs), or from cumulative log-sums for a "
+    "cell with a Jacobian structure", axes=("transport_lag",))
 TRANSPORT_CONVERGED = declare_metric(
     "transport_norm_converged", "fraction of the sampled (example, t, ℓ) norms whose "
     "certificate met the tolerance within the step limit")
@@ -115,6 +123,13 @@ class InspectContext(ProbeContext):
     progress: Progress = field(default=no_progress, repr=False)
 
     @cached_property
+    def structure(self) -> JacobianStructure | None:
+        """The cell's :meth:`~gatescope.RecurrentCell.jacobian_structure`, checked and held
+        past the lengths (:func:`~gatescope.dynamics.structured.structure_of`), or ``None``
+        (dense cells, stacks)."""
+        return structure_of(self.cell, self.trajectory)
+
+    @cached_property
     def retained_diagonal(self) -> Tensor:
         """``(B, T, n)`` float64 ``diag(J_t)`` on the retained entries, chunked in time."""
         return retained_diagonal_chunked(self.cell, self.trajectory, self.jacobian_budget,
@@ -122,7 +137,14 @@ class InspectContext(ProbeContext):
 
     @cached_property
     def sampled_rates(self) -> tuple[Tensor, Tensor]:
-        """``(envelope (T,), μ at rate_lags (B, S, L, n))`` at the sampled end times."""
+        """``(envelope (T,), μ at rate_lags (B, S, L, n))`` at the sampled end times: from
+        the cumulative log-sums of a :attr:`structure` (no ``diag(J)``), else by the
+        dual-number recursion on the chunked ``diag(J)``."""
+        if self.structure is not None:
+            self.progress(self.trajectory.seq_len)  # the diag(J) pass it needs no longer
+            return structured_end_time_rates(self.structure, self.end_times,
+                                             self.effective_rate_lags, self.progress,
+                                             self.trajectory.lengths)
         r = neuron_retention(self.cell, self.trajectory)
         return end_time_rates(r, self.retained_diagonal - r, self.end_times,
                               self.effective_rate_lags, self.progress,
@@ -232,21 +254,28 @@ TRANSPORT_RTOL, TRANSPORT_MAX_ITER = 1e-3, 30
 @_quantity("transport_norms", cost=2, metrics=[TRANSPORT_NORM, TRANSPORT_CONVERGED],
            description="‖M_{t,t-ℓ}‖_2 at sampled lags and end times, matrix-free")
 def sampled_transport_norms(ctx: ProbeContext) -> dict[str, Tensor]:
-    """:func:`~gatescope.transport_norms` at the context's transport lags and end times:
-    the median over examples and end times per lag, and the converged fraction."""
+    """:func:`~gatescope.transport_norms` at the context's transport lags and end times
+    (for a structured cell :func:`~gatescope.inspection.sampled.structured_transport_norms`,
+    exact: every entry converged): the median over examples and end times per lag, and the
+    converged fraction."""
     ictx = _inspect_context(ctx)
     if not ictx.transport_lags:
         raise SkipQuantity("no transport lags asked for")
-    res = transport_norms(ictx.cell, ictx.trajectory, list(ictx.transport_lags),
-                          list(ictx.transport_starts), rtol=TRANSPORT_RTOL,
-                          max_iter=TRANSPORT_MAX_ITER,
-                          generator=torch.Generator().manual_seed(ictx.sampling_seed))
-    norms = res.norms  # (B, S, L); an end time past a sequence's length is left out
+    lags, ends = list(ictx.transport_lags), list(ictx.transport_starts)
+    if ictx.structure is not None:
+        norms = structured_transport_norms(ictx.structure, ends, lags, TRANSPORT_RTOL)
+        converged = torch.ones((), dtype=torch.float64)
+    else:
+        res = transport_norms(ictx.cell, ictx.trajectory, lags, ends, rtol=TRANSPORT_RTOL,
+                              max_iter=TRANSPORT_MAX_ITER,
+                              generator=torch.Generator().manual_seed(ictx.sampling_seed))
+        norms, converged = res.norms, res.converged.double().mean()
+    # (B, S, L); an end time past a sequence's length is left out
     if ictx.trajectory.lengths is not None:
-        past = res.starts.view(1, -1) > ictx.trajectory.lengths.cpu().view(-1, 1)
+        past = torch.tensor(ends).view(1, -1) > ictx.trajectory.lengths.cpu().view(-1, 1)
         norms = norms.masked_fill(past.to(norms.device).unsqueeze(-1), float("nan"))
     return {TRANSPORT_NORM.name: quantile(norms.transpose(0, 2).flatten(1), 0.5, dim=1),
-            TRANSPORT_CONVERGED.name: res.converged.double().mean()}
+            TRANSPORT_CONVERGED.name: converged}
 
 
 @_quantity("lyapunov", cost=2, metrics=[LYAPUNOV, GATE_EXPONENTS],

@@ -10,6 +10,11 @@ no ``(B, T, N, N)`` stack and no all-pairs ``(B, T, T)`` table).
   ``t`` and every lag, by the dual-number recursion of :mod:`gatescope.measures.rates`
   extended one step to the left per lag; gives the envelope ``f(ℓ)`` averaged over the
   sampled end times and the full ``μ`` at a few lags.
+* :func:`structured_end_time_rates`, :func:`structured_transport_norms` — the same rates
+  and the transport norms ``‖M_{t,t-ℓ}‖_2`` of a cell that declares its
+  :meth:`~gatescope.RecurrentCell.jacobian_structure` (diagonal or 2×2 rotation blocks),
+  exactly from the cumulative log-sums of :mod:`gatescope.dynamics.structured`
+  (docs/maths.md#structured-jacobians): no ``diag(J)`` and no Lanczos over step products.
 * :func:`output_lookback` — ``‖∂h_T/∂u_t‖_F²`` for every ``t`` by one backward sweep of
   per-step VJPs, batched over output directions: all ``n`` basis directions (exact) or
   ``k`` Gaussian directions (Hutchinson's estimate ``E_v ‖vᵀG‖² = ‖G‖_F²``, unbiased).
@@ -29,6 +34,9 @@ from ..cells.base import RecurrentCell, Trajectory
 from ..cells.gru import GRUCell
 from ..cells.lstm import LSTMCell
 from ..cells.plain import PlainCell
+from ..cells.structure import JacobianStructure
+from ..dynamics.matrix_free import _check_times, _int_list
+from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, start_sensitivities
 from ..measures._quantile import quantile
 from ..measures.rates import neuron_retention, retained_diagonal
 
@@ -158,6 +166,117 @@ def end_time_rates(r: Tensor, d: Tensor, ends: Sequence[int], keep_lags: Sequenc
             kept[:, valid, keep[lag]] = mu
         progress(1)
     return envelope, kept
+
+
+def structured_end_time_rates(structure: JacobianStructure, ends: Sequence[int],
+                               keep_lags: Sequence[int], progress: Progress = no_progress,
+                               lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`end_time_rates` of a structured cell, from cumulative log-sums.
+
+    With ``Λ_j = diag(m_j)`` or ``blockdiag(m_{j,q} R(θ_{j,q}))``, ``L_t = Σ_{j≤t} log m_j``
+    and ``D_t = Σ_{j≤t} (cos θ_j - 1)`` (:class:`~gatescope.dynamics.structured.
+    CumulativeLogs`), the first-order rate of the window ``(t-ℓ, t]`` is, per channel,
+
+        μ_{t,ℓ,q} = exp(L_{t,q} - L_{t-ℓ,q}) · (1 + D_{t,q} - D_{t-ℓ,q})
+
+    (``1 + ...`` only for rotation blocks; a diagonal's ``diag(J) = m`` leaves ``μ¹ = 0``),
+    the value of :meth:`~gatescope.dynamics.structured.CumulativeLogs.rates` at order 1,
+    repeated over a block's two entries. All (end time, lag) windows of a chunk of lags are
+    gathered at once: ``O(B·S·T·K)`` in all, chunks of
+    :data:`~gatescope.dynamics.structured.CHUNK_ELEMENTS` values.
+
+    Args:
+        structure: from :func:`~gatescope.dynamics.structured.structure_of` (held past the
+            lengths; its output map is not read).
+        ends, keep_lags, progress, lengths: as for :func:`end_time_rates`.
+
+    Returns:
+        ``(envelope (T,), kept (B, S, L, n))`` as :func:`end_time_rates`, ``n = b·K``.
+    """
+    B, T, K = structure.modulus.shape
+    device = structure.modulus.device
+    logs = CumulativeLogs.of(JacobianStructure(structure.modulus, structure.angle))
+    e = torch.as_tensor(list(ends), dtype=torch.long, device=device)
+    keep = {lag: i for i, lag in enumerate(keep_lags)}
+    envelope = torch.full((T,), math.nan, dtype=torch.float64, device=device)
+    kept = torch.full((B, len(e), len(keep), structure.inner_size), math.nan,
+                      dtype=torch.float64, device=device)
+    inside = (torch.ones(B, len(e), dtype=torch.bool, device=device) if lengths is None
+              else e.unsqueeze(0) <= lengths.to(device).unsqueeze(-1))  # (B, S)
+    per_chunk = max(1, CHUNK_ELEMENTS // max(1, B * len(e) * K))
+    for first in range(1, T + 1, per_chunk):
+        lags = torch.arange(first, min(T, first + per_chunk - 1) + 1, device=device)
+        starts = e.unsqueeze(1) - lags                                   # (S, Lc): k = t - ℓ
+        mu = _window_rates(logs, e.unsqueeze(1), starts.clamp_min(0))   # (B, S, Lc, K)
+        valid = (starts >= 0) & inside.unsqueeze(-1)                     # (B, S, Lc)
+        total = mu.abs().sum(-1).masked_fill_(~valid, 0).sum((0, 1))    # (Lc,)
+        count = valid.sum((0, 1))
+        envelope[lags - 1] = torch.where(count > 0, total / (K * count.clamp_min(1)),
+                                         math.nan)
+        here = [(j, keep[lag]) for j, lag in enumerate(lags.tolist()) if lag in keep]
+        if here:
+            columns, slots = (list(c) for c in zip(*here, strict=True))
+            chosen = mu[:, :, columns].masked_fill_(~valid[:, :, columns, None], math.nan)
+            kept[:, :, slots] = chosen.repeat_interleave(structure.block, -1)
+        progress(len(lags))
+    return envelope, kept
+
+
+def _window_rates(logs: CumulativeLogs, ends: Tensor, starts: Tensor) -> Tensor:
+    """First-order ``μ`` per channel for the windows ``(starts, ends]`` (index tensors
+    broadcastable to one shape ``W``): ``(B, *W, K)`` float64;
+    :meth:`CumulativeLogs.first_order`'s factor ``1 + Σ (cos θ_j - 1)`` at gathered
+    windows."""
+    log_m, _ = logs.window(ends, starts)
+    mu = log_m.exp_()
+    if logs.cos_defect is not None:
+        mu.mul_(1 + logs.cos_defect[:, ends] - logs.cos_defect[:, starts])
+    return mu
+
+
+def structured_transport_norms(structure: JacobianStructure, ends: Sequence[int],
+                               lags: Sequence[int], rtol: float) -> Tensor:
+    """``‖M_{t,t-ℓ}‖_2`` of a structured cell at the end times ``ends`` and the lags
+    ``lags`` (the windows of :func:`gatescope.transport_norms`), exactly.
+
+    The factors commute, so a window's product ``Φ(t, t-ℓ)`` is itself one structured step,
+    of modulus ``exp(L_t - L_{t-ℓ})`` and angle ``Θ_t - Θ_{t-ℓ}``
+    (:meth:`CumulativeLogs.window`), and ``M_{t,t-ℓ} = [[0, CΦ], [0, Φ]]`` (``ℓ ≥ 1``) is
+    that step's transport: :func:`~gatescope.dynamics.structured.start_sensitivities` of
+    the ``B·S·L`` one-step windows at start 0, lag 1 (``max_q |Φ_q|`` without output rows;
+    with them Lanczos on the inner state to ``rtol``, at most to the Krylov space's
+    exhaustion, where it is exact). ``M = I`` at ``ℓ = 0``.
+
+    Args:
+        structure: from :func:`~gatescope.dynamics.structured.structure_of` (held past the
+            lengths).
+        ends: ``(S,)`` end times ``t``, each ``≥ max(lags)`` and ``≤ T``.
+        lags: ``(L,)`` lags ``ℓ ≥ 0``.
+        rtol: the Lanczos tolerance with output rows.
+
+    Returns:
+        ``(B, S, L)`` float64.
+
+    Raises:
+        ValueError, TypeError: for lags or end times that are not ints in range, before
+            any compute.
+    """
+    B, T, K = structure.modulus.shape
+    lags = _int_list("lags", lags, f"0 <= lag <= T={T}")
+    _check_times("lags", lags, 0, T, f"0 <= lag <= T={T}")
+    allowed = f"max(lags)={max(lags)} <= t <= T={T}"
+    ends = _int_list("ends", ends, allowed)
+    _check_times("ends", ends, max(lags), T, allowed)
+    device = structure.modulus.device
+    logs = CumulativeLogs.of(JacobianStructure(structure.modulus, structure.angle))
+    e = torch.as_tensor(list(ends), dtype=torch.long, device=device).unsqueeze(1)
+    lag = torch.as_tensor(list(lags), dtype=torch.long, device=device)
+    log_m, angle = logs.window(e.expand(-1, len(lag)), e - lag)           # (B, S, L, K)
+    step = JacobianStructure(log_m.exp_().flatten(0, 2).unsqueeze(1),
+                             None if angle is None else angle.flatten(0, 2).unsqueeze(1),
+                             structure.output_map)
+    norms = start_sensitivities(step, [0], rtol)[:, 0, 1].view(B, len(e), len(lag))
+    return norms.masked_fill_(lag == 0, 1.0)
 
 
 def aligned_at_ends(x: Tensor, lengths: Tensor) -> Tensor:
