@@ -36,14 +36,12 @@ from .. import metrics as M
 from ..cells import RecurrentCell, ResidualCell, StackedCell, make_cell
 from ..model import SequenceModel
 from ..probes import ProbeContext
-from ..training import EnsembleTrainer, stream_generator, train_resumable
+from ..training import EnsembleTrainer, stream_generator
 from .base import Experiment, Group, Progress
 from .fidelity_settings import TransportFidelity
 from .grid import GridSettings
-from .losses import live_models, logged_steps, record_losses
-from .measurements import record_measurements
+from .measurements import train_measured
 from .registry import register_experiment
-from .rows import RowWriter
 from .settings import (
     MAX_BATCH,
     MAX_STEPS,
@@ -202,20 +200,13 @@ class FamiliesExperiment(Experiment):
         grads = trainer.sample_batch([stream_generator(s, "gradients") for s in trainer.seeds],
                                      settings.gradient_examples)
 
-        def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
-            writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-            idx, seeds, models = live_models(t)
-            contexts = (ProbeContext(
+        def contexts(t: EnsembleTrainer, idx: list[int], seeds: list[int], models: list):
+            return (ProbeContext(
                 model, probe[0][k], probe[1][k], None, None, lags=settings.rate_lags,
                 rank=settings.rank, samples_per_lag=1, step=t.steps_done,
                 gradient_batch=(grads[0][k], grads[1][k]), sampling_seed=seed,
                 **settings.transport_options(model.cell))
                 for k, seed, model in zip(idx, seeds, models, strict=True))
-            record_measurements(writer, seeds, t.steps_done, contexts, PLAN)
-            return writer.rows
 
-        rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
-                               workdir / "checkpoints", measure, progress)
-        writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-        record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
-        return rows + writer.rows
+        return train_measured(self.name, group, trainer, settings, workdir, progress,
+                              contexts, PLAN)

@@ -41,13 +41,10 @@ from ..training import (
     seeded_init,
     stream_generator,
     task_model_factory,
-    train_resumable,
 )
 from .base import Experiment, Group, Progress
 from .grid import GridSettings
-from .losses import live_models, logged_steps, record_losses
-from .measurements import plan_with, record_measurements
-from .rows import RowWriter
+from .measurements import plan_with, train_measured
 from .settings import (
     BatchSize,
     HiddenSize,
@@ -318,18 +315,11 @@ class FollowupExperiment(Experiment):
                                            for s in trainer.seeds], settings.probe_batch)
         plan = plan_with(self.plan, settings.extra_quantities)
 
-        def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
-            writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-            idx, seeds, models = live_models(t)
-            contexts = (ProbeContext(model, u[k], y[k], mask[k], None, lags=settings.rate_lags,
+        def contexts(t: EnsembleTrainer, idx: list[int], seeds: list[int], models: list):
+            return (ProbeContext(model, u[k], y[k], mask[k], None, lags=settings.rate_lags,
                                      rank=SPECTRUM_RANK, samples_per_lag=1, step=t.steps_done,
                                      sampling_seed=seed)
                         for k, seed, model in zip(idx, seeds, models, strict=True))
-            record_measurements(writer, seeds, t.steps_done, contexts, plan)
-            return writer.rows
 
-        rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
-                               workdir / "checkpoints", measure, progress)
-        writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-        record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
-        return rows + writer.rows
+        return train_measured(self.name, group, trainer, settings, workdir, progress,
+                              contexts, plan)

@@ -8,11 +8,16 @@ once would dominate the memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from ..metrics import Metric
 from ..probes import ProbeContext, get_quantity
 from ..probes.measure import measure
+from ..training import EnsembleTrainer, train_resumable
+from .base import Group, Progress
+from .losses import live_models, logged_steps, record_losses
 from .rows import RowWriter
 
 #: ``{quantity name: the metrics an experiment keeps}``; ``None`` keeps all of them.
@@ -40,3 +45,27 @@ def record_measurements(writer: RowWriter, seeds: Sequence[int], step: int,
         record, _ = measure(ctx, quantities)
         writer.add_record(seed, step, {k: v for k, v in record.items() if k in kept},
                           ctx.coords())
+
+
+#: ``contexts(trainer, indices, seeds, models)``: one probe context per live seed.
+ContextsOf = Callable[[EnsembleTrainer, list[int], list[int], list], Iterable[ProbeContext]]
+
+
+def train_measured(experiment: str, group: Group, trainer: EnsembleTrainer, settings: Any,
+                   workdir: Path, progress: Progress, contexts: ContextsOf,
+                   plan: MeasurementPlan) -> list[dict[str, Any]]:
+    """Train ``trainer`` for ``settings.steps`` (resumably, checkpoints in
+    ``workdir/checkpoints``), measure the live seeds' ``contexts`` with ``plan`` at each of
+    ``settings.checkpoint_steps()``, then add the training-loss rows every
+    ``settings.log_every`` steps: the rows of one group of ``experiment``."""
+    def at_checkpoint(t: EnsembleTrainer) -> list[dict[str, Any]]:
+        writer = RowWriter(experiment, group.task, group.cell, group.optimizer)
+        idx, seeds, models = live_models(t)
+        record_measurements(writer, seeds, t.steps_done, contexts(t, idx, seeds, models), plan)
+        return writer.rows
+
+    rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
+                           workdir / "checkpoints", at_checkpoint, progress)
+    writer = RowWriter(experiment, group.task, group.cell, group.optimizer)
+    record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
+    return rows + writer.rows

@@ -20,14 +20,12 @@ from pydantic import Field, field_validator
 from .. import metrics as M
 from ..cells import cell_class
 from ..probes import ProbeContext
-from ..training import EnsembleTrainer, stream_generator, train_resumable
+from ..training import EnsembleTrainer, stream_generator
 from .base import Experiment, Group, Progress
 from .fidelity_settings import TransportFidelity
 from .grid import GridSettings
-from .losses import live_models, logged_steps, record_losses
-from .measurements import plan_with, record_measurements
+from .measurements import plan_with, train_measured
 from .registry import register_experiment
-from .rows import RowWriter
 from .settings import (
     MAX_BATCH,
     MAX_STEPS,
@@ -126,21 +124,14 @@ class ProfilesExperiment(Experiment):
 
         plan = plan_with(PLAN, settings.extra_quantities)
 
-        def measure(t: EnsembleTrainer) -> list[dict[str, Any]]:
-            writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-            idx, seeds, models = live_models(t)
-            contexts = (ProbeContext(
+        def contexts(t: EnsembleTrainer, idx: list[int], seeds: list[int], models: list):
+            return (ProbeContext(
                 model, probe_u[k], probe_y[k], None, None, lags=settings.rate_lags, rank=10,
                 samples_per_lag=1, step=t.steps_done, schedule_lags=settings.schedule_lags,
                 lr=lr, trim=settings.trim, power_iterations=POWER_ITERATIONS[settings.norms],
                 gate_factors=settings.gate_factors, profile_pairs=settings.pairs,
                 profile_median=settings.profile_median, **settings.transport_options(model.cell))
                 for k, model in zip(idx, models, strict=True))
-            record_measurements(writer, seeds, t.steps_done, contexts, plan)
-            return writer.rows
 
-        rows = train_resumable(trainer, settings.steps, settings.checkpoint_steps(),
-                               workdir / "checkpoints", measure, progress)
-        writer = RowWriter(self.name, group.task, group.cell, group.optimizer)
-        record_losses(writer, trainer, logged_steps(settings.steps, settings.log_every))
-        return rows + writer.rows
+        return train_measured(self.name, group, trainer, settings, workdir, progress,
+                              contexts, plan)
