@@ -252,6 +252,13 @@ PHASE_LABELS = ("collapsed", "unresolved", "concentrated", "broad", "boundary")
 #: The envelope models an ``envelope_model`` value indexes (docs/timescales.md).
 ENVELOPE_MODEL_LABELS = ("exponential", "power law", "tempered power law")
 
+
+def label_of(labels: tuple[str, ...], code: float) -> str:
+    """The label a recorded index ``code`` stands for (:data:`PHASE_LABELS`,
+    :data:`ENVELOPE_MODEL_LABELS`): ``"none"`` for ``-1``, NaN or an index out of range."""
+    code = float(code)
+    return labels[int(code)] if code == code and 0 <= code < len(labels) else "none"
+
 FITTED_TIME_SCALES = declare_metric(
     "fitted_time_scale", "τ_q from E log|μ_{t,ℓ,q}| ≈ a_q - ℓ/τ_q over the rate lags (inf: no "
     "decay)", axes=("neuron",), unit="steps")

@@ -386,8 +386,8 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
                      "horizon": memory_horizon(lookback, horizon_threshold),
                      "horizon_threshold": horizon_threshold},
         "spectrum": None if "phase" not in record else {
-            "phase": M.PHASE_LABELS[int(record["phase"])],
-            "envelope_law": _label(M.ENVELOPE_MODEL_LABELS, record["envelope_model"]),
+            "phase": M.label_of(M.PHASE_LABELS, record["phase"]),
+            "envelope_law": M.label_of(M.ENVELOPE_MODEL_LABELS, record["envelope_model"]),
             "beta": float(record["tail_beta"]),
             "interval": [float(record["tail_beta_low"]), float(record["tail_beta_high"])],
             "prob_below_one": float(record["tail_prob_below_one"]),
@@ -411,11 +411,6 @@ def _inspect_unit(unit: AnalysisUnit, sampling: dict, lookback_probes,
         "skipped": skipped,
         "timings": timings,
     }
-
-
-def _label(labels: tuple[str, ...], code) -> str:
-    """``labels[code]``, ``"none"`` for ``-1``."""
-    return labels[int(code)] if 0 <= int(code) < len(labels) else "none"
 
 
 def _tau_histogram(tau: Tensor, bins: int = HISTOGRAM_BINS) -> dict:

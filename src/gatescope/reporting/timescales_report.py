@@ -30,10 +30,6 @@ from .verdicts import FAILS, HOLDS, UNINFORMATIVE, Verdict, judge
 COLLAPSED = M.PHASE_LABELS.index("collapsed")
 
 
-def _label(labels: tuple[str, ...], code: float) -> str:
-    return labels[int(code)] if np.isfinite(code) and 0 <= code < len(labels) else "none"
-
-
 class _Spectra:
     """Per-arm, per-seed readers of the spectrum's rows at any checkpoint."""
 
@@ -50,10 +46,10 @@ class _Spectra:
                                  step=step).per_seed(self.seeds)
 
     def phases(self, arm: tuple[str, str], step: float) -> list[str]:
-        return [_label(M.PHASE_LABELS, c) for c in self.per_seed(arm, M.PHASE, step)]
+        return [M.label_of(M.PHASE_LABELS, c) for c in self.per_seed(arm, M.PHASE, step)]
 
     def models(self, arm: tuple[str, str], step: float) -> list[str]:
-        return [_label(M.ENVELOPE_MODEL_LABELS, c)
+        return [M.label_of(M.ENVELOPE_MODEL_LABELS, c)
                 for c in self.per_seed(arm, M.ENVELOPE_MODEL, step)]
 
     def line(self, arm: tuple[str, str]) -> str:
