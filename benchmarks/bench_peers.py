@@ -9,8 +9,9 @@ work:
   leaf copy of the parameters per time step (torch's ``nn.GRUCell``/``nn.LSTMCell`` through
   ``functional_call``): one backward pass for "last", one per loss step for "all";
 * ``jacobians`` (T = 30, from a trajectory) against ``vmap(jacrev)`` of the torch cell's step;
-* one training step of an 8-seed LSTM ensemble (``EnsembleTrainer.step``) against a loop
-  over 8 models built on torch's fused ``nn.LSTM`` (same initialisation, same batches).
+* one training step of an 8-seed LSTM ensemble (``EnsembleTrainer.step``, all seeds in one
+  pass and ``seeds_per_pass=4``) against a loop over 8 models built on torch's fused
+  ``nn.LSTM`` (same initialisation, same batches).
 
 Run: ``python benchmarks/bench_peers.py`` (``--only lag,jacobians,ensemble`` for a part).
 The machine this runs on may be shared: compare ratios, not absolute times.
@@ -202,8 +203,9 @@ def bench_ensemble(args) -> None:
     seeds, T = 8, 50
     task = gs.make_task("adding", seq_len=T, input_size=args.input)
     factory = task_model_factory(task, "lstm", args.hidden)
-    trainer = EnsembleTrainer(factory, range(seeds), task, optimizer="sgd", lr=1e-2,
-                              batch_size=args.batch)
+    trainers = {f"seeds_per_pass={k}": EnsembleTrainer(
+        factory, range(seeds), task, optimizer="sgd", lr=1e-2, batch_size=args.batch,
+        seeds_per_pass=k) for k in (None, 4)}
     loop = []
     for seed in range(seeds):
         torch.manual_seed(seed)
@@ -222,12 +224,15 @@ def bench_ensemble(args) -> None:
             losses.append(loss.detach())
         return torch.stack(losses)
 
-    med, out = interleaved_medians({"gatescope": trainer.step,
-                                    "loop of fused nn.LSTM": loop_step}, args.repeats)
-    diff = (out["gatescope"] - out["loop of fused nn.LSTM"]).abs().max().item()
-    path = "fused LSTM" if fused_lstm.fused_lstm_applies(trainer.model(0).cell) else "unrolled"
-    report(f"lstm ensemble step E={seeds} T={T} ({trainer.mode}, {path})", "gatescope",
-           "loop of fused nn.LSTM", med, diff)
+    peer = "loop of fused nn.LSTM"
+    fns = {name: trainer.step for name, trainer in trainers.items()} | {peer: loop_step}
+    med, out = interleaved_medians(fns, args.repeats)
+    cell = trainers["seeds_per_pass=None"].model(0).cell
+    path = "fused LSTM" if fused_lstm.fused_lstm_applies(cell) else "unrolled"
+    for name, trainer in trainers.items():
+        diff = (out[name] - out[peer]).abs().max().item()
+        report(f"lstm ensemble E={seeds} T={T} {name} ({trainer.mode}, {path})", name, peer,
+               med, diff)
 
 
 def main() -> None:

@@ -68,10 +68,33 @@ def test_batched_recurrence_matches_autograd_in_float64(bias, last_only):
     compare_with_autograd(bias, last_only, torch.float64, TOL64)
 
 
+@pytest.mark.parametrize("kernel", ["torch", "scan"])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("last_only", [True, False])
-def test_batched_recurrence_is_close_to_autograd_in_float32(last_only):
-    """float32: tanh evaluated as 2σ(2x)-1 stays within rounding of the cell's own step."""
-    compare_with_autograd(True, last_only, torch.float32, TOL32)
+def test_float32_is_close_to_autograd_on_either_kernel(last_only, bias, kernel, monkeypatch):
+    """float32 on the CPU runs torch's LSTM kernel per seed; with oneDNN switched off, the
+    scan (tanh evaluated as 2σ(2x)-1). Both stay within rounding of the cell's own step."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", kernel == "torch")
+    assert fused_lstm._vendor_kernel_applies(torch.zeros(1)) == (kernel == "torch")
+    compare_with_autograd(bias, last_only, torch.float32, TOL32)
+
+
+def test_float32_on_the_cpu_calls_torchs_kernel_once_per_seed(monkeypatch):
+    calls = []
+    original = torch.lstm
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(torch, "lstm", spy)
+    _, stacks = stacked_cells(dtype=torch.float32)
+    states_of(torch.randn(3, 4, 7, 3), stacks, False)
+    assert calls == [torch.Size([4, 7, 3])] * 3
+    calls.clear()
+    states_of(torch.randn(3, 4, 7, 3, dtype=torch.float64),
+              stacked_cells(dtype=torch.float64)[1], False)
+    assert not calls, "float64 must run the scan (torch's kernel has no oneDNN float64)"
 
 
 @pytest.mark.parametrize("last_only", [True, False])
@@ -168,6 +191,36 @@ def test_a_diverging_lstm_seed_leaves_its_siblings_alone(dtype):
     for k in (0, 2):
         torch.testing.assert_close(ens.losses[k], ensemble(task, [k], dtype).train(6).losses[0],
                                    **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_seeds_per_pass_gives_the_same_training(dtype):
+    """Passes over chunks of seeds (2 + 1 here) give the same losses and parameters as one
+    pass over all seeds, a diverging seed included."""
+    task = gs.make_task("adding", seq_len=8)
+
+    def trained(seeds_per_pass):
+        ens = EnsembleTrainer(task_model_factory(task, "lstm", 5), [0, 1, 2], task,
+                              optimizer="adam", lr=0.05, batch_size=4, dtype=dtype,
+                              seeds_per_pass=seeds_per_pass)
+        with torch.no_grad():
+            ens.stacked_parameters["cell.weight_hh"][2] = torch.nan
+        return ens.train(4)
+
+    whole, chunked = trained(None), trained(2)
+    assert chunked.diverged_at == whole.diverged_at == [None, None, 0]
+    torch.testing.assert_close(chunked.losses, whole.losses, rtol=0, atol=0, equal_nan=True)
+    for name, value in whole.stacked_parameters.items():
+        torch.testing.assert_close(chunked.stacked_parameters[name], value, rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_seeds_per_pass_is_refused(bad):
+    task = gs.make_task("adding", seq_len=8)
+    with pytest.raises(ValueError, match="seeds_per_pass must be a positive integer"):
+        EnsembleTrainer(task_model_factory(task, "lstm", 5), [0, 1], task,
+                        seeds_per_pass=bad)
 
 
 class GatedLSTM(LSTMCell):

@@ -117,3 +117,24 @@ def test_jacobian_free_lag_terms_equal_the_dense_twin_lag_by_lag(problem, readou
     for k, g in dense.items():
         assert g[1:].abs().max() > 0 or k.startswith("readout")  # the lags carry terms
         torch.testing.assert_close(parts[k], g, rtol=1e-10, atol=1e-13)
+
+
+class TiedPlain(gs.cells.plain.PlainCell):
+    """A plain cell whose input projection reads the recurrent weight through a second
+    name (one tensor, two names: ``named_parameters()`` lists it once)."""
+
+    def __init__(self, n):
+        super().__init__(n, n)
+        self.input.weight = self.recurrent.weight
+
+
+def test_tied_weights_keep_their_lag_terms():
+    """Readout "last" substitutes per-step copies under every name of a tied tensor, so the
+    lag terms still sum to autograd's gradient (a copy under one name only would lose the
+    input path's share)."""
+    torch.manual_seed(0)
+    model = gs.SequenceModel(TiedPlain(3), 2, readout="last").double()
+    u, y = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    parts = gs.lag_gradients(model, u, y)
+    for k, g in _autograd(model, u, y).items():
+        torch.testing.assert_close(parts[k].sum(0), g, rtol=1e-10, atol=1e-12, msg=k)

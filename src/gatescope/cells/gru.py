@@ -99,14 +99,27 @@ class GRUCell(TorchLayoutCell):
     blocks = 3
 
     def compute(self, h, u, held=None):
-        xi, hh = self.pre_activations(h, u)
-        x_r, x_z, x_n = xi.chunk(3, -1)
-        h_r, h_z, h_n = hh.chunk(3, -1)
-        r, z = held if held is not None else (torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z))
-        c = torch.tanh(x_n + r * h_n)
-        state = (1 - z) * c + z * h
+        state, r, z, c, h_n = self._step(h, u, held)
         return {"state": state, "held": (r, z), "gate": 1 - z, "retention": z,
                 "reset": r, "candidate": c, "hn": h_n}
+
+    def forward(self, h, u):
+        """The next state alone (what an unroll with autograd records: none of the extra
+        outputs of :meth:`compute`)."""
+        return self._step(h, u, None)[0]
+
+    step = forward
+
+    def _step(self, h, u, held):
+        """``(h', r, z, c, hn)`` of one step (gates ``held`` when given)."""
+        xi, hh = self.pre_activations(h, u)
+        two_n = 2 * self.hidden_size
+        # both gates from one sum and one sigmoid; h' = (1-z) c + z h as c + z (h - c)
+        r, z = (held if held is not None
+                else torch.sigmoid(xi[..., :two_n] + hh[..., :two_n]).chunk(2, -1))
+        h_n = hh[..., two_n:]
+        c = torch.tanh(xi[..., two_n:] + r * h_n)
+        return c + z * (h - c), r, z, c, h_n
 
     @staticmethod
     def _coefficients(traj):

@@ -81,9 +81,9 @@ def last_readout_lag_terms(model: SequenceModel, u: Tensor, y: Tensor,
     With readout "last", ``G_ℓ`` is the gradient with respect to a copy of ``θ`` used only
     at step ``T - ℓ`` (``δ_t = 0`` for ``t < T``, so ``G_ℓ = λ_{T-ℓ} ∂⁺h_{T-ℓ}/∂θ``). Each
     parameter enters the unrolled graph as a ``(T, *shape)`` leaf ``Θ`` (an expanded view:
-    no copy in the forward) whose row ``k - 1`` is the parameter of step ``k``; one backward
-    pass gives ``∂L/∂Θ``, row ``k - 1`` being step ``k``'s term (``unbind``'s backward stacks
-    the rows, so the per-step gradients cost one ``(T, *shape)`` tensor each).
+    no copy in the forward) whose row ``ℓ`` is the parameter of step ``T - ℓ``; one backward
+    pass gives ``∂L/∂Θ``, row ``ℓ`` being ``G_ℓ`` (``unbind``'s backward stacks the rows, so
+    the per-step gradients cost one ``(T, *shape)`` tensor each, already in lag order).
 
     Args:
         model: the :class:`~gatescope.SequenceModel` (``readout_kind == "last"``).
@@ -98,18 +98,20 @@ def last_readout_lag_terms(model: SequenceModel, u: Tensor, y: Tensor,
     per_step = {k: v.detach().unsqueeze(0).expand(T, *v.shape).requires_grad_()
                 for k, v in cell.named_parameters()}
     rows = {k: v.unbind(0) for k, v in per_step.items()}
+    # untying is only needed (and costs a map per step) when one tensor has two names
+    tied = len(list(cell.named_parameters(remove_duplicate=False))) != len(per_step)
     readout = [p for _, p in model.readout.named_parameters()]
     h = cell.initial_state(u.shape[0], u) if h0 is None else h0.detach()
     states = [h]
     with torch.enable_grad():
         for t in range(T):
-            params = {k: r[t] for k, r in rows.items()}
-            states.append(functional_call(cell, params, (states[-1], u[:, t])))
+            params = {k: r[T - 1 - t] for k, r in rows.items()}
+            states.append(functional_call(cell, params, (states[-1], u[:, t]),
+                                          tie_weights=tied))
         loss = model.loss_from_states(torch.stack(states, dim=1), y, mask)
         grads = torch.autograd.grad(loss, [*per_step.values(), *readout])
     cell_grads, readout_grads = grads[:len(per_step)], grads[len(per_step):]
-    return ({k: g.flip(0) for k, g in zip(per_step, cell_grads, strict=True)},
-            tuple(readout_grads))
+    return dict(zip(per_step, cell_grads, strict=True)), tuple(readout_grads)
 
 
 def lag_cotangents_by_vjp(cell: RecurrentCell, traj: Trajectory, delta: Tensor):

@@ -75,10 +75,17 @@ class EnsembleTrainer:
             ``g · min(1, c / (‖g‖ + 1e-6))``); ``None``: no clipping.
         forcing: heavy-tailed forcing of some parameters' updates after every step
             (:class:`~gatescope.training.forcing.StableForcing`); ``None``: none.
+        seeds_per_pass: run the forward and backward pass of each step on this many
+            seeds at a time (the gradients are the same: seeds share nothing), so that only
+            one chunk's autograd graph is alive at once; ``None``: all seeds in one pass.
+            Fewer seeds per pass bound the graph's memory (long sequences, many seeds) and,
+            for CPU LSTM ensembles, keep each pass's working set in cache
+            (docs/performance.md#lstm-ensembles).
 
     Raises:
-        ValueError: no or repeated seeds, a bad batch size, optimizer, learning rate or
-            ``clip_norm``, or forcing of parameters the model does not train.
+        ValueError: no or repeated seeds, a bad batch size, optimizer, learning rate,
+            ``clip_norm`` or ``seeds_per_pass``, or forcing of parameters the model does
+            not train.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], seeds: Iterable[int],
@@ -86,10 +93,12 @@ class EnsembleTrainer:
                  batch_size: int = 64, optimizer_options: dict[str, Any] | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  mode: str = "auto", fixed_batch: bool = False, clip_norm: float | None = None,
-                 forcing: StableForcing | None = None) -> None:
+                 forcing: StableForcing | None = None,
+                 seeds_per_pass: int | None = None) -> None:
         self.seeds = tuple(int(s) for s in seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, at least one; got {self.seeds}")
+        self._chunks = _seed_chunks(len(self.seeds), seeds_per_pass)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if clip_norm is not None and not (isinstance(clip_norm, int | float)
@@ -172,10 +181,9 @@ class EnsembleTrainer:
             diverged earlier.
         """
         batch = self.sample_batch() if self.fixed_batch is None else self.fixed_batch
-        losses = self._loss(self._params, self._buffers, *batch)
-        alive = self._alive & torch.isfinite(losses.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+        self.optimizer.zero_grad(set_to_none=False)
+        losses = torch.cat([self._backward(chunk, batch) for chunk in self._chunks])
+        alive = self._alive & torch.isfinite(losses)
         for p in self._trainable:
             if p.grad is not None:
                 alive &= torch.isfinite(p.grad).reshape(len(self.seeds), -1).all(1)
@@ -195,6 +203,19 @@ class EnsembleTrainer:
         self._history.append(recorded)
         self.steps_done += 1
         return recorded
+
+    def _backward(self, chunk: slice | None, batch: Batch) -> Tensor:
+        """The losses of the seeds in ``chunk`` (``None``: all), detached, after their
+        backward pass has added the live ones' gradients to the parameters' ``.grad``."""
+        params, buffers = self._params, self._buffers
+        if chunk is not None:
+            params = {k: v[chunk] for k, v in params.items()}
+            buffers = {k: v[chunk] for k, v in buffers.items()}
+            batch = tuple(None if t is None else t[chunk] for t in batch)
+        losses = self._loss(params, buffers, *batch)
+        alive = self._alive[chunk or slice(None)] & torch.isfinite(losses.detach())
+        torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+        return losses.detach()
 
     def _clip_gradients(self, alive: Tensor) -> None:
         """Rescale each live seed's gradient by ``min(1, clip_norm / (‖g_k‖ + 1e-6))``, its
@@ -373,3 +394,21 @@ class EnsembleTrainer:
         self._history = list(losses.unbind(1))
         self._alive = state["alive"].to(self.device)
         self._diverged_at = state["diverged_at"].to(self.device)
+
+
+def _seed_chunks(size: int, seeds_per_pass: int | None) -> list[slice | None]:
+    """The slices of the ``size`` seeds that one pass each runs: ``[None]`` (all at once)
+    when ``seeds_per_pass`` is ``None`` or at least ``size``.
+
+    Raises:
+        ValueError: ``seeds_per_pass`` not a positive integer or ``None``.
+    """
+    if seeds_per_pass is None:
+        return [None]
+    if isinstance(seeds_per_pass, bool) or not isinstance(seeds_per_pass, int) or (
+            seeds_per_pass < 1):
+        raise ValueError(f"seeds_per_pass must be a positive integer or None; got "
+                         f"{seeds_per_pass!r}")
+    if seeds_per_pass >= size:
+        return [None]
+    return [slice(s, s + seeds_per_pass) for s in range(0, size, seeds_per_pass)]

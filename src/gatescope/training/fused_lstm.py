@@ -13,8 +13,12 @@ recurrence of E stacked models as one :class:`torch.autograd.Function` instead:
   carries ``2c`` so that ``tanh c`` needs no doubling either;
 * the forward pass keeps, per step, the factors the backward pass multiplies with
   (``[2 g i(1-i), 2 c f(1-f), 2 i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``); the
-  backward pass is the hand-written BPTT below: per step one ``bmm`` by ``W_hh`` and one
-  that accumulates the gradients of ``W_hh``, ``W_ih`` and the bias together.
+  backward pass is the hand-written BPTT below: per step one ``bmm`` by ``W_hh``, writing
+  ``δa`` over the factors it has used; after the sweep one ``bmm`` over all ``T·B`` rows at
+  once gives the gradients of ``W_hh``, ``W_ih`` and the bias together (and one more the
+  inputs' gradient), which is what a fused ``nn.LSTM`` does too: a product of that size
+  runs faster than ``T`` small ones;
+* every buffer is seed-major (``(E, T, B, ·)``), so that those products read it in place.
 
 It computes the maths of :class:`~gatescope.cells.lstm.LSTMCell` (torch's gate order
 i, f, g, o; ``h_0 = c_0 = 0``), so every seed gets the numbers of the cell run alone, up to
@@ -29,6 +33,16 @@ and, with ``δh``, ``δc`` the gradients reaching ``h'``, ``c'``::
     δh_prev = W_hhᵀ δa (+ the loss's gradient at h),  δc_prev = δc f
 
 Nothing mixes seeds: a seed whose numbers are not finite affects only its own slices.
+
+**On a CPU in float32** torch's own LSTM kernel (oneDNN, ``aten::lstm``) runs each seed
+instead, one call per seed for the whole sequence: it keeps one seed's packed weights in
+cache over all steps and runs its three products per step near the core's peak, which a
+``bmm`` over all seeds' weights (more than the cache holds) does not reach — measured in
+docs/performance.md#lstm-ensembles. The ``E`` calls are a loop over seeds, each of which
+is one fused kernel over ``T`` steps (not ``E·T`` Python steps); everything around the
+recurrence (readout, loss, optimizer) stays batched over seeds. Elsewhere (float64, a GPU,
+oneDNN switched off with ``torch.backends.mkldnn.flags(enabled=False)``) the scan below
+runs.
 """
 
 from __future__ import annotations
@@ -74,6 +88,8 @@ def fused_lstm_states(u: Tensor, weight_ih: Tensor, weight_hh: Tensor,
 def _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
     """:func:`fused_lstm_states` after the checks: the :class:`_FusedLSTM` function when a
     gradient is wanted, else the bare forward scan (nothing kept)."""
+    if _vendor_kernel_applies(u):
+        return _vendor_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only)
     if bias_ih is None:
         bias_ih = bias_hh = weight_hh.new_zeros(weight_hh.shape[:2])
     weights = (weight_ih, weight_hh, bias_ih, bias_hh)
@@ -82,6 +98,34 @@ def _batched_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Ten
     rows = _step_rows(u, weight_hh.shape[-1])
     _forward_scan(rows, _scan_weight(*weights), keep=False)
     return _states(rows, weight_hh.shape[-1], last_only)
+
+
+def _vendor_kernel_applies(u: Tensor) -> bool:
+    """Whether torch's LSTM kernel runs on oneDNN for ``u`` (what ``aten::lstm`` checks:
+    a CPU tensor in float32 with oneDNN built and enabled)."""
+    return (u.device.type == "cpu" and u.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def _vendor_kernel_states(u, weight_ih, weight_hh, bias_ih, bias_hh, last_only) -> Tensor:
+    """:func:`fused_lstm_states` by torch's fused LSTM kernel, one call per seed (see the
+    module docstring); autograd records each call with the kernel's own backward."""
+    E, B = u.shape[:2]
+    n = weight_hh.shape[-1]
+    zero = u.new_zeros(1, B, n)
+    has_bias = bias_ih is not None
+    outputs = []
+    for e in range(E):
+        params = ([weight_ih[e], weight_hh[e], bias_ih[e], bias_hh[e]] if has_bias
+                  else [weight_ih[e], weight_hh[e]])
+        # (input, (h0, c0), params, has_biases, num_layers, dropout, train,
+        #  bidirectional, batch_first)
+        out, h_last, _ = torch.lstm(u[e], (zero, zero), params, has_bias, 1, 0.0, True,
+                                    False, True)
+        outputs.append(h_last[0] if last_only else out)
+    if last_only:
+        return torch.stack(outputs)
+    return torch.cat([u.new_zeros(E, 1, B, n), torch.stack(outputs).transpose(1, 2)], 1)
 
 
 def _check_shapes(u, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
@@ -122,8 +166,8 @@ def _scan_weight(weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
 def _states(rows: Tensor, n: int, last_only: bool) -> Tensor:
     """The states in :func:`fused_lstm_states` 's layout, copied out of ``rows``."""
     if last_only:
-        return rows[-1, ..., :n].clone()
-    return rows[..., :n].transpose(0, 1).contiguous()
+        return rows[:, -1, :, :n].clone()
+    return rows[..., :n].contiguous()
 
 
 class _FusedLSTM(torch.autograd.Function):
@@ -145,7 +189,7 @@ class _FusedLSTM(torch.autograd.Function):
     def backward(ctx, grad_states):
         weight_ih, weight_hh, rows, kept = ctx.saved_tensors
         n, m = weight_hh.shape[-1], weight_ih.shape[-1]
-        T = kept.shape[0]
+        T = kept.shape[1]
         grad_at = ((lambda t: grad_states if t == T else None) if ctx.last_only
                    else (lambda t: grad_states[:, t]))
         grad_rows, grad_u = _backward_scan(
@@ -156,16 +200,16 @@ class _FusedLSTM(torch.autograd.Function):
 
 
 def _step_rows(u: Tensor, n: int) -> Tensor:
-    """``(T+1, E, B, n + m + 1)``: row ``t`` is ``[h_t, u_{t+1}, 1]`` (``h_0 = 0``; the
+    """``(E, T+1, B, n + m + 1)``: row ``t`` is ``[h_t, u_{t+1}, 1]`` (``h_0 = 0``; the
     scan writes ``h_1..h_T``; the last row's input part is zero), so that one product per
     step gives the pre-activations (with ``[W_hh, W_ih, b]``) and one accumulates the
     three gradients."""
     E, B, T, m = u.shape
-    rows = u.new_empty(T + 1, E, B, n + m + 1)
-    rows[0, ..., :n] = 0
-    rows[:T, ..., n:n + m] = u.permute(2, 0, 1, 3)
-    rows[:T, ..., n + m] = 1
-    rows[T, ..., n:] = 0
+    rows = u.new_empty(E, T + 1, B, n + m + 1)
+    rows[:, 0, :, :n] = 0
+    rows[:, :T, :, n:n + m] = u.transpose(1, 2)
+    rows[:, :T, :, n + m] = 1
+    rows[:, T, :, n:] = 0
     return rows
 
 
@@ -176,18 +220,18 @@ def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
     one with ``c``), so that ``tanh c = 2 σ(2c) - 1`` needs no doubling of its own.
 
     Args:
-        rows: ``(T+1, E, B, n + m + 1)`` from :func:`_step_rows`; ``h_1..h_T`` are written
+        rows: ``(E, T+1, B, n + m + 1)`` from :func:`_step_rows`; ``h_1..h_T`` are written
             into its first ``n`` columns.
         weight_t: ``(E, n + m + 1, 4n)`` from :func:`_scan_weight`.
         keep: whether to keep what the backward pass needs.
 
     Returns:
-        With ``keep``, ``(T, E, B, 6n)``: per step the factors of the backward pass,
+        With ``keep``, ``(E, T, B, 6n)``: per step the factors of the backward pass,
         ``[2 g i(1-i), 2 c f(1-f), 2 i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``
         (``c`` the previous cell state, ``c'`` the new one; the four gate blocks come as
         one product of ``σ(1-σ)`` with ``[2g, 2c, 8i, tanh c']``); else ``None``.
     """
-    T1, E, B, _ = rows.shape
+    E, T1, B, _ = rows.shape
     four_n = weight_t.shape[-1]
     n = four_n // 4
     pre = rows.new_empty(E, B, four_n)
@@ -198,10 +242,10 @@ def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
     # writes its 2c_t into the other one, the next step's
     memory = (rows.new_zeros(E, B, four_n), rows.new_empty(E, B, four_n))
     blocks = tuple(m.chunk(4, -1) for m in memory)
-    states, inputs = rows[..., :n].unbind(0), rows.unbind(0)
+    states, inputs = rows[..., :n].unbind(1), rows.unbind(1)
     if keep:
-        kept = rows.new_empty(T1 - 1, E, B, 6 * n)
-        factors = [k.unbind(0) for k in kept.split([four_n, n, n], -1)]
+        kept = rows.new_empty(E, T1 - 1, B, 6 * n)
+        factors = [k.unbind(1) for k in kept.split([four_n, n, n], -1)]
     for t in range(T1 - 1):
         (g2, c2_prev, eight_i, tanh_c), c2 = blocks[t % 2], blocks[(t + 1) % 2][1]
         torch.bmm(inputs[t], weight_t, out=pre).sigmoid_()
@@ -219,10 +263,12 @@ def _forward_scan(rows: Tensor, weight_t: Tensor, keep: bool) -> Tensor | None:
 
 def _backward_scan(grad_at, weight_hh: Tensor, kept: Tensor, rows: Tensor,
                    weight_ih: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """BPTT of :func:`_forward_scan`, accumulating the weight gradients step by step.
+    """BPTT of :func:`_forward_scan`, then the weight gradients from all steps at once.
 
     It carries ``δ(2c) = δc / 2``, the gradient of the scan's ``2c``, which the doubled
-    gate factors turn into ``δa`` without a rescaling.
+    gate factors turn into ``δa`` without a rescaling. Step ``t`` writes ``δa_t`` into
+    ``(E, T, B, 4n)``, so that after the sweep one product with the rows ``[h, u, 1]``
+    sums the weight gradients over time and batch.
 
     Args:
         grad_at: ``t -> `` the loss's gradient ``(E, B, n)`` at ``h_t``, or ``None``.
@@ -234,28 +280,27 @@ def _backward_scan(grad_at, weight_hh: Tensor, kept: Tensor, rows: Tensor,
         ``[∂/∂W_hh, ∂/∂W_ih, ∂/∂b]ᵀ`` stacked, ``(E, n + m + 1, 4n)``, and ``∂/∂u``
         ``(E, B, T, m)`` or ``None``.
     """
-    T, E, B, six_n = kept.shape
+    E, T, B, six_n = kept.shape
     n = six_n // 6
-    grad_rows = kept.new_zeros(E, rows.shape[-1], 4 * n)
-    grad_pre = kept.new_empty(E, B, 4 * n)
-    grad_gates = grad_pre[..., :3 * n]
-    grad_out = grad_pre[..., 3 * n:]
     grad_cell, cell_thrice = kept.new_zeros(E, B, n), kept.new_empty(E, B, 3 * n)
-    grad_u = None if weight_ih is None else kept.new_empty(T, E, B, weight_ih.shape[-1])
-    gates, output, cell, forget = (k.unbind(0) for k in kept.split([3 * n, n, n, n], -1))
-    inputs = rows.mT.unbind(0)
+    gates, output, cell, forget = (k.unbind(1) for k in kept.split([3 * n, n, n, n], -1))
+    grad_all = kept.new_empty(E, T, B, 4 * n)
+    grad_pre = grad_all.unbind(1)
     for t in range(T - 1, -1, -1):
         grad_h = grad_at(t + 1)
         if t < T - 1:
-            grad_h = (torch.bmm(grad_pre, weight_hh) if grad_h is None
-                      else torch.baddbmm(grad_h, grad_pre, weight_hh))
+            grad_h = (torch.bmm(grad_pre[t + 1], weight_hh) if grad_h is None
+                      else torch.baddbmm(grad_h, grad_pre[t + 1], weight_hh))
         grad_cell.addcmul_(grad_h, cell[t], value=0.5)
         # (a broadcasting product is several times slower than a concatenation and one
         # product of equal shapes)
-        torch.mul(gates[t], torch.cat([grad_cell] * 3, -1, out=cell_thrice), out=grad_gates)
-        torch.mul(output[t], grad_h, out=grad_out)
+        torch.mul(gates[t], torch.cat([grad_cell] * 3, -1, out=cell_thrice),
+                  out=grad_pre[t][..., :3 * n])
+        torch.mul(output[t], grad_h, out=grad_pre[t][..., 3 * n:])
         grad_cell.mul_(forget[t])
-        grad_rows.baddbmm_(inputs[t], grad_pre)
-        if grad_u is not None:
-            torch.bmm(grad_pre, weight_ih, out=grad_u[t])
-    return grad_rows, None if grad_u is None else grad_u.permute(1, 2, 0, 3)
+    grad_all = grad_all.reshape(E, T * B, 4 * n)
+    grad_rows = torch.bmm(rows[:, :T].reshape(E, T * B, -1).mT, grad_all)
+    if weight_ih is None:
+        return grad_rows, None
+    grad_u = torch.bmm(grad_all, weight_ih).reshape(E, T, B, -1)
+    return grad_rows, grad_u.transpose(1, 2)
