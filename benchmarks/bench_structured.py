@@ -5,10 +5,15 @@ d_state 16), ``T = 4096``, ``B = 4``: sensitivities at every lag from 64 start t
 (:func:`~gatescope.dynamics.structured.start_sensitivities`), plus the effective rates'
 envelope and neuron dispersion (``gs.effective_rate_summary``, first order) at 64 geometric
 lags and the time scales (``gatescope.measures.time_scales``), in ≤ 10 s with peak memory
-< 2 GiB. ``--cell synthetic`` (the default) is a bare diagonal structure on a random
-retention tensor ``(B, T, N)``, the analysis' input without a model; a registered cell name
-(``min_gru``, ``rg_lru``, ``lru``, ``mamba`` once merged) unrolls that cell with
-``hidden_size = N`` instead (its trajectory then counts in the peak memory).
+< 2 GiB. ``--cell mamba`` (the default) is that Mamba layer (``MambaCell(256, 256,
+d_state=16, expand=2)``, float32, on Gaussian inputs ``(B, T, 256)``): its retention
+``exp(Δ_t A)`` ``(B, T, 8192)`` comes from the inputs without the SSM scan
+(``retention_from_inputs``), and the analysis runs on its retention structure
+(docs/maths.md#retention-structure), so the sensitivities are those of the SSM-state block
+``[M_{t,k}]_{hh}`` (the full state's norms also see the convolution window and are not on
+this path). ``--cell synthetic`` is a bare diagonal structure on a random retention in
+``(0.5, 1)``; another registered cell name (``min_gru``, ``rg_lru``, ``lru``) unrolls that cell
+with ``hidden_size = N`` (its trajectory then counts in the peak memory).
 
 The dense path cannot run at this size (``(B, T, N, N)`` Jacobians). It is timed at small
 ``N`` and ``T`` (``min_gru`` with its structure hidden: ``gs.jacobians``, ``gs.sensitivities``
@@ -47,7 +52,12 @@ import torch
 import gatescope as gs
 from gatescope.cells.base import RecurrentCell, Trajectory
 from gatescope.cells.structure import JacobianStructure
-from gatescope.dynamics.structured import CHUNK_ELEMENTS, start_sensitivities, structure_of
+from gatescope.dynamics.structured import (
+    CHUNK_ELEMENTS,
+    retention_structure_of,
+    start_sensitivities,
+    structure_of,
+)
 from gatescope.measures import time_scales
 
 
@@ -70,6 +80,22 @@ def synthetic(B: int, T: int, N: int) -> tuple[RecurrentCell, Trajectory]:
     return SyntheticDiagonal(1, N), traj
 
 
+def mamba_layer(B: int, T: int, d_model: int = 256, d_state: int = 16, expand: int = 2
+                ) -> tuple[RecurrentCell, Trajectory]:
+    """A Mamba layer and a trajectory holding its retention on Gaussian inputs (from the
+    inputs alone: no SSM scan); the states are a zero-stride view (not read)."""
+    torch.manual_seed(0)
+    cell = gs.make_cell("mamba", input_size=d_model, hidden_size=d_model, d_state=d_state,
+                        expand=expand)
+    u = torch.randn(B, T, d_model)
+    with torch.no_grad():
+        r = cell.retention_from_inputs(u)
+    zero = torch.zeros(1, 1, 1)
+    traj = Trajectory(inputs=u, states=zero.expand(B, T + 1, cell.state_size), gates=None,
+                      retention=r, cell_type=type(cell))
+    return cell, traj
+
+
 def unrolled(name: str, B: int, T: int, N: int, options: dict, m: int = 4):
     """A registered cell (``hidden_size = N`` and ``options``) unrolled on Gaussian inputs."""
     torch.manual_seed(0)
@@ -90,8 +116,12 @@ def structured_run(cell, traj, ks, ls) -> dict[str, tuple[float, float]]:
     """Wall and process-CPU seconds of each part of the structured analysis (the CPU time
     of one thread is the work, whatever else shares the machine); the rates in both
     precisions, and the totals with each."""
+    def transport_structure():  # the full state's, else the retention block's (Mamba)
+        full = structure_of(cell, traj)
+        return retention_structure_of(cell, traj) if full is None else full
+
     steps = {
-        "sensitivities": lambda: start_sensitivities(structure_of(cell, traj), ks,
+        "sensitivities": lambda: start_sensitivities(transport_structure(), ks,
                                                      lengths=traj.lengths),
         "rates+envelope": lambda: gs.effective_rate_summary(cell, traj, ls, order=1,
                                                             chunk_size=1),
@@ -116,6 +146,8 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     if args.cell == "synthetic":
         cell, traj = synthetic(args.batch, args.seq_len, args.channels)
+    elif args.cell == "mamba":
+        cell, traj = mamba_layer(args.batch, args.seq_len)
     else:
         cell, traj = unrolled(args.cell, args.batch, args.seq_len, args.channels,
                               json.loads(args.options))
@@ -123,7 +155,8 @@ def child(args) -> None:
     runs = [structured_run(cell, traj, ks, ls) for _ in range(args.repeats)]
     median = {k: [statistics.median(r[k][i] for r in runs) for i in (0, 1)] for k in runs[0]}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    print(json.dumps({"parts": median, "peak_gib": peak, "starts": len(ks), "lags": len(ls)}))
+    print(json.dumps({"parts": median, "peak_gib": peak, "starts": len(ks), "lags": len(ls),
+                      "channels": cell.retention_size}))
 
 
 def dense_time(N: int, B: int, T: int, lags: list[int], repeats: int) -> float:
@@ -173,10 +206,11 @@ def floor_seconds(rate_entries: int, sensitivity_entries: int, repeats: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cell", default="synthetic")
+    parser.add_argument("--cell", default="mamba")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--channels", type=int, default=8192, help="N, the diagonal channels")
+    parser.add_argument("--channels", type=int, default=8192,
+                        help="N, the diagonal channels (not for --cell mamba: 512 x 16)")
     parser.add_argument("--options", default="{}",
                         help="JSON keyword options of a registered --cell (e.g. a mamba layer's)")
     parser.add_argument("--starts", type=int, default=64)
@@ -193,8 +227,8 @@ def main() -> None:
     out = subprocess.run([sys.executable, *sys.argv, "--child"], capture_output=True,
                          text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    p = res["parts"]
-    print(f"structured ({args.cell}, B={args.batch}, T={args.seq_len}, N={args.channels}, "
+    p, N = res["parts"], res["channels"]
+    print(f"structured ({args.cell}, B={args.batch}, T={args.seq_len}, N={N}, "
           f"{args.threads} threads; {res['starts']} start times x every lag, "
           f"{res['lags']} geometric rate lags), medians of {args.repeats}:")
     print(f"  {'':<16} {'wall':>8}   {'cpu':>8}")
@@ -204,8 +238,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     ks, ls = plan(args.seq_len, args.starts, args.lags)
-    rate_entries = args.batch * args.channels * sum(args.seq_len + 1 - lag for lag in ls)
-    sens_entries = args.batch * args.channels * sum(args.seq_len + 1 - k for k in ks)
+    rate_entries = args.batch * N * sum(args.seq_len + 1 - lag for lag in ls)
+    sens_entries = args.batch * N * sum(args.seq_len + 1 - k for k in ks)
     floor = floor_seconds(rate_entries, sens_entries, args.repeats)
     print(f"floor on this machine ({args.threads} threads; float64, {rate_entries:.3g} rate "
           f"and {sens_entries:.3g} sensitivity entries):")
@@ -227,14 +261,14 @@ def main() -> None:
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     intercept = float(y.mean() - slope * x.mean())
     pairs_ratio = res["starts"] * args.seq_len / (T0 * (T0 + 1) / 2)
-    extrapolated = math.exp(intercept + slope * math.log(args.channels)) * pairs_ratio
+    extrapolated = math.exp(intercept + slope * math.log(N)) * pairs_ratio
     print(f"dense (min_gru, structure hidden; B={args.batch}, T={T0}), medians:")
-    for N, t in zip(sizes, times, strict=True):
-        print(f"  N={N:<5} {t:8.3f} s")
+    for size, t in zip(sizes, times, strict=True):
+        print(f"  N={size:<5} {t:8.3f} s")
     local = math.log(times[-1] / times[-2]) / math.log(sizes[-1] / sizes[-2])
     print(f"  local exponent between the two largest N: {local:.2f} (the products' N^3 takes "
           f"over there; the fit over all N, below, is the conservative extrapolation)")
-    print(f"  fit: time ∝ N^{slope:.2f}; EXTRAPOLATED to N={args.channels} and "
+    print(f"  fit: time ∝ N^{slope:.2f}; EXTRAPOLATED to N={N} and "
           f"{res['starts']}x{args.seq_len} pairs (x{pairs_ratio:.0f} the T={T0} pairs): "
           f"{extrapolated:.3g} s")
     print(f"ratio dense/structured (extrapolated): {extrapolated / p['total'][0]:.3g}")

@@ -338,3 +338,18 @@ class RecurrentCell(nn.Module):
         the analyses hold them (``J = I``).
         """
         return None
+
+    def retention_structure(self, traj: Trajectory) -> JacobianStructure | None:
+        """The structure of every transport product's block on the retention entries (the
+        last :attr:`retention_size` of the state), when that block is the product of the
+        steps' blocks and those are diagonal or rotation blocks; ``None`` otherwise.
+
+        It is what the effective learning rates, their envelope and the time scales read
+        (all are defined on the retention entries). By default it is the inner state of
+        :meth:`jacobian_structure` (output rows dropped). A cell whose full Jacobian is not
+        structured can still declare it when nothing outside the retention entries feeds
+        back into them: Mamba's SSM state, read by the output but feeding only itself
+        (docs/maths.md#retention-structure).
+        """
+        s = self.jacobian_structure(traj)
+        return None if s is None else JacobianStructure(s.modulus, s.angle)

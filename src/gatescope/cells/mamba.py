@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from .base import RecurrentCell, Trajectory, _positive_size, eye_like
 from .registry import register_cell
+from .structure import JacobianStructure
 
 #: torch's ``softplus`` returns its input above this threshold (``beta = 1``), slope ``1``.
 SOFTPLUS_THRESHOLD = 20.0
@@ -267,6 +268,29 @@ class MambaCell(RecurrentCell):
             torch.cat([w_window, w_window.new_zeros(Bsz, T, dW, dS)], -1),
             torch.cat([h_window, h_ssm], -1)], -2)
         return torch.cat([inner.new_zeros(Bsz, T, n + dW + dS, n), inner], -1)
+
+    def retention_structure(self, traj: Trajectory) -> JacobianStructure:
+        """``diag(exp(Δ_t A))``: the ``h``-on-``h`` block of every transport product is the
+        product of the steps' diagonals, since nothing but ``h`` itself feeds ``h`` (the
+        class docstring; docs/maths.md#retention-structure)."""
+        return JacobianStructure(traj.retention)
+
+    def retention_from_inputs(self, u: Tensor) -> Tensor:
+        """``exp(Δ_t A)`` of every step from the inputs alone, without the SSM scan: ``Δ_t``
+        reads only the causal convolution of the inputs (zero window at the start, as in an
+        unroll from the zero state).
+
+        Args:
+            u: ``(B, T, m)``.
+
+        Returns:
+            ``(B, T, d S)``, equal to ``self.unroll(u).retention``.
+        """
+        x = self.in_proj(u)[..., :self.d_inner]
+        c = self.conv1d(x.transpose(1, 2))[..., :u.shape[1]].transpose(1, 2)
+        low = self.x_proj(F.silu(c))[..., :self.dt_rank]
+        delta = F.softplus(self.dt_proj(low))
+        return torch.exp(delta.unsqueeze(-1) * self.decay_rates()).flatten(-2)
 
     def analytic_jacobian_split(self, traj):
         """``(A_t, B_t)`` (see the class docstring): each ``(B, T, N, N)``."""

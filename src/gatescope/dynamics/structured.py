@@ -91,14 +91,47 @@ def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | N
     s = cell.jacobian_structure(traj)
     if s is None:
         return None
+    _check_structure(cell, traj, s, "jacobian_structure",
+                     s.output_size + s.inner_size == cell.state_size,
+                     f"output rows + block·K = state_size={cell.state_size}")
+    return _held_past_lengths(s, traj)
+
+
+def retention_structure_of(cell: RecurrentCell, traj: Trajectory
+                           ) -> JacobianStructure | None:
+    """:func:`structure_of` for ``cell.retention_structure(traj)``: the structure of the
+    transport products' block on the retention entries (docs/maths.md#retention-structure),
+    all the effective learning rates, their envelopes and the time scales read; ``None``
+    when the cell declares none.
+
+    Raises:
+        ValueError: for a trajectory of another cell, or a structure with output rows or
+            whose size is not the cell's ``retention_size``.
+    """
+    check_trajectory(cell, traj)
+    s = cell.retention_structure(traj)
+    if s is None:
+        return None
+    _check_structure(cell, traj, s, "retention_structure", s.output_map is None,
+                     "no output map")
+    return _held_past_lengths(s, traj)
+
+
+def _check_structure(cell: RecurrentCell, traj: Trajectory, s: JacobianStructure,
+                     method: str, fits: bool, requirement: str) -> None:
+    """Refuse a declared structure whose shape does not fit the cell and trajectory."""
     shape = (traj.batch_size, traj.seq_len)
     if (tuple(s.modulus.shape[:2]) != shape or s.inner_size != cell.retention_size
-            or s.output_size + s.inner_size != cell.state_size):
+            or not fits):
         raise ValueError(
-            f"{type(cell).__name__}.jacobian_structure gives modulus {tuple(s.modulus.shape)}, "
+            f"{type(cell).__name__}.{method} gives modulus {tuple(s.modulus.shape)}, "
             f"block {s.block}, {s.output_size} output rows; the cell needs (B, T)={shape}, "
-            f"block·K = retention_size={cell.retention_size} and output rows + block·K = "
-            f"state_size={cell.state_size}")
+            f"block·K = retention_size={cell.retention_size} and {requirement}")
+
+
+def _held_past_lengths(s: JacobianStructure, traj: Trajectory) -> JacobianStructure:
+    """``s`` detached, with the steps past each sequence's length held (``m = 1``,
+    ``θ = 0``)."""
     modulus = s.modulus.detach()
     angle = None if s.angle is None else s.angle.detach()
     if traj.lengths is not None:
@@ -249,12 +282,11 @@ class AnchoredProducts:
     few ulps); a cell whose every ``log A`` is below ``-745.2 - 2D`` is zeros (what ``exp``
     gives there). The partial cells at either end are formed as whole ones (``E`` padded
     with ones past ``T``, ``F`` before step 0) and cut to ``lag..T``. In float64 the other
-    cells split ``A = A₁ A₂`` with ``log A₁`` clamped to ``±(708 - 2D)``: ``E_t F_k A₁`` is
-    a normal float exact to a few ulps and the last multiplication by ``A₂`` rounds once
-    into the subnormal (or overflow) range, as ``exp`` does (an ``exp`` costs ~20
-    multiplications here, ~200 where its result is subnormal). In float32 the other cells,
-    and every block with a zero step or whose ``D`` exceeds the bound even at the smallest
-    spacing, take one ``exp`` per entry.
+    cells are scaled: ``A' = A / max_q A`` per row, the tile carries ``max_q A`` as its row
+    scale, and channels whose ``A'`` falls below ``e^{-(708 - 2D)}`` are 0 (below float64's
+    resolution in the row's moments; no entry is subnormal, whose arithmetic is ~10× slower).
+    In float32 the other cells, and every block with a zero step or whose ``D`` exceeds the
+    bound even at the smallest spacing, take one ``exp`` per entry.
 
     In float32 (``up``, ``down`` float32: half the memory traffic) each cell's ``A`` is
     divided by its largest channel's, ``A' = A / max_q A ≤ 1``, and the tile carries the
@@ -319,23 +351,21 @@ class AnchoredProducts:
         exact = (log_a.amin((0, 2, 3)) >= -normal) & (top <= normal)
         zero = top < -_ZERO_LOG - 2 * self.bound
         kinds = exact.long() + 2 * (zero & ~exact).long()
-        rest = None
-        if self.up.dtype == torch.float64:  # the other cells: A = A₁ A₂, A₁ within e^±normal
-            clamped = log_a.clamp(-normal, normal)
-            rest = log_a.sub_(clamped).exp_()  # A₂, 1 in the exact cells
-            log_a = clamped
+        if self.up.dtype == torch.float64:  # the other cells: scaled by their largest A
             kinds.masked_fill_(kinds == 0, 3)
+            factors, scales = self._factors(log_a, kinds == 3, normal)
         else:
             log_a.masked_fill_(~exact[None, :, None, None], 0.0)
-        factors, scales = self._factors(log_a)
+            factors, scales = self._factors(log_a)
         per_tile = max(1, rows // G)
         for c0, c1, kind in _runs(kinds.tolist(), per_tile):
             cut = slice(max(lag, (p + c0) * G), min(T1, (p + c1) * G))
             if kind in (1, 3):
                 mu, scale = self._cells(lag, slice((p + c0) * G, (p + c1) * G),
                                         factors[:, c0:c1],
-                                        None if scales is None else scales[:, c0:c1],
-                                        rest[:, c0:c1] if kind == 3 else None)
+                                        None if scales is None or kind == 1 and
+                                        self.up.dtype == torch.float64
+                                        else scales[:, c0:c1])
                 inner = slice(cut.start - (p + c0) * G, cut.stop - (p + c0) * G)
                 yield cut, mu[:, inner], None if scale is None else scale[:, inner]
             elif kind == 2:  # every exp(L_t - L_k) rounds to 0
@@ -343,26 +373,37 @@ class AnchoredProducts:
             else:
                 yield cut, None, None
 
-    def _factors(self, log_a: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``A`` ``(b, n, 2, w)`` in float64; in float32 ``A'`` and the scales ``max_q A``
-        ``(b, n, 2)`` float64."""
+    def _factors(self, log_a: Tensor, scaled: Tensor | None = None, normal: float = 0.0
+                 ) -> tuple[Tensor, Tensor | None]:
+        """The cells' factors from ``log A`` ``(b, n, 2, w)`` (overwritten).
+
+        float32: ``A' = A / max_q A`` and the scales ``max_q A`` ``(b, n, 2)`` float64.
+        float64: ``A`` itself in the exact cells; in the cells flagged ``scaled`` ``(n,)``
+        (outside the normal range), ``A'`` with the channels whose ``A'`` is below
+        ``e^{-normal}`` set to 0, and their scales (1 elsewhere). Those channels' entries
+        ``E F A' < e^{-708}`` (next to a row entry ``≥ e^{-2D}``) are below float64's
+        resolution in the row's mean and squared deviations, and no entry is subnormal, so
+        every pass over the tile runs at full speed (one with subnormal values is ~10×
+        slower); the row's moments come out scaled back exactly (they are homogeneous).
+        """
         if self.up.dtype == torch.float64:
-            return log_a.exp_(), None
+            if scaled is None or not bool(scaled.any()):
+                return log_a.exp_(), None
+            top = torch.where(scaled[None, :, None, None], log_a.amax(-1, keepdim=True), 0.0)
+            log_a.sub_(top).masked_fill_(log_a < -normal, -math.inf)
+            return log_a.exp_(), top.squeeze(-1).exp_()
         top = log_a.amax(-1, keepdim=True)
         return (log_a - top).exp_().to(self.up.dtype), top.squeeze(-1).exp_()
 
-    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None,
-               rest: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def _cells(self, lag: int, ends: slice, factors: Tensor, scales: Tensor | None
+               ) -> tuple[Tensor, Tensor | None]:
         """``E_t F_k A`` for the whole cells ``ends`` and their factors ``(b, cells, 2, w)``
-        (and in float32 the row scales ``(b, len(ends))`` from ``scales`` ``(b, cells, 2)``);
-        with ``rest`` (float64, ``A = A₁ A₂`` outside the normal range) ``(E_t F_k A₁) A₂``,
-        whose last multiplication rounds once, as the ``exp`` would."""
+        (and with ``scales`` ``(b, cells, 2)`` the row scales ``(b, len(ends))``)."""
         G, r = self.spacing, lag % self.spacing
         mu = self.up[:, ends] * self.down[:, ends.start - lag + G: ends.stop - lag + G]
         cells = mu.view(mu.shape[0], -1, G, mu.shape[-1])
-        for part in (factors,) if rest is None else (factors, rest):
-            cells[:, :, :r] *= part[:, :, 0].unsqueeze(2)
-            cells[:, :, r:] *= part[:, :, 1].unsqueeze(2)
+        cells[:, :, :r] *= factors[:, :, 0].unsqueeze(2)
+        cells[:, :, r:] *= factors[:, :, 1].unsqueeze(2)
         if scales is None:
             return mu, None
         low = torch.arange(G, device=mu.device) < r  # (G,): the rows j < r

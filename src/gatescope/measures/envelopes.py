@@ -40,7 +40,7 @@ from ..cells.base import RecurrentCell, Trajectory
 from ..cells.structure import JacobianStructure
 from ..dynamics.jacobians import check_trajectory, jacobians
 from ..dynamics.matrix_free import _check_times, _int_list, default_starts
-from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, structure_of
+from ..dynamics.structured import CHUNK_ELEMENTS, CumulativeLogs, retention_structure_of
 from ..memory import dense_budget
 from ._integers import integer_lags
 from .rates import (
@@ -102,7 +102,7 @@ def envelope_ends(cell: RecurrentCell, traj: Trajectory, lags: Sequence[int],
     lags = _envelope_lags(traj, lags)
     T, top = traj.seq_len, max(lags)
     if ends is None:
-        return None if structure_of(cell, traj) is not None else default_starts(
+        return None if retention_structure_of(cell, traj) is not None else default_starts(
             T, top, DEFAULT_ENDS)
     allowed = f"max(lags)={top} <= t <= T={T}"
     out = _int_list("ends", ends, allowed)
@@ -164,7 +164,7 @@ def exact_envelope(cell: RecurrentCell, traj: Trajectory, lags: Sequence[int],
     lags = _envelope_lags(traj, lags)
     ends = envelope_ends(cell, traj, lags, ends)
     check_chunk_size(chunk_size)
-    structure = structure_of(cell, traj)
+    structure = retention_structure_of(cell, traj)
     if structure is not None:
         return _structured_exact(structure, traj, lags, ends)
     if traj.states.is_complex() or (J is not None and J.is_complex()):

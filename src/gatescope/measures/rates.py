@@ -52,7 +52,7 @@ from ..dynamics.structured import (
     PRECISIONS,
     CumulativeLogs,
     channel_blocks,
-    structure_of,
+    retention_structure_of,
     window_moments,
 )
 from ..memory import check_dense, dense_budget, describe, tensor_bytes
@@ -201,13 +201,13 @@ def rate_windows(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: 
 def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: int,
                J: Tensor | None) -> Iterator[tuple[int, slice, Tensor]]:
     """``(lag, times, μ (B, len(times), n))`` for the sorted ``lags``: from the cumulative
-    log-sums of the cell's :meth:`~gatescope.RecurrentCell.jacobian_structure` when it
+    log-sums of the cell's :meth:`~gatescope.RecurrentCell.retention_structure` when it
     declares one (docs/maths.md#structured-jacobians; ``J`` is not needed), in blocks of end
     times of :data:`~gatescope.dynamics.structured.CHUNK_ELEMENTS` values (cache-sized: each
     lag is a few passes over them); else by the dual-number pass over every lag up to the
     last, all end times at once."""
     T = traj.seq_len
-    structure = structure_of(cell, traj)
+    structure = retention_structure_of(cell, traj)
     if structure is not None:
         cumulative = CumulativeLogs.of(structure)
         step = max(1, CHUNK_ELEMENTS // max(1, traj.batch_size * cell.retention_size))
@@ -228,7 +228,7 @@ def _lag_rates(cell: RecurrentCell, traj: Trajectory, lags: list[int], order: in
 
 def _needs_jacobians(cell: RecurrentCell, traj: Trajectory, J: Tensor | None) -> bool:
     """Whether order 1 builds the Jacobians: not given, and no structure declared."""
-    return J is None and cell.jacobian_structure(traj) is None
+    return J is None and cell.retention_structure(traj) is None
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -346,7 +346,7 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
     B, T, n = traj.batch_size, traj.seq_len, cell.retention_size
     if chunk_size is None:
         chunk_size = auto_chunk_size(traj, n, order, _needs_jacobians(cell, traj, J))
-    structure = structure_of(cell, traj)
+    structure = retention_structure_of(cell, traj)
     if structure is not None:
         mean, cv = _structured_summary(structure, traj, lags, order, chunk_size, precision)
         return RateSummary(torch.tensor(lags, dtype=torch.long), mean,
