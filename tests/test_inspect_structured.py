@@ -120,3 +120,29 @@ def test_structured_transport_norms_refuse_end_times_before_the_longest_lag():
     ctx = context(cell, torch.randn(2, T, 3, dtype=torch.float64), None)
     with pytest.raises(ValueError, match=r"ends must be ints with max\(lags\)=6"):
         structured_transport_norms(ctx.structure, [4, 12], [1, 6], 1e-3)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_mamba_sampled_rates_take_its_retention_structure(monkeypatch, with_lengths):
+    """Mamba's full Jacobian is not structured (its transport norms stay dense), but its SSM
+    state's block is: the sampled rates come from the retention structure, equal to the
+    dense recursion on diag(J), without computing diag(J)."""
+    torch.manual_seed(0)
+    cell = gs.make_cell("mamba", 3, 2, dtype=torch.float64, d_state=3, expand=2)
+    x = torch.randn(3, T, 3, dtype=torch.float64)
+    lengths = LENGTHS if with_lengths else None
+    dense_cell = copy.deepcopy(cell)
+    dense_cell.__class__ = type("DenseMamba", (type(cell),),
+                                {"retention_structure": lambda self, traj: None})
+    dense = context(dense_cell, x, lengths)
+    envelope_d, kept_d = dense.sampled_rates
+    structured = context(cell, x, lengths)
+    assert structured.structure is None and structured.retention_structure is not None
+    monkeypatch.setattr(Q, "retained_diagonal_chunked", refuse)
+    monkeypatch.setattr(Q, "end_time_rates", refuse)
+    envelope_s, kept_s = structured.sampled_rates
+    assert torch.equal(envelope_s.isnan(), envelope_d.isnan())
+    torch.testing.assert_close(envelope_s.nan_to_num(), envelope_d.nan_to_num(), rtol=1e-10,
+                               atol=1e-300)
+    torch.testing.assert_close(kept_s.nan_to_num(), kept_d.nan_to_num(), rtol=1e-10,
+                               atol=1e-300)

@@ -26,7 +26,7 @@ from .. import metrics as M
 from ..cells.structure import JacobianStructure
 from ..dynamics.lyapunov import gate_time_scale_exponents, lyapunov_exponents
 from ..dynamics.matrix_free import transport_norms
-from ..dynamics.structured import structure_of
+from ..dynamics.structured import retention_structure_of, structure_of
 from ..measures._quantile import quantile
 from ..measures.optimizer_steps import DEFAULT_LEVELS
 from ..measures.rates import neuron_cv, neuron_retention
@@ -130,6 +130,13 @@ class InspectContext(ProbeContext):
         return structure_of(self.cell, self.trajectory)
 
     @cached_property
+    def retention_structure(self) -> JacobianStructure | None:
+        """The structure of the transport's block on the retention entries
+        (:func:`~gatescope.dynamics.structured.retention_structure_of`): :attr:`structure`'s
+        inner state, or a cell's own (Mamba's SSM state), or ``None``."""
+        return retention_structure_of(self.cell, self.trajectory)
+
+    @cached_property
     def retained_diagonal(self) -> Tensor:
         """``(B, T, n)`` float64 ``diag(J_t)`` on the retained entries, chunked in time."""
         return retained_diagonal_chunked(self.cell, self.trajectory, self.jacobian_budget,
@@ -138,11 +145,11 @@ class InspectContext(ProbeContext):
     @cached_property
     def sampled_rates(self) -> tuple[Tensor, Tensor]:
         """``(envelope (T,), μ at rate_lags (B, S, L, n))`` at the sampled end times: from
-        the cumulative log-sums of a :attr:`structure` (no ``diag(J)``), else by the
-        dual-number recursion on the chunked ``diag(J)``."""
-        if self.structure is not None:
+        the cumulative log-sums of a :attr:`retention_structure` (no ``diag(J)``), else by
+        the dual-number recursion on the chunked ``diag(J)``."""
+        if self.retention_structure is not None:
             self.progress(self.trajectory.seq_len)  # the diag(J) pass it needs no longer
-            return structured_end_time_rates(self.structure, self.end_times,
+            return structured_end_time_rates(self.retention_structure, self.end_times,
                                              self.effective_rate_lags, self.progress,
                                              self.trajectory.lengths)
         r = neuron_retention(self.cell, self.trajectory)

@@ -169,9 +169,13 @@ class ProbeContext:
 
     @cached_property
     def rates(self) -> Tensor:
-        """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags."""
+        """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags (from
+        the cell's :meth:`~gatescope.RecurrentCell.retention_structure` when it declares
+        one, e.g. Mamba's, without the dense Jacobians)."""
+        by_structure = (self.gate_term == "previous"
+                        and self.cell.retention_structure(self.trajectory) is not None)
         return effective_learning_rates(self.cell, self.trajectory, self.effective_rate_lags,
-                                        order=1, J=None if self.structured else self.jacobians)
+                                        order=1, J=None if by_structure else self.jacobians)
 
     @cached_property
     def matched_samples(self) -> Tensor:
