@@ -309,28 +309,28 @@ def test_blocked_summary_equals_the_full_tensor(small_tiles, order, rotation, le
 
 
 def test_anchored_products_are_taken_and_exact():
-    """The anchored factors (``G = 32`` for ``m ≥ 0.3``) give the products of one ``exp``
-    per entry, in whole cells between the partial ones at either end."""
+    """The anchored factors (``G = 64`` for ``m ≥ 0.3`` in float64, ``32`` in float32, whose
+    bound is lower) give the products of one ``exp`` per entry, in whole cells between the
+    partial ones at either end."""
     from gatescope.dynamics.structured import AnchoredProducts, CumulativeLogs
 
     logs = CumulativeLogs.of(JacobianStructure(moduli(T=200, low=0.3)))
     anchored = AnchoredProducts.of(logs)
     narrow = AnchoredProducts.of(logs, torch.float32)
-    assert anchored is not None and anchored.spacing == 32
-    for lag in (1, 31, 32, 33, 100):
-        tiles = list(anchored.tiles(lag, 32))
-        assert sum(mu is not None for _, mu, _ in tiles) >= 2
-        cuts = [lag] + [ends.stop for ends, _, _ in tiles]
-        assert [ends.start for ends, _, _ in tiles] == cuts[:-1] and cuts[-1] == 201
-        for (ends, mu, scale), (_, mu32, scale32) in zip(tiles, narrow.tiles(lag, 32),
-                                                             strict=True):
-            exact = logs.products(lag, ends)
-            if mu is not None:
-                assert scale is None
-                torch.testing.assert_close(mu, exact, rtol=1e-13, atol=0)
-                assert mu32.dtype == torch.float32
-                torch.testing.assert_close(mu32.double() * scale32.unsqueeze(-1), exact,
-                                           rtol=1e-6, atol=0)
+    assert anchored is not None and anchored.spacing == 64 and narrow.spacing == 32
+    for lag in (1, 31, 32, 33, 63, 64, 65, 100):
+        for products, dtype, rtol in ((anchored, torch.float64, 1e-13),
+                                      (narrow, torch.float32, 1e-6)):
+            tiles = list(products.tiles(lag, products.spacing))
+            assert sum(mu is not None for _, mu, _ in tiles) >= 2
+            cuts = [lag] + [ends.stop for ends, _, _ in tiles]
+            assert [ends.start for ends, _, _ in tiles] == cuts[:-1] and cuts[-1] == 201
+            for ends, mu, scale in tiles:
+                if mu is None:
+                    continue
+                assert mu.dtype == dtype and (scale is None) == (dtype == torch.float64)
+                got = mu.double() if scale is None else mu.double() * scale.unsqueeze(-1)
+                torch.testing.assert_close(got, logs.products(lag, ends), rtol=rtol, atol=0)
 
 
 def test_steps_too_large_for_anchors_take_one_exp_each():
@@ -352,6 +352,25 @@ def test_underflowing_windows_are_zero_as_with_one_exp_each():
     summary = gs.effective_rate_summary(cell, traj, lags, order=0)
     mu = reference_rates(modulus, None, lags, 0)
     assert summary.envelope[-1] == 0 and summary.neuron_cv[-1].isnan()
+    assert_close(summary.envelope, gs.envelope(mu))
+    assert_close(summary.neuron_cv, neuron_cv(mu))
+
+
+def test_windows_below_the_normal_range_keep_their_normal_entries():
+    """Bursts of strong decay (``m = e^-3.5`` in the first half of every 32 steps): an
+    anchored factor ``A`` of a long window lies below ``e^-745`` (0 as a scale) while
+    the entries ``E F A`` that start just after a burst are ``e^56`` larger, normal floats;
+    the scaled cells keep them, as one ``exp`` each does."""
+    steps = torch.full((600,), -0.05, dtype=torch.float64)
+    steps[torch.arange(600) % 32 < 16] = -3.5
+    gen = torch.Generator().manual_seed(4)
+    modulus = torch.exp(steps[None, :, None] + 0.01 * torch.rand(2, 600, 5, generator=gen,
+                                                                 dtype=torch.float64))
+    cell, traj = declared(modulus)
+    lags = list(range(380, 441, 3))
+    summary = gs.effective_rate_summary(cell, traj, lags, order=0)
+    mu = reference_rates(modulus, None, lags, 0)
+    assert (gs.envelope(mu) > 1e-300).sum() > 5  # normal windows at these lags
     assert_close(summary.envelope, gs.envelope(mu))
     assert_close(summary.neuron_cv, neuron_cv(mu))
 

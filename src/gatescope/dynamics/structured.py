@@ -60,13 +60,19 @@ CHUNK_ELEMENTS = 2**18
 BLOCK_ELEMENTS = 2**20
 
 #: The largest ``|L_t - L_{g(t)}|`` (log of an anchored factor) :class:`AnchoredProducts`
-#: allows: with ``e^{±32}`` factors every product ``≥ e^{-644}`` is formed from normal floats.
-ANCHOR_LOG_BOUND = 32.0
+#: allows: with ``e^{±64}`` factors every product ``≥ e^{-580}`` is formed from normal floats.
+#: A larger bound allows wider spacings (fewer ``A`` factors) for fast-decaying channels
+#: (Mamba's ``exp(Δ A)`` reaches ``e^{-2}`` per step).
+ANCHOR_LOG_BOUND = 64.0
+
+#: The bound for float32 tiles, whose products ``E F A'`` must stay within ``e^{±2D}`` of
+#: float32's range (``e^{±87}``).
+FLOAT32_ANCHOR_LOG_BOUND = 32.0
 
 #: The anchor spacings :class:`AnchoredProducts` may take, smallest first: below 8 the ``A``
 #: factors (one ``exp`` per cell, lag and channel) would cost a fair part of the ``exp`` per
 #: entry they replace.
-ANCHOR_SPACINGS = (8, 16, 32, 64)
+ANCHOR_SPACINGS = (8, 16, 32, 64, 128)
 
 #: ``-log`` of float64's smallest normal (``2^-1022``), rounded down: a product ``≥ e^-708``
 #: of normal factors is a normal float.
@@ -276,7 +282,8 @@ class AnchoredProducts:
     (``j < G``) and ``ℓ = pG + r``, ``g(k) = (c-p-1)G`` for ``j < r`` and ``(c-p)G`` for
     ``j ≥ r``: two ``A`` per cell and lag ``(b, w)``, applied to the tile viewed as
     ``(b, cells, G, w)``. ``G`` is the largest of :data:`ANCHOR_SPACINGS` whose
-    ``D = max |L_t - L_{g(t)}|`` is at most :data:`ANCHOR_LOG_BOUND`, so
+    ``D = max |L_t - L_{g(t)}|`` is at most :data:`ANCHOR_LOG_BOUND` (float32:
+    :data:`FLOAT32_ANCHOR_LOG_BOUND`), so
     ``e^{-2D} ≤ E_t F_k ≤ e^{2D}``. A cell is used only where its ``log A`` lies in
     ``[-708 + 2D, 708 - 2D]`` (``A`` and ``μ⁰`` normal floats, so the result is exact to a
     few ulps); a cell whose every ``log A`` is below ``-745.2 - 2D`` is zeros (what ``exp``
@@ -320,11 +327,12 @@ class AnchoredProducts:
         if logs.zeros is not None:
             return None
         b, T1, w = L.shape
+        limit = ANCHOR_LOG_BOUND if dtype == torch.float64 else FLOAT32_ANCHOR_LOG_BOUND
         for spacing in reversed(ANCHOR_SPACINGS):
             anchors = torch.arange(T1, device=L.device) // spacing * spacing
             offset = L - L[:, anchors]
             bound = max(-float(offset.min()), float(offset.max()))
-            if bound <= ANCHOR_LOG_BOUND:
+            if bound <= limit:
                 padded = -(-T1 // spacing) * spacing
                 up = offset.new_ones(b, padded, w, dtype=dtype)
                 down = offset.new_ones(b, spacing + padded, w, dtype=dtype)
@@ -379,8 +387,9 @@ class AnchoredProducts:
 
         float32: ``A' = A / max_q A`` and the scales ``max_q A`` ``(b, n, 2)`` float64.
         float64: ``A`` itself in the exact cells; in the cells flagged ``scaled`` ``(n,)``
-        (outside the normal range), ``A'`` with the channels whose ``A'`` is below
-        ``e^{-normal}`` set to 0, and their scales (1 elsewhere). Those channels' entries
+        (outside the normal range), ``A' = A / s`` with ``s = max(max_q A, e^{-normal})``
+        (a normal float) and the channels whose ``A'`` is below ``e^{-normal}`` set to 0,
+        and the scales ``s`` (1 elsewhere). Those channels' entries
         ``E F A' < e^{-708}`` (next to a row entry ``≥ e^{-2D}``) are below float64's
         resolution in the row's mean and squared deviations, and no entry is subnormal, so
         every pass over the tile runs at full speed (one with subnormal values is ~10×
@@ -389,7 +398,10 @@ class AnchoredProducts:
         if self.up.dtype == torch.float64:
             if scaled is None or not bool(scaled.any()):
                 return log_a.exp_(), None
-            top = torch.where(scaled[None, :, None, None], log_a.amax(-1, keepdim=True), 0.0)
+            # the scale e^top must be a normal float: below e^{-normal} part of it stays in
+            # A' (an entry E F A' may still be normal there, e^{2D} above A)
+            top = log_a.amax(-1, keepdim=True).clamp_min_(-normal)
+            top.masked_fill_(~scaled[None, :, None, None], 0.0)
             log_a.sub_(top).masked_fill_(log_a < -normal, -math.inf)
             return log_a.exp_(), top.squeeze(-1).exp_()
         top = log_a.amax(-1, keepdim=True)
