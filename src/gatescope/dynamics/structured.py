@@ -331,13 +331,16 @@ class AnchoredProducts:
         for spacing in reversed(ANCHOR_SPACINGS):
             anchors = torch.arange(T1, device=L.device) // spacing * spacing
             offset = L - L[:, anchors]
-            bound = max(-float(offset.min()), float(offset.max()))
+            low, high = torch.aminmax(offset)
+            bound = max(-float(low), float(high))
             if bound <= limit:
                 padded = -(-T1 // spacing) * spacing
                 up = offset.new_ones(b, padded, w, dtype=dtype)
                 down = offset.new_ones(b, spacing + padded, w, dtype=dtype)
-                up[:, :T1] = offset.exp()
-                down[:, spacing: spacing + T1] = offset.neg_().exp_()
+                factor = offset.exp_()
+                up[:, :T1] = factor
+                # F = 1 / E: a division costs a fraction of an exp (one more rounding)
+                down[:, spacing: spacing + T1] = factor.reciprocal_()
                 return cls(logs, spacing, up, down, bound)
         return None
 
