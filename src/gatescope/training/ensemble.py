@@ -181,7 +181,7 @@ class EnsembleTrainer:
             diverged earlier.
         """
         batch = self.sample_batch() if self.fixed_batch is None else self.fixed_batch
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=True)
         losses = torch.cat([self._backward(chunk, batch) for chunk in self._chunks])
         alive = self._alive & torch.isfinite(losses)
         for p in self._trainable:
