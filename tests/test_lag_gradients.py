@@ -138,3 +138,18 @@ def test_tied_weights_keep_their_lag_terms():
     parts = gs.lag_gradients(model, u, y)
     for k, g in _autograd(model, u, y).items():
         torch.testing.assert_close(parts[k].sum(0), g, rtol=1e-10, atol=1e-12, msg=k)
+
+
+class DoubledGRU(gs.cells.gru.GRUCell):
+    """A GRU subclass that redefines the step through ``compute``."""
+
+    def compute(self, h, u, held=None):
+        out = super().compute(h, u, held)
+        return {**out, "state": 2 * out["state"]}
+
+
+def test_a_gru_subclass_that_redefines_compute_steps_with_it():
+    torch.manual_seed(0)
+    cell = DoubledGRU(3, 4).double()
+    h, u = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(cell(h, u), cell.compute(h, u)["state"], rtol=0, atol=0)

@@ -107,3 +107,36 @@ def test_a_retention_structure_of_the_wrong_size_is_refused():
     cell.retention_structure = lambda traj: JacobianStructure(traj.retention[..., :-1])
     with pytest.raises(ValueError, match="retention_structure gives modulus"):
         gs.effective_rate_summary(cell, traj, [1, 2])
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "min_gru"])
+def test_a_residual_block_passes_its_mixers_retention_structure(mixer):
+    """mambapy's ResidualBlock around Mamba (and a block around minGRU): the norm and the
+    residual act on the input and output rows only, so the block's rates take the mixer's
+    structure and equal the dense path."""
+    def block(seed=0):
+        torch.manual_seed(seed)
+        inner = (gs.make_cell("mamba", 3, 3, dtype=torch.float64, d_state=2, expand=2)
+                 if mixer == "mamba" else gs.make_cell("min_gru", 3, 3, dtype=torch.float64))
+        return gs.cells.residual.ResidualCell(inner).double()
+
+    cell = block()
+    traj = unrolled(cell)
+    assert retention_structure_of(cell, traj) is not None
+    twin = block()
+    twin.retention_structure = lambda traj: None
+    lags = [0, 1, 3, 6]
+    assert_close(gs.effective_learning_rates(cell, traj, lags, order=1),
+                 gs.effective_learning_rates(twin, traj, lags, order=1))
+    assert_close(gs.effective_rate_summary(cell, traj, lags).neuron_cv,
+                 gs.effective_rate_summary(twin, traj, lags).neuron_cv)
+
+
+def test_a_malformed_jacobian_structure_is_refused_by_the_rates_too():
+    torch.manual_seed(0)
+    cell = gs.make_cell("min_gru", 3, 4, dtype=torch.float64)
+    traj = unrolled(cell)
+    cell.jacobian_structure = lambda traj: JacobianStructure(
+        traj.retention, output_map=torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="jacobian_structure gives modulus"):
+        gs.effective_rate_summary(cell, traj, [1, 2])

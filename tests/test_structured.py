@@ -160,6 +160,18 @@ def test_the_measurement_context_takes_the_structured_path_for_one_layer():
     assert "jacobians" in vars(dense)
 
 
+def test_the_probe_reads_mamba_rates_and_envelopes_without_dense_jacobians():
+    torch.manual_seed(0)
+    cell = gs.make_cell("mamba", 3, 2, dtype=torch.float64, d_state=2, expand=2)
+    ctx = _context(cell, torch.randn(2, 6, 3, dtype=torch.float64))
+    assert ctx.retention_structured and not ctx.structured
+    from gatescope.probes.quantities import exact_and_first_order_envelopes
+
+    assert ctx.rates.isfinite().any()
+    assert set(exact_and_first_order_envelopes(ctx)) >= {"exact_envelope"}
+    assert "jacobians" not in vars(ctx)
+
+
 def test_a_stack_of_structured_layers_keeps_the_dense_path():
     stack = gs.StackedCell([make("min_gru"), gs.make_cell("min_gru", 4, 4, dtype=torch.float64)])
     u = torch.randn(2, 5, 3, dtype=torch.float64)
@@ -373,6 +385,23 @@ def test_windows_below_the_normal_range_keep_their_normal_entries():
     assert (gs.envelope(mu) > 1e-300).sum() > 5  # normal windows at these lags
     assert_close(summary.envelope, gs.envelope(mu))
     assert_close(summary.neuron_cv, neuron_cv(mu))
+
+
+def test_growing_windows_stay_finite_where_their_values_are():
+    """``m ≈ e^1.1`` (an unstable channel): windows past ``e^709`` overflow, but the cells
+    whose largest factor ``A`` does while their entries ``E F A`` do not keep finite values,
+    as one ``exp`` each does (the scale is clamped to a normal float at both ends)."""
+    gen = torch.Generator().manual_seed(0)
+    modulus = torch.exp(1.1 + 0.02 * torch.rand(2, 800, 5, generator=gen, dtype=torch.float64))
+    cell, traj = declared(modulus)
+    lags = list(range(600, 660, 8))
+    summary = gs.effective_rate_summary(cell, traj, lags, order=0)
+    mu = reference_rates(modulus, None, lags, 0)
+    want = gs.envelope(mu)
+    assert want.isfinite().sum() > 3 and not want.isfinite().all()
+    assert torch.equal(summary.envelope.isfinite(), want.isfinite())
+    torch.testing.assert_close(summary.envelope[want.isfinite()], want[want.isfinite()],
+                               rtol=1e-10, atol=0)
 
 
 def test_zero_steps_in_the_modulus(small_tiles):

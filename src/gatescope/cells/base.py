@@ -344,8 +344,8 @@ class RecurrentCell(nn.Module):
         last :attr:`retention_size` of the state), when that block is the product of the
         steps' blocks and those are diagonal or rotation blocks; ``None`` otherwise.
 
-        It is what the effective learning rates, their envelope and the time scales read
-        (all are defined on the retention entries). By default it is the inner state of
+        It is what the effective learning rates and their envelopes read (both are defined
+        on the retention entries). By default it is the inner state of
         :meth:`jacobian_structure` (output rows dropped). A cell whose full Jacobian is not
         structured can still declare it when nothing outside the retention entries feeds
         back into them: Mamba's SSM state, read by the output but feeding only itself

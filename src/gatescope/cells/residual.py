@@ -17,6 +17,7 @@ from .base import RecurrentCell, Trajectory
 from .diagonal import with_output_columns
 from .feedforward import feedforward_jacobian, make_feedforward
 from .norms import make_norm, norm_jacobian
+from .structure import JacobianStructure
 
 #: The keys of a step's dict that are not cached intermediates.
 _STEP_KEYS = ("state", "held", "gate", "retention")
@@ -131,6 +132,12 @@ class ResidualCell(RecurrentCell):
         return Trajectory(inputs=traj.cache["normed"], states=traj.states[..., self.hidden_size:],
                           gates=traj.gates, retention=traj.retention, cache=cache,
                           cell_type=type(self.mixer), lengths=traj.lengths)
+
+    def retention_structure(self, traj: Trajectory) -> JacobianStructure | None:
+        """The mixer's: the block's norms, residuals and feedforward act on the input and
+        the output rows only, so the transport's block on the retention entries (the
+        mixer's last ones) is the mixer's (docs/maths.md#retention-structure)."""
+        return self.mixer.retention_structure(self.mixer_trajectory(traj))
 
     def output_slope(self, traj: Trajectory) -> Tensor | None:
         """``K_t = ∂y_t/∂v_t = I + ∂FF/∂z · ∂ff_norm(v_t)/∂v_t``: ``(B, T, n, n)``, or

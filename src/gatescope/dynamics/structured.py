@@ -107,14 +107,15 @@ def retention_structure_of(cell: RecurrentCell, traj: Trajectory
                            ) -> JacobianStructure | None:
     """:func:`structure_of` for ``cell.retention_structure(traj)``: the structure of the
     transport products' block on the retention entries (docs/maths.md#retention-structure),
-    all the effective learning rates, their envelopes and the time scales read; ``None``
-    when the cell declares none.
+    all the effective learning rates and their envelopes read; ``None`` when the cell
+    declares none.
 
     Raises:
-        ValueError: for a trajectory of another cell, or a structure with output rows or
-            whose size is not the cell's ``retention_size``.
+        ValueError: for a trajectory of another cell, a structure with output rows or whose
+            size is not the cell's ``retention_size``, or a declared ``jacobian_structure``
+            that does not fit the cell (:func:`structure_of`).
     """
-    check_trajectory(cell, traj)
+    structure_of(cell, traj)  # checks the trajectory and any full structure declared
     s = cell.retention_structure(traj)
     if s is None:
         return None
@@ -390,20 +391,23 @@ class AnchoredProducts:
 
         float32: ``A' = A / max_q A`` and the scales ``max_q A`` ``(b, n, 2)`` float64.
         float64: ``A`` itself in the exact cells; in the cells flagged ``scaled`` ``(n,)``
-        (outside the normal range), ``A' = A / s`` with ``s = max(max_q A, e^{-normal})``
-        (a normal float) and the channels whose ``A'`` is below ``e^{-normal}`` set to 0,
-        and the scales ``s`` (1 elsewhere). Those channels' entries
-        ``E F A' < e^{-708}`` (next to a row entry ``≥ e^{-2D}``) are below float64's
-        resolution in the row's mean and squared deviations, and no entry is subnormal, so
-        every pass over the tile runs at full speed (one with subnormal values is ~10×
-        slower); the row's moments come out scaled back exactly (they are homogeneous).
+        (outside the normal range), ``A' = A / s`` with ``s = max_q A`` clamped to
+        ``e^{±normal}`` (a normal float), the channels whose ``A'`` is below ``e^{-normal}``
+        set to 0, and the scales ``s`` (1 elsewhere). A dropped entry is at most
+        ``e^{2D - normal} = e^{4D - 708}``, and the row's largest entry at least
+        ``e^{-2D}`` when ``s = max_q A`` (so the dropped ones are below ``e^{6D - 708}`` of
+        it, far below float64's resolution in the row's mean and squared deviations); when
+        ``s`` is clamped from below every dropped entry is below ``e^{-745}`` in absolute
+        terms, 0 for an ``exp`` too. Kept entries are at least ``e^{-708}``: none is
+        subnormal, so every pass over the tile runs at full speed (one with subnormal values
+        is ~10× slower); the row's moments are scaled back exactly (they are homogeneous).
         """
         if self.up.dtype == torch.float64:
             if scaled is None or not bool(scaled.any()):
                 return log_a.exp_(), None
-            # the scale e^top must be a normal float: below e^{-normal} part of it stays in
-            # A' (an entry E F A' may still be normal there, e^{2D} above A)
-            top = log_a.amax(-1, keepdim=True).clamp_min_(-normal)
+            # the scale e^top must be a normal float: outside e^{±normal} part of it stays in
+            # A' (an entry E F A' may still be a normal float there, within e^{±2D} of A)
+            top = log_a.amax(-1, keepdim=True).clamp_(-normal, normal)
             top.masked_fill_(~scaled[None, :, None, None], 0.0)
             log_a.sub_(top).masked_fill_(log_a < -normal, -math.inf)
             return log_a.exp_(), top.squeeze(-1).exp_()

@@ -330,11 +330,11 @@ def effective_rate_summary(cell: RecurrentCell, traj: Trajectory,
         precision: ``"float64"`` (the default), or ``"float32"`` for the rates of a
             structured cell: the anchored products and their per-block moments in float32
             (the log-sums, scales, pooling and results stay float64) at ~1e-7 relative
-            error per entry (1e-5 on the results). It saves time only where most windows
-            stay within float32's range (retentions near 1: 9.7 s against 10.5 s for a
-            diagonal in (0.5, 1) of Mamba's size); for fast-decaying channels, whose
-            windows leave that range and then take one ``exp`` per entry, it is slower
-            (a Mamba layer: 13.0 s against 11.1 s, one thread; ``bench_structured.py``).
+            error per entry (1e-5 on the results). It can save time only where most
+            windows stay within float32's range (retentions near 1); for fast-decaying
+            channels, whose windows leave that range and then take one ``exp`` per entry,
+            it is slower (a Mamba layer: 13.0 s against 11.1 s for float64, one thread;
+            ``bench_structured.py``).
             Cells without a structure always compute in float64.
 
     Returns:

@@ -157,6 +157,15 @@ class ProbeContext:
                 and self.cell.jacobian_structure(self.trajectory) is not None)
 
     @cached_property
+    def retention_structured(self) -> bool:
+        """Whether the cell declares a
+        :meth:`~gatescope.RecurrentCell.retention_structure` (every structured cell, and
+        Mamba's SSM state): the rates and envelopes then come from cumulative log-sums,
+        without the dense Jacobians (docs/maths.md#retention-structure)."""
+        return (self.gate_term == "previous"
+                and self.cell.retention_structure(self.trajectory) is not None)
+
+    @cached_property
     def sensitivities(self) -> Tensor:
         """``(B, T+1, T+1)`` transport norms (:func:`gatescope.sensitivities`) of products
         in ``product_order``, exact or by ``power_iterations``; exact ones of a
@@ -169,13 +178,11 @@ class ProbeContext:
 
     @cached_property
     def rates(self) -> Tensor:
-        """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags (from
-        the cell's :meth:`~gatescope.RecurrentCell.retention_structure` when it declares
-        one, e.g. Mamba's, without the dense Jacobians)."""
-        by_structure = (self.gate_term == "previous"
-                        and self.cell.retention_structure(self.trajectory) is not None)
+        """``(B, T+1, L, n)`` first-order effective learning rates at the rate lags (by the
+        :attr:`retention_structured` path when it applies)."""
         return effective_learning_rates(self.cell, self.trajectory, self.effective_rate_lags,
-                                        order=1, J=None if by_structure else self.jacobians)
+                                        order=1,
+                                        J=None if self.retention_structured else self.jacobians)
 
     @cached_property
     def matched_samples(self) -> Tensor:

@@ -176,7 +176,7 @@ def exact_and_first_order_envelopes(ctx: ProbeContext) -> dict[str, Tensor | flo
     dense one, whose Jacobians are the context's), and their
     :func:`~gatescope.measures.envelopes.envelope_agreement`."""
     lags = ctx.effective_rate_lags
-    J = None if ctx.structured else ctx.jacobians
+    J = None if ctx.retention_structured else ctx.jacobians
     exact = exact_envelope(ctx.cell, ctx.trajectory, lags, J=J)
     first = first_order_envelope(ctx.cell, ctx.trajectory, lags, J=J)
     agreement = envelope_agreement(exact, first, lags)

@@ -14,10 +14,11 @@ recurrence of E stacked models as one :class:`torch.autograd.Function` instead:
 * the forward pass keeps, per step, the factors the backward pass multiplies with
   (``[2 g i(1-i), 2 c f(1-f), 2 i(1-g²), tanh(c') o(1-o), o(1-tanh²c'), f]``); the
   backward pass is the hand-written BPTT below: per step one ``bmm`` by ``W_hh``, writing
-  ``δa`` over the factors it has used; after the sweep one ``bmm`` over all ``T·B`` rows at
-  once gives the gradients of ``W_hh``, ``W_ih`` and the bias together (and one more the
-  inputs' gradient), which is what a fused ``nn.LSTM`` does too: a product of that size
-  runs faster than ``T`` small ones;
+  ``δa`` into an ``(E, T, B, 4n)`` buffer (its own, so that a retained graph can run its
+  backward again); after the sweep one ``bmm`` over all ``T·B`` rows at once gives the
+  gradients of ``W_hh``, ``W_ih`` and the bias together (and one more the inputs'
+  gradient), which is what a fused ``nn.LSTM`` does too: a product of that size runs
+  faster than ``T`` small ones;
 * every buffer is seed-major (``(E, T, B, ·)``), so that those products read it in place.
 
 It computes the maths of :class:`~gatescope.cells.lstm.LSTMCell` (torch's gate order
