@@ -215,6 +215,17 @@ def test_seeds_per_pass_gives_the_same_training(dtype):
                                    equal_nan=True, msg=name)
 
 
+def test_seeds_per_pass_in_vmap_mode():
+    """A model the batched mode cannot run (the LRU) trains by vmap, chunked the same way."""
+    task = gs.make_task("adding", seq_len=8)
+    factory = task_model_factory(task, "lru", 5)
+    whole, chunked = (EnsembleTrainer(factory, [0, 1, 2], task, batch_size=4,
+                                      dtype=torch.float64, seeds_per_pass=k).train(3)
+                      for k in (None, 2))
+    assert whole.mode == chunked.mode == "vmap"
+    torch.testing.assert_close(chunked.losses, whole.losses, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_a_bad_seeds_per_pass_is_refused(bad):
     task = gs.make_task("adding", seq_len=8)
