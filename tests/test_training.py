@@ -238,3 +238,46 @@ def test_fixed_batch_trains_every_step_on_the_streams_first_batch():
     for _ in range(3):
         expected = fixed_batch.losses_on(fixed_batch.fixed_batch)
         torch.testing.assert_close(fixed_batch.step(), expected, **TOL)
+
+
+# ----------------------------------------------------------------------------- seeds_per_pass
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_seeds_per_pass_gives_the_same_training(dtype):
+    """Passes over chunks of seeds (2 + 1 here) give the same losses and parameters as one
+    pass over all seeds, a diverging seed included."""
+    task = gs.make_task("adding", seq_len=8)
+
+    def trained(seeds_per_pass):
+        ens = EnsembleTrainer(task_model_factory(task, "lstm", 5), [0, 1, 2], task,
+                              optimizer="adam", lr=0.05, batch_size=4, dtype=dtype,
+                              seeds_per_pass=seeds_per_pass)
+        with torch.no_grad():
+            ens.stacked_parameters["cell.weight_hh"][2] = torch.nan
+        return ens.train(4)
+
+    whole, chunked = trained(None), trained(2)
+    assert chunked.diverged_at == whole.diverged_at == [None, None, 0]
+    torch.testing.assert_close(chunked.losses, whole.losses, rtol=0, atol=0, equal_nan=True)
+    for name, value in whole.stacked_parameters.items():
+        torch.testing.assert_close(chunked.stacked_parameters[name], value, rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+def test_seeds_per_pass_in_vmap_mode():
+    """A model the batched mode cannot run (the LRU) trains by vmap, chunked the same way."""
+    task = gs.make_task("adding", seq_len=8)
+    factory = task_model_factory(task, "lru", 5)
+    whole, chunked = (EnsembleTrainer(factory, [0, 1, 2], task, batch_size=4,
+                                      dtype=torch.float64, seeds_per_pass=k).train(3)
+                      for k in (None, 2))
+    assert whole.mode == chunked.mode == "vmap"
+    torch.testing.assert_close(chunked.losses, whole.losses, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_seeds_per_pass_is_refused(bad):
+    task = gs.make_task("adding", seq_len=8)
+    with pytest.raises(ValueError, match="seeds_per_pass must be a positive integer"):
+        EnsembleTrainer(task_model_factory(task, "lstm", 5), [0, 1], task,
+                        seeds_per_pass=bad)
