@@ -14,11 +14,9 @@ T = 4000 in <= 2.3x the T = 2000 time.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import time
+
+from child_process import print_result, run_child
 
 
 def child(T: int, layers: int, batch: int, hidden: int, threads: int | None) -> None:
@@ -34,9 +32,8 @@ def child(T: int, layers: int, batch: int, hidden: int, threads: int | None) -> 
     t0 = time.perf_counter()
     result = gs.inspect(module, x, quiet=True)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     parts = {u["label"]: u["timings"] for u in result.summary["units"]}
-    print(json.dumps({"T": T, "wall_s": wall, "peak_gib": peak, "parts": parts}))
+    print_result(T=T, wall_s=wall, parts=parts)
 
 
 def main() -> None:
@@ -53,12 +50,11 @@ def main() -> None:
         return
     runs = []
     for T in args.T:
-        cmd = [sys.executable, __file__, "--child", "--T", str(T), "--layers",
-               str(args.layers), "--batch", str(args.batch), "--hidden", str(args.hidden)]
+        options = ["--T", str(T), "--layers", str(args.layers), "--batch", str(args.batch),
+                   "--hidden", str(args.hidden)]
         if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        run = json.loads(out.strip().splitlines()[-1])
+            options += ["--threads", str(args.threads)]
+        run = run_child(__file__, options)
         runs.append(run)
         print(f"nn.LSTM(32, {args.hidden}, num_layers={args.layers}), B={args.batch}, T={T}: "
               f"{run['wall_s']:.1f} s, peak memory {run['peak_gib']:.2f} GiB")

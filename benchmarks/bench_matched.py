@@ -17,14 +17,12 @@ memory is the subprocess' maxrss, input, model and trajectory included).
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+from child_process import print_result, run_child
 
 import gatescope as gs
 from gatescope.measures.envelopes import (
@@ -76,8 +74,7 @@ def child(args) -> None:
         run_once(model, u[:2, :8], y[:2, :8], [1, 2])  # warm-up: one-time initialisation
         runs = [run_once(model, u, y, lags) for _ in range(args.repeats)]
     median = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    print(json.dumps({"parts": median, "peak_gib": peak, "facts": runs[-1][1]}))
+    print_result(parts=median, facts=runs[-1][1])
 
 
 def main() -> None:
@@ -95,9 +92,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    out = subprocess.run([sys.executable, *sys.argv, "--child"], capture_output=True,
-                         text=True, check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = run_child(sys.argv[0], sys.argv[1:])
     print(f"multi_gate float32, B={args.batch}, T={args.seq_len}, n={args.hidden}, "
           f"lags 1..{args.lags}, dense budget {args.budget}, {args.threads} threads, "
           f"median of {args.repeats}:")

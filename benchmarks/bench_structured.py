@@ -41,13 +41,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+from child_process import print_result, run_child
 
 import gatescope as gs
 from gatescope.cells.base import RecurrentCell, Trajectory
@@ -154,9 +153,7 @@ def child(args) -> None:
     ks, ls = plan(args.seq_len, args.starts, args.lags)
     runs = [structured_run(cell, traj, ks, ls) for _ in range(args.repeats)]
     median = {k: [statistics.median(r[k][i] for r in runs) for i in (0, 1)] for k in runs[0]}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    print(json.dumps({"parts": median, "peak_gib": peak, "starts": len(ks), "lags": len(ls),
-                      "channels": cell.retention_size}))
+    print_result(parts=median, starts=len(ks), lags=len(ls), channels=cell.retention_size)
 
 
 def dense_time(N: int, B: int, T: int, lags: list[int], repeats: int) -> float:
@@ -224,9 +221,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    out = subprocess.run([sys.executable, *sys.argv, "--child"], capture_output=True,
-                         text=True, check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = run_child(sys.argv[0], sys.argv[1:])
     p, N = res["parts"], res["channels"]
     print(f"structured ({args.cell}, B={args.batch}, T={args.seq_len}, N={N}, "
           f"{args.threads} threads; {res['starts']} start times x every lag, "
