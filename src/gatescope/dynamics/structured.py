@@ -93,14 +93,8 @@ def structure_of(cell: RecurrentCell, traj: Trajectory) -> JacobianStructure | N
         ValueError: for a trajectory of another cell, or a structure whose sizes do not
             match the cell's ``retention_size`` and ``state_size``.
     """
-    check_trajectory(cell, traj)
-    s = cell.jacobian_structure(traj)
-    if s is None:
-        return None
-    _check_structure(cell, traj, s, "jacobian_structure",
-                     s.output_size + s.inner_size == cell.state_size,
-                     f"output rows + block·K = state_size={cell.state_size}")
-    return _held_past_lengths(s, traj)
+    s = _checked_jacobian_structure(cell, traj)
+    return None if s is None else _held_past_lengths(s, traj)
 
 
 def retention_structure_of(cell: RecurrentCell, traj: Trajectory
@@ -115,13 +109,26 @@ def retention_structure_of(cell: RecurrentCell, traj: Trajectory
             size is not the cell's ``retention_size``, or a declared ``jacobian_structure``
             that does not fit the cell (:func:`structure_of`).
     """
-    structure_of(cell, traj)  # checks the trajectory and any full structure declared
+    _checked_jacobian_structure(cell, traj)  # the trajectory, and any full structure declared
     s = cell.retention_structure(traj)
     if s is None:
         return None
     _check_structure(cell, traj, s, "retention_structure", s.output_map is None,
                      "no output map")
     return _held_past_lengths(s, traj)
+
+
+def _checked_jacobian_structure(cell: RecurrentCell, traj: Trajectory
+                                ) -> JacobianStructure | None:
+    """``cell.jacobian_structure(traj)`` as declared (not detached, not held), after
+    checking the trajectory and the structure's sizes against the cell."""
+    check_trajectory(cell, traj)
+    s = cell.jacobian_structure(traj)
+    if s is not None:
+        _check_structure(cell, traj, s, "jacobian_structure",
+                         s.output_size + s.inner_size == cell.state_size,
+                         f"output rows + block·K = state_size={cell.state_size}")
+    return s
 
 
 def _check_structure(cell: RecurrentCell, traj: Trajectory, s: JacobianStructure,
